@@ -1,0 +1,107 @@
+"""Extract residual-stream activations of one layer for a corpus split into a Zarr store.
+
+Documents are tokenized as `[BOS] + tokens` (truncated to `max_seq_len`), processed in windows of
+documents in corpus order; inside a window they are sorted by length and batched (less padding), and
+the forward stops right after the captured block. Every position except BOS and padding becomes a row.
+Memory is bounded by one window, whatever the corpus size. The store's resume point is a window boundary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from glp.config import StoreConfig
+from glp.lm import SourceLM, capture_residual, run_until_captured
+from glp.store import StoreWriter
+
+
+@dataclass
+class ExtractResult:
+    path: Path
+    n_rows: int
+    n_docs: int
+    d_model: int
+    seconds: float
+    tokens_per_s: float
+
+
+def tokenize_doc(lm: SourceLM, text: str, max_seq_len: int) -> list[int]:
+    """`[BOS] + tokens`, truncated to max_seq_len ids."""
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return [lm.bos_id, *ids[: max_seq_len - 1]]
+
+
+def forward_batch(lm: SourceLM, layer: int, seqs: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded forward of token lists; returns (acts (B,T,d) float32 on cpu, ids (B,T), mask (B,T))."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), lm.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    with torch.inference_mode(), capture_residual(lm, layer, stop=True) as box:
+        acts = run_until_captured(lm, box, input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device))
+    return acts.float().cpu(), ids, mask
+
+
+def extract_activations(
+    lm: SourceLM,
+    layer: int,
+    texts: Sequence[str],
+    out: Path,
+    cfg: StoreConfig,
+    max_tokens: int | None,
+    attrs: dict[str, Any],
+    window_docs: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ExtractResult:
+    """Write the activations of `texts` (in corpus order, up to `max_tokens` rows) to the store `out`."""
+    lm.block(layer)  # validate the layer before any work
+    window_docs = window_docs or cfg.batch_size * 16
+    attrs = {**attrs, "layer": layer, "d_model": lm.d_model, "dtype": cfg.dtype, "max_seq_len": cfg.max_seq_len,
+             "max_tokens": max_tokens, "bos_id": lm.bos_id}
+    writer = StoreWriter(out, lm.d_model, cfg.chunk_rows, attrs)
+    start_docs, start_rows = writer.n_docs, writer.n_rows
+    if start_docs and log:
+        log(f"resuming {out.name} after {start_docs} documents ({start_rows} rows)")
+    t0 = time.perf_counter()
+    cap = max_tokens if max_tokens is not None else float("inf")
+    rows_total = writer.n_rows
+    doc = writer.n_docs
+    while doc < len(texts) and rows_total < cap:
+        # one window: tokenize in corpus order, stopping once the cap is reached
+        window: list[tuple[int, list[int]]] = []
+        while doc < len(texts) and len(window) < window_docs and rows_total < cap:
+            seq = tokenize_doc(lm, texts[doc], cfg.max_seq_len)
+            if len(seq) > 1:  # a document with no token after BOS yields no row
+                window.append((doc, seq))
+                rows_total += len(seq) - 1
+            doc += 1
+        window.sort(key=lambda item: -len(item[1]))
+        parts: dict[str, list[np.ndarray]] = {"acts": [], "doc_id": [], "position": [], "token_id": []}
+        for b in range(0, len(window), cfg.batch_size):
+            batch = window[b : b + cfg.batch_size]
+            acts, ids, mask = forward_batch(lm, layer, [s for _, s in batch])
+            mask[:, 0] = 0  # BOS is not a row
+            keep = mask.bool()
+            pos = torch.arange(ids.shape[1]).expand_as(ids)
+            parts["acts"].append(acts[keep].numpy())
+            parts["doc_id"].append(torch.tensor([d for d, _ in batch]).unsqueeze(1).expand_as(ids)[keep].numpy())
+            parts["position"].append(pos[keep].numpy().astype(np.int32))
+            parts["token_id"].append(ids[keep].numpy().astype(np.int32))
+        if window:
+            writer.append(**{k: np.concatenate(v) for k, v in parts.items()})
+        writer.commit(doc)  # the resume point: a whole window is on disk
+        if log:
+            log(f"{out.name}: {writer.n_rows} rows from {writer.n_docs} docs")
+    seconds = time.perf_counter() - t0
+    n_new = writer.n_rows - start_rows
+    writer.close({"n_docs_seen": writer.n_docs})
+    return ExtractResult(out, writer.n_rows, writer.n_docs, lm.d_model, seconds, n_new / max(seconds, 1e-9))

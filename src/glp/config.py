@@ -1,0 +1,213 @@
+"""One settings tree for the whole project (pydantic-settings, `GLP_` prefix, `__` nesting).
+
+Values come, highest priority first, from: constructor kwargs, `GLP_*` environment variables
+(e.g. `GLP_TRAIN__LR=1e-3`, `GLP_SOURCES='[{"model": "builtin", "layer": 1}]'`), the TOML file named by
+`GLP_CONFIG_FILE` (default `glp.toml` in the working directory, if present), then the defaults below.
+Every model forbids unknown keys, so a typo fails at start naming the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+BUILTIN_MODEL = "builtin"
+"""`SourceConfig.model` value meaning: the small GPT-2-style LM this project trains on its own corpus."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def config_hash(model: BaseModel, length: int = 12) -> str:
+    """Stable short hash of a config model's values (used for caching and Dagster code versions)."""
+    blob = json.dumps(model.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+class SourceConfig(_Strict):
+    """One source of activations: an LLM and the decoder block whose residual output we read."""
+
+    model: str = BUILTIN_MODEL
+    """`builtin` (the project's own LM, asset `source_lm`) or a local directory for `from_pretrained`."""
+    layer: int = Field(1, ge=0)
+    """Decoder block index; its residual-stream output is HF `hidden_states[layer + 1]`."""
+    name: str | None = None
+    """Short model name used in the partition key; default: the directory name of `model`."""
+
+    @property
+    def model_name(self) -> str:
+        return self.name or (BUILTIN_MODEL if self.model == BUILTIN_MODEL else Path(self.model).name)
+
+    @property
+    def key(self) -> str:
+        """Partition key, e.g. `builtin/L1`."""
+        return f"{self.model_name}/L{self.layer}"
+
+
+class CorpusConfig(_Strict):
+    """The prepared text corpus (built by the DVC stage `corpus`)."""
+
+    path: Path = Path("assets/datasets/corpus")
+    """Folder holding train.jsonl, heldout.jsonl and manifest.json."""
+    heldout_fraction: float = Field(0.05, gt=0.0, lt=0.5)
+    """Share of documents sent to held-out by a seeded hash of the document id."""
+    seed: int = 0
+
+
+class SourceLMConfig(_Strict):
+    """The builtin GPT-2-style source LM trained on the corpus (DATA.md option 2)."""
+
+    vocab_size: int = Field(8192, ge=256)
+    n_layer: int = Field(4, ge=1)
+    n_embd: int = Field(256, ge=32)
+    n_head: int = Field(4, ge=1)
+    n_ctx: int = Field(128, ge=16)
+    """Training context length (tokens)."""
+    batch_size: int = Field(32, ge=1)
+    steps: int = Field(1500, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    """Peak learning rate (AdamW; linear warmup, then cosine decay to 0.1x)."""
+    warmup_frac: float = Field(0.05, ge=0, lt=1)
+    """Share of `steps` spent warming the learning rate up linearly."""
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> SourceLMConfig:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+class StoreConfig(_Strict):
+    """Where artifacts go and how activations are extracted and stored."""
+
+    root: Path = Path("assets/store")
+    chunk_rows: int = Field(4096, ge=64)
+    """Rows per Zarr chunk (and per write)."""
+    batch_size: int = Field(32, ge=1)
+    """Documents per forward pass during extraction."""
+    max_seq_len: int = Field(128, ge=8)
+    """Documents are truncated to this many tokens (BOS included)."""
+    max_tokens: int | None = Field(400_000, ge=1)
+    """Cap on stored train activations (None = the whole corpus)."""
+    heldout_max_tokens: int = Field(20_000, ge=1)
+    """Cap on stored held-out activations (for evaluation)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Model compute dtype during extraction; rows are always stored as float32."""
+
+
+class DenoiserConfig(_Strict):
+    """GLP denoiser size; widths default to the paper's ratios (D = 2d, H = 4d)."""
+
+    width_mult: float = Field(2.0, gt=0)
+    """D = width_mult * d_model."""
+    hidden_mult: float = Field(4.0, gt=0)
+    """H = hidden_mult * d_model (SwiGLU hidden width: the meta-neurons per block)."""
+    n_blocks: int = Field(3, ge=1)
+    time_dim: int = Field(128, ge=8)
+    """Sinusoidal timestep embedding size."""
+
+
+class TrainConfig(_Strict):
+    """Flow-matching training of the prior through a DeepSpeed engine."""
+
+    batch_size: int = Field(512, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    """Paper: 5e-5 at 1B-scale; small priors want more."""
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_frac: float = Field(0.01, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    grad_clip: float = Field(1.0, gt=0)
+    epochs: int = Field(1, ge=1)
+    """Passes over the activations (paper: 1)."""
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """`auto`: bf16 on a GPU that supports it, fp32 on CPU."""
+    checkpoint_every: int = Field(200, ge=1)
+    """Steps between resumable checkpoints."""
+    seed: int = 0
+
+
+class EvalConfig(_Strict):
+    """Held-out evaluation of the prior."""
+
+    n_t: int = Field(16, ge=1)
+    """Fixed, seeded noise levels for held-out loss."""
+    n_samples: int = Field(4096, ge=64)
+    """GLP samples (and held-out rows) used for the Frechet distance."""
+    sample_steps: int = Field(100, ge=1)
+    """Euler steps for sampling (paper: 20 default, 100 for quality)."""
+    seed: int = 0
+
+
+class Settings(BaseSettings):
+    """Root of the project configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GLP_", env_nested_delimiter="__", extra="forbid", frozen=True, validate_default=True
+    )
+
+    sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig()])
+    corpus: CorpusConfig = CorpusConfig()
+    source_lm: SourceLMConfig = SourceLMConfig()
+    store: StoreConfig = StoreConfig()
+    denoiser: DenoiserConfig = DenoiserConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    trust_remote_code: bool = False
+    """Passed to `from_pretrained`; off by default (security)."""
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_sources(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        if not sources:
+            raise ValueError("at least one source is required")
+        keys = [s.key for s in sources]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"duplicate source keys {keys}: give each source a distinct `name` or `layer`")
+        return sources
+
+    def source(self, key: str) -> SourceConfig:
+        """The source whose partition key is `key`."""
+        for s in self.sources:
+            if s.key == key:
+                return s
+        raise KeyError(f"unknown source {key!r}; configured sources: {[s.key for s in self.sources]}")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = Path(os.environ.get("GLP_CONFIG_FILE", "glp.toml"))
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        if toml.is_file():
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=toml),)
+        return sources
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build and validate the settings; raise a readable error naming the bad field."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in e.errors()]
+        raise ConfigError("invalid glp configuration:\n" + "\n".join(lines)) from None
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names each bad field."""

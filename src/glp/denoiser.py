@@ -1,0 +1,124 @@
+"""The GLP denoiser: a per-token, attention-free velocity network over residual-stream activations.
+
+    x (B, d) --in_proj--> (B, D) --[n_blocks x GLPBlock]--> LayerNorm --out_proj--> v (B, d)
+
+Each block is a pre-LayerNorm SwiGLU MLP whose gate pre-activation is multiplied by a per-block
+projection of a shared timestep embedding e(t):
+
+    x <- x + W_down( SiLU(W_gate LN(x) * W_time e(t)) * W_up LN(x) )
+
+The post-SwiGLU hidden units (the input of W_down) of every block are the "meta-neurons".
+D = width_mult * d and H = hidden_mult * d (paper: 2d and 4d).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from glp.config import DenoiserConfig
+
+TIME_SCALE = 1000.0
+"""t in [0, 1] is multiplied by this before the sinusoidal embedding, as for 1000 discrete diffusion levels."""
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """Sinusoidal embedding (B,) -> (B, dim) of the noise level t in [0, 1] (DDPM/Transformer style)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = (t.float() * TIME_SCALE)[:, None] * freqs[None, :]  # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb  # (B, dim), float32
+
+
+class GLPBlock(nn.Module):
+    """Pre-LN SwiGLU residual block with the time embedding multiplying the gate pre-activation."""
+
+    def __init__(self, width: int, hidden: int, time_width: int):
+        super().__init__()
+        self.ln = nn.LayerNorm(width)
+        self.w_gate = nn.Linear(width, hidden, bias=False)
+        self.w_up = nn.Linear(width, hidden, bias=False)
+        self.w_time = nn.Linear(time_width, hidden)
+        self.w_down = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x: Tensor, temb: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, D), temb (B, D_t) -> (x + update (B, D), meta-neurons (B, H))."""
+        h = self.ln(x)
+        gate = self.w_gate(h) * self.w_time(temb)  # (B, H) time-modulated gate pre-activation
+        meta = F.silu(gate) * self.w_up(h)  # (B, H)
+        return x + self.w_down(meta), meta
+
+
+class GLPDenoiser(nn.Module):
+    """Velocity model v(x_t, t) for flow matching on normalized activations (t = noise level)."""
+
+    def __init__(self, d_model: int, cfg: DenoiserConfig):
+        super().__init__()
+        self.d_model = d_model
+        self.cfg = cfg
+        self.width = round(cfg.width_mult * d_model)  # D
+        self.hidden = round(cfg.hidden_mult * d_model)  # H
+        if self.width < 1 or self.hidden < 1:
+            raise ValueError(
+                f"denoiser widths D={self.width}, H={self.hidden} for d_model={d_model}: "
+                "raise width_mult / hidden_mult so both are at least 1"
+            )
+        self.time_mlp = nn.Sequential(  # e(t), shared by all blocks
+            nn.Linear(cfg.time_dim, self.width),
+            nn.SiLU(),
+            nn.Linear(self.width, self.width),
+        )
+        self.in_proj = nn.Linear(d_model, self.width)
+        self.blocks = nn.ModuleList(GLPBlock(self.width, self.hidden, self.width) for _ in range(cfg.n_blocks))
+        self.ln_f = nn.LayerNorm(self.width)
+        self.out_proj = nn.Linear(self.width, d_model)
+
+        # Init, in the spirit of DiT's adaLN-Zero: W_down = 0 makes every block the identity at start (the
+        # residual stream does not grow with depth), and W_time's bias = 1 makes the time multiplier start
+        # near 1, so each block starts as a plain SwiGLU rather than one with a near-zero gate.
+        for block in self.blocks:
+            nn.init.zeros_(block.w_down.weight)
+            nn.init.ones_(block.w_time.bias)
+
+    @property
+    def n_meta_neurons(self) -> int:
+        """Meta-neurons per forward pass: n_blocks * H."""
+        return self.cfg.n_blocks * self.hidden
+
+    def forward(self, x: Tensor, t: Tensor | float, return_meta: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """x (B, d), t (B,) or scalar -> velocity (B, d) [, meta-neurons (B, n_blocks * H), block-major]."""
+        B = x.shape[0]
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(B)
+        temb = self.time_mlp(timestep_embedding(t, self.cfg.time_dim).to(x.dtype))  # (B, D)
+        h = self.in_proj(x)  # (B, D)
+        metas = []
+        for block in self.blocks:
+            h, meta = block(h, temb)
+            metas.append(meta)
+        v = self.out_proj(self.ln_f(h))  # (B, d)
+        if return_meta:
+            return v, torch.cat(metas, dim=-1)
+        return v
+
+    def config_dict(self) -> dict[str, Any]:
+        """JSON-able description from which `from_config_dict` rebuilds the same architecture."""
+        return {"d_model": self.d_model, **self.cfg.model_dump(mode="json")}
+
+    @classmethod
+    def from_config_dict(cls, d: dict[str, Any]) -> GLPDenoiser:
+        """Rebuild an (untrained) denoiser from `config_dict()` output; load weights separately."""
+        d = dict(d)
+        if "d_model" not in d:
+            raise ValueError(f"denoiser config {d} has no 'd_model': was it written by GLPDenoiser.config_dict()?")
+        d_model = int(d.pop("d_model"))
+        return cls(d_model, DenoiserConfig(**d))

@@ -1,0 +1,113 @@
+"""Exact per-dimension normalization statistics over a whole activation store, and the Normalizer.
+
+One streaming pass in float64 over the store's chunks, merging per-chunk (count, mean, M2) with Chan et
+al.'s pairwise update — numerically stable, exact up to float64 rounding, memory O(d²) (the covariance of
+the *normalized* data, needed by the Gaussian baseline, is accumulated in the same pass as a second
+moment about the running mean and corrected at the end).
+(The paper's code estimated the stats from its first shard only.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from glp.store import ActivationStore
+
+EPS = 1e-6
+
+
+@dataclass
+class RunningMoments:
+    """Count, mean and centered second moments of rows seen so far (float64)."""
+
+    n: int
+    mean: np.ndarray  # (d,)
+    m2: np.ndarray  # (d,) sum of squared deviations
+    cross: np.ndarray | None  # (d, d) sum of outer products of deviations, or None
+
+    @classmethod
+    def empty(cls, d: int, with_cov: bool) -> RunningMoments:
+        return cls(0, np.zeros(d), np.zeros(d), np.zeros((d, d)) if with_cov else None)
+
+    def update(self, rows: np.ndarray) -> None:
+        """Merge a chunk of rows (k, d) — Chan, Golub & LeVeque pairwise combination."""
+        x = rows.astype(np.float64)
+        k = len(x)
+        if k == 0:
+            return
+        mean_b = x.mean(0)
+        dev = x - mean_b
+        m2_b = (dev * dev).sum(0)
+        delta = mean_b - self.mean
+        n = self.n + k
+        self.m2 += m2_b + delta * delta * self.n * k / n
+        if self.cross is not None:
+            self.cross += dev.T @ dev + np.outer(delta, delta) * self.n * k / n
+        self.mean = self.mean + delta * k / n
+        self.n = n
+
+    @property
+    def var(self) -> np.ndarray:
+        """Population variance per dimension."""
+        return self.m2 / max(self.n, 1)
+
+
+@dataclass
+class NormStats:
+    """What `norm_stats` stores: per-dim mean/var and the covariance of normalized rows."""
+
+    n: int
+    mean: np.ndarray  # (d,)
+    var: np.ndarray  # (d,)
+    cov_normalized: np.ndarray  # (d, d) covariance of (x - mean) / std
+
+    def save(self, path: Path) -> None:
+        from safetensors.numpy import save_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"mean": self.mean, "var": self.var, "cov_normalized": self.cov_normalized}, str(tmp),
+                  metadata={"n": str(self.n)})
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> NormStats:
+        from safetensors import safe_open
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no normalization stats at {path}: materialize `norm_stats` first")
+        with safe_open(str(path), framework="numpy") as f:
+            n = int(f.metadata()["n"])
+            return cls(n, f.get_tensor("mean"), f.get_tensor("var"), f.get_tensor("cov_normalized"))
+
+    def normalizer(self) -> Normalizer:
+        return Normalizer(torch.from_numpy(self.mean).float(), torch.from_numpy(np.sqrt(self.var + EPS)).float())
+
+
+def compute_stats(store: ActivationStore, with_cov: bool = True) -> NormStats:
+    """Exact mean/var (and normalized covariance) over every row of the store, streaming by chunk."""
+    mom = RunningMoments.empty(store.d_model, with_cov)
+    for rows in store.iter_chunks():
+        mom.update(rows)
+    std = np.sqrt(mom.var + EPS)
+    cov = mom.cross / max(mom.n, 1) / np.outer(std, std) if mom.cross is not None else np.zeros((0, 0))
+    return NormStats(mom.n, mom.mean, mom.var, cov)
+
+
+class Normalizer(torch.nn.Module):
+    """Per-dimension z-score: normalize(x) = (x - mean) / std, denormalize is its exact inverse."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("std", std.clone())
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x)) / self.std.to(x)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.std.to(z) + self.mean.to(z)

@@ -1,0 +1,280 @@
+"""Zarr v3 activation store: one row per token, row-chunked, compressed, with provenance arrays.
+
+Layout of `<name>.zarr`:
+    acts      (n, d)  float32   residual-stream rows, chunks of `chunk_rows` rows, Blosc lz4 + shuffle
+    doc_id    (n,)    int64     index of the document in its corpus split
+    position  (n,)    int32     token position in the document (BOS = 0 is never stored)
+    token_id  (n,)    int32     the token at that position
+    attrs: model, layer, d_model, dtype, corpus_hash, split, n_rows, n_docs, complete, ...
+
+Writing goes to `<name>.zarr.partial` and is renamed into place only when complete, so a reader never sees
+a half-written store and a good store is never replaced by a broken one. The partial store records how
+many documents it holds after each flush; `StoreWriter(resume=True)` continues from there, and because
+extraction is deterministic the resumed store equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROVENANCE = {"doc_id": "int64", "position": "int32", "token_id": "int32"}
+
+
+class StoreError(RuntimeError):
+    """The activation store is missing, incomplete or inconsistent."""
+
+
+def _compressors() -> Any:
+    from zarr.codecs import BloscCodec, BloscShuffle
+
+    # lz4 + byte shuffle measured fastest here (STACK.md gotcha 6).
+    return BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle)
+
+
+def _fsync_tree(path: Path) -> None:
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Atomically move a finished folder `tmp` to `final` (same parent), replacing any previous one."""
+    _fsync_tree(tmp)
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+class StoreWriter:
+    """Append token rows to a new store; `close()` publishes it atomically."""
+
+    def __init__(
+        self,
+        path: Path,
+        d_model: int,
+        chunk_rows: int,
+        attrs: dict[str, Any],
+        resume: bool = True,
+    ) -> None:
+        import zarr
+
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".partial")
+        self.chunk_rows = chunk_rows
+        self.d_model = d_model
+        self._buf: list[dict[str, np.ndarray]] = []
+        self._buf_rows = 0
+        fingerprint = {k: attrs[k] for k in sorted(attrs)}
+        if self.tmp.exists() and resume:
+            group = zarr.open_group(self.tmp, mode="r+")
+            if group.attrs.get("fingerprint") != fingerprint:
+                shutil.rmtree(self.tmp)  # a partial from another config: start over
+            else:
+                self.group = group
+                self.n_rows = int(group.attrs["n_rows"])
+                self.n_docs = int(group.attrs["n_docs"])
+                for name in ("acts", *PROVENANCE):  # drop rows written after the last recorded flush
+                    arr = group[name]
+                    arr.resize((self.n_rows, *arr.shape[1:]))
+                self.written = self.n_rows
+                return
+        elif self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.parent.mkdir(parents=True, exist_ok=True)
+        self.group = zarr.open_group(self.tmp, mode="w", zarr_format=3)
+        self.group.create_array(
+            "acts", shape=(0, d_model), chunks=(chunk_rows, d_model), dtype="float32", compressors=_compressors()
+        )
+        for name, dtype in PROVENANCE.items():
+            self.group.create_array(name, shape=(0,), chunks=(chunk_rows,), dtype=dtype, compressors=_compressors())
+        self.n_rows = self.n_docs = self.written = 0
+        self.group.attrs.update({**attrs, "fingerprint": fingerprint, "n_rows": 0, "n_docs": 0, "complete": False})
+
+    def append(self, acts: np.ndarray, doc_id: np.ndarray, position: np.ndarray, token_id: np.ndarray) -> None:
+        """Buffer rows (acts (n, d) float32, the others (n,)); full chunks are written as they fill."""
+        if acts.ndim != 2 or acts.shape[1] != self.d_model:
+            raise StoreError(f"rows of shape {acts.shape} do not match store width {self.d_model}")
+        if not np.isfinite(acts).all():
+            bad = int((~np.isfinite(acts)).any(axis=1).sum())
+            raise StoreError(
+                f"{bad} activation rows contain NaN/Inf (documents {int(doc_id.min())}..{int(doc_id.max())}); "
+                "the model is numerically unstable at this layer/dtype: try dtype float32 or another layer"
+            )
+        self._buf.append({"acts": acts.astype(np.float32, copy=False), "doc_id": doc_id, "position": position, "token_id": token_id})
+        self._buf_rows += len(acts)
+        if self._buf_rows >= self.chunk_rows:
+            self._write_buffer()
+
+    def _write_buffer(self) -> None:
+        if not self._buf:
+            return
+        cols = {k: np.concatenate([b[k] for b in self._buf]) for k in self._buf[0]}
+        n = len(cols["acts"])
+        for name, values in cols.items():
+            arr = self.group[name]
+            arr.resize((self.written + n, *arr.shape[1:]))
+            arr[self.written : self.written + n] = values.astype(arr.dtype, copy=False)
+        self.written += n
+        self._buf, self._buf_rows = [], 0
+
+    def commit(self, n_docs: int) -> None:
+        """Write all buffered rows and record that the first `n_docs` documents are done (the resume point)."""
+        self._write_buffer()
+        self.n_rows, self.n_docs = self.written, n_docs
+        self.group.attrs.update({"n_rows": self.n_rows, "n_docs": self.n_docs})
+
+    def close(self, extra_attrs: dict[str, Any] | None = None) -> Path:
+        """Mark the committed store complete and publish it atomically. Returns the final path."""
+        if self._buf or self.written != self.n_rows:
+            raise StoreError("uncommitted rows at close: call commit(n_docs) first")
+        if self.n_rows == 0:
+            raise StoreError(f"no activation rows were written to {self.path}: is the corpus empty?")
+        self.group.attrs.update({**(extra_attrs or {}), "complete": True})
+        publish_dir(self.tmp, self.path)
+        return self.path
+
+
+class ActivationStore:
+    """Read side of a complete store."""
+
+    def __init__(self, path: Path) -> None:
+        import zarr
+
+        self.path = Path(path)
+        if not self.path.exists():
+            hint = " (a partial store exists: re-run to resume)" if self.path.with_name(self.path.name + ".partial").exists() else ""
+            raise StoreError(f"no activation store at {self.path}{hint}: materialize the `activations` asset first")
+        self.group = zarr.open_group(self.path, mode="r")
+        if not self.group.attrs.get("complete"):
+            raise StoreError(f"activation store {self.path} is incomplete: re-materialize `activations`")
+        self.acts = self.group["acts"]
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.acts.shape[0])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.acts.shape[1])
+
+    @property
+    def chunk_rows(self) -> int:
+        return int(self.acts.chunks[0])
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_rows // self.chunk_rows)
+
+    def chunk(self, i: int) -> np.ndarray:
+        """Rows of chunk i, (≤chunk_rows, d) float32."""
+        return self.acts[i * self.chunk_rows : (i + 1) * self.chunk_rows]
+
+    def iter_chunks(self) -> Iterator[np.ndarray]:
+        for i in range(self.n_chunks):
+            yield self.chunk(i)
+
+    def provenance(self, name: str) -> np.ndarray:
+        return self.group[name][:]
+
+    def nbytes_stored(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+def n_batches(n_rows: int, batch_size: int) -> int:
+    """Full batches per epoch (the ragged tail is dropped so every step sees `batch_size` rows)."""
+    return n_rows // batch_size
+
+
+def iter_shuffled_batches(
+    store: ActivationStore,
+    batch_size: int,
+    seed: int,
+    epoch: int = 0,
+    start_batch: int = 0,
+    group_chunks: int = 8,
+    prefetch: int = 2,
+) -> Iterator[np.ndarray]:
+    """Shuffled (batch_size, d) float32 batches for one epoch, streamed with bounded memory.
+
+    Chunk order is permuted per (seed, epoch); groups of `group_chunks` chunks are loaded, shuffled
+    row-wise with their own seeded RNG and cut into batches, the remainder carried into the next group.
+    Batch b of the epoch is fully determined by (seed, epoch, b), so `start_batch` resumes exactly —
+    and only the groups from the resume point on are read.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(store.n_chunks)
+    groups = [order[i : i + group_chunks] for i in range(0, len(order), group_chunks)]
+    sizes = [sum(min(store.chunk_rows, store.n_rows - c * store.chunk_rows) for c in g) for g in groups]
+    total = n_batches(store.n_rows, batch_size)
+    skip_rows = start_batch * batch_size
+    first = 0
+    while first < len(groups) and skip_rows >= sizes[first]:
+        skip_rows -= sizes[first]
+        first += 1
+
+    def load(gi: int) -> np.ndarray:
+        rows = np.concatenate([store.chunk(int(c)) for c in groups[gi]])
+        return rows[np.random.default_rng([seed, epoch, gi]).permutation(len(rows))]
+
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def producer() -> None:
+        try:
+            for gi in range(first, len(groups)):
+                if stop.is_set():
+                    return
+                q.put(load(gi))
+        except BaseException as e:  # surface reader errors in the consumer
+            q.put(e)
+        q.put(None)
+
+    thread = threading.Thread(target=producer, daemon=True)
+    thread.start()
+    emitted = start_batch
+    carry = np.empty((0, store.d_model), np.float32)
+    try:
+        while emitted < total:
+            item = q.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            if skip_rows:
+                item, skip_rows = item[skip_rows:], 0
+            rows = np.concatenate([carry, item]) if len(carry) else item
+            n_full = len(rows) // batch_size
+            for b in range(n_full):
+                if emitted >= total:
+                    break
+                yield rows[b * batch_size : (b + 1) * batch_size]
+                emitted += 1
+            carry = rows[n_full * batch_size :]
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

@@ -1,0 +1,175 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from glp.config import DenoiserConfig, EvalConfig
+from glp.denoiser import GLPDenoiser
+from glp.evaluate import (
+    diag_gaussian_samples,
+    evaluate_prior,
+    frechet_distance,
+    gaussian_baseline_from_data,
+    gaussian_baseline_loss,
+    heldout_loss,
+    heldout_ts,
+)
+from glp.flow import flow_matching_loss
+
+
+def random_cov(d: int, seed: int) -> np.ndarray:
+    a = np.random.default_rng(seed).standard_normal((d, d))
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+def optimal_linear_predictor(cov: np.ndarray, t: float) -> np.ndarray:
+    """B with v_hat = B x_t, from the spec's formulas (direct matrix algebra, no eigenbasis)."""
+    eye = np.eye(len(cov))
+    cov_x = (1 - t) ** 2 * cov + t**2 * eye
+    cov_vx = t * eye - (1 - t) * cov
+    return cov_vx @ np.linalg.inv(cov_x)
+
+
+def linear_loss_mc(cov: np.ndarray, B: np.ndarray, t: float, n: int, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    d = len(cov)
+    x0 = rng.multivariate_normal(np.zeros(d), cov, size=n)
+    eps = rng.standard_normal((n, d))
+    x_t, v = (1 - t) * x0 + t * eps, eps - x0
+    return float(((x_t @ B.T - v) ** 2).mean())
+
+
+def linear_loss_exact(cov: np.ndarray, B: np.ndarray, t: float) -> float:
+    """E||B x_t - v||^2 / d from second moments, for any B."""
+    eye = np.eye(len(cov))
+    cov_x = (1 - t) ** 2 * cov + t**2 * eye
+    cov_vx = t * eye - (1 - t) * cov
+    cov_v = cov + eye
+    return float(np.trace(cov_v - 2 * B @ cov_vx.T + B @ cov_x @ B.T) / len(cov))
+
+
+def test_heldout_ts_are_bin_midpoints():
+    np.testing.assert_allclose(heldout_ts(4), [0.125, 0.375, 0.625, 0.875])
+
+
+@pytest.mark.parametrize("t", [0.1, 0.5, 0.9])
+def test_gaussian_baseline_matches_monte_carlo_of_the_linear_predictor(t):
+    cov = random_cov(6, seed=0)
+    mc = linear_loss_mc(cov, optimal_linear_predictor(cov, t), t, n=200_000, seed=1)
+    assert gaussian_baseline_loss(cov, [t])[0] == pytest.approx(mc, rel=0.02)
+
+
+def test_gaussian_baseline_for_identity_covariance_has_the_closed_form():
+    ts = np.linspace(0.0, 1.0, 11)
+    expected = 2 - (2 * ts - 1) ** 2 / ((1 - ts) ** 2 + ts**2)
+    np.testing.assert_allclose(gaussian_baseline_loss(np.eye(5), ts), expected, rtol=1e-12)
+
+
+def test_no_other_linear_predictor_beats_the_baseline():
+    cov, t = random_cov(5, seed=2), 0.3
+    B = optimal_linear_predictor(cov, t)
+    best = linear_loss_exact(cov, B, t)
+    assert best == pytest.approx(gaussian_baseline_loss(cov, [t])[0], rel=1e-10)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        assert linear_loss_exact(cov, B + 0.01 * rng.standard_normal(B.shape), t) > best
+
+
+def test_gaussian_baseline_from_data_uses_the_empirical_covariance():
+    cov = random_cov(4, seed=4)
+    x = np.random.default_rng(5).multivariate_normal(np.zeros(4), cov, size=2000)
+    ts = [0.2, 0.7]
+    np.testing.assert_allclose(
+        gaussian_baseline_from_data(torch.tensor(x, dtype=torch.float32), ts),
+        gaussian_baseline_loss(np.cov(x, rowvar=False), ts),
+        rtol=1e-5,
+    )
+
+
+def test_frechet_distance_of_a_set_to_itself_is_zero():
+    a = np.random.default_rng(0).standard_normal((500, 6))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_frechet_distance_of_a_shifted_set_is_the_squared_shift():
+    a = np.random.default_rng(0).standard_normal((500, 6))
+    shift = np.array([1.0, -2.0, 0.0, 0.5, 0.0, 3.0])
+    assert frechet_distance(a, a + shift) == pytest.approx(shift @ shift, rel=1e-8)
+
+
+def test_diag_gaussian_samples_match_mean_and_variance_but_not_correlation():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((20_000, 1))
+    x_ref = np.hstack([z + 3.0, 2.0 * z])  # perfectly correlated
+    s = diag_gaussian_samples(x_ref, 20_000, seed=1)
+    np.testing.assert_allclose(s.mean(0), [3.0, 0.0], atol=0.05)
+    np.testing.assert_allclose(s.std(0), [1.0, 2.0], rtol=0.03)
+    assert abs(np.corrcoef(s, rowvar=False)[0, 1]) < 0.05
+    np.testing.assert_array_equal(s, diag_gaussian_samples(x_ref, 20_000, seed=1))
+
+
+def tiny_denoiser(d: int) -> GLPDenoiser:
+    torch.manual_seed(0)
+    return GLPDenoiser(d, DenoiserConfig(width_mult=8, hidden_mult=16, n_blocks=2, time_dim=16))
+
+
+def test_heldout_loss_is_deterministic_and_averages_the_per_t_losses():
+    model, x = tiny_denoiser(3), torch.randn(100, 3)
+    a = heldout_loss(model, x, n_t=4, seed=0, batch_size=32)
+    b = heldout_loss(model, x.numpy(), n_t=4, seed=0, batch_size=32)
+    assert a == b
+    assert a["t"] == heldout_ts(4).tolist() and len(a["loss"]) == 4
+    assert a["mean"] == pytest.approx(np.mean(a["loss"]))
+    assert heldout_loss(model, x, n_t=4, seed=1, batch_size=32)["loss"] != a["loss"]
+
+
+def mixture_of_4(n: int, seed: int) -> torch.Tensor:
+    """Four well-separated 2-D Gaussian blobs (far from Gaussian as a whole)."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.tensor([[3.0, 3.0], [-3.0, 3.0], [3.0, -3.0], [-3.0, -3.0]])
+    return centers[torch.randint(0, 4, (n,), generator=g)] + 0.3 * torch.randn(n, 2, generator=g)
+
+
+def test_a_briefly_trained_denoiser_beats_the_gaussian_baseline_on_a_mixture():
+    train, heldout = mixture_of_4(20_000, seed=0), mixture_of_4(2000, seed=1)
+    mean, std = train.mean(0), train.std(0)
+    train, heldout = (train - mean) / std, (heldout - mean) / std
+
+    model = GLPDenoiser(2, DenoiserConfig(width_mult=32, hidden_mult=64, n_blocks=2, time_dim=32))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    for _ in range(400):
+        batch = train[torch.randint(0, len(train), (256,), generator=g)]
+        loss = flow_matching_loss(model, batch, generator=g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    ours = heldout_loss(model, heldout, n_t=8, seed=0)
+    base = gaussian_baseline_from_data(train, ours["t"])
+    assert ours["mean"] < 0.9 * base.mean()
+
+
+def test_evaluate_prior_reports_json_able_numbers():
+    d = 3
+    model = tiny_denoiser(d)
+    heldout = np.random.default_rng(0).standard_normal((300, d)).astype(np.float32)
+    cfg = EvalConfig(n_t=4, n_samples=100, sample_steps=5, seed=0)
+    report = evaluate_prior(model, heldout, np.eye(d), cfg, device="cpu")
+    assert json.loads(json.dumps(report)) == report
+    assert len(report["heldout_loss"]) == len(report["gaussian_baseline_loss"]) == 4
+    assert report["n_fd"] == 100
+    for key in ("heldout_loss_mean", "gaussian_baseline_loss_mean", "fd_glp", "fd_diag_gaussian", "fd_heldout_floor"):
+        assert np.isfinite(report[key])
+    # standard-normal held-out rows: the diagonal Gaussian is the true law, so it sits near the floor
+    assert report["fd_diag_gaussian"] < 0.5 and report["fd_heldout_floor"] < 0.5
+    assert evaluate_prior(model, heldout, np.eye(d), cfg, device="cpu") == report
+
+
+def test_evaluate_prior_uses_half_the_heldout_rows_when_short():
+    d = 2
+    heldout = np.random.default_rng(0).standard_normal((150, d))
+    report = evaluate_prior(tiny_denoiser(d), heldout, np.eye(d), EvalConfig(n_t=2, sample_steps=2), device="cpu")
+    assert report["n_fd"] == 75
