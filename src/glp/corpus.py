@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from glp.config import CorpusConfig
+from glp.store import publish_dir
 
 Split = Literal["train", "heldout"]
 SPLITS: tuple[Split, ...] = ("train", "heldout")
@@ -213,10 +214,16 @@ def write_corpus(
     by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for d in docs:
         by_split[split_of(d["id"], cfg)].append(d)
+    for split, split_docs in by_split.items():
+        if not split_docs:
+            raise CorpusError(
+                f"the {split} split of {len(docs)} documents is empty (heldout_fraction {cfg.heldout_fraction}, "
+                f"seed {cfg.seed}): use more documents or another heldout_fraction"
+            )
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = fresh_temp_dir(out)
     try:
         files: dict[str, str] = {}
         counts: dict[str, dict] = {}
@@ -255,34 +262,20 @@ def write_corpus(
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                with path.open("rb") as f:
-                    os.fsync(f.fileno())
-        publish_dir(tmp, out)
+        publish_dir(tmp, out)  # fsyncs, then renames
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def publish_dir(tmp: Path, out: Path) -> None:
-    """Rename a finished sibling folder `tmp` into place as `out`; an old `out` is moved aside first and
-    removed after, so readers see the old folder or the new one, never a mix."""
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp made it 0700; publish with ordinary permissions
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def fresh_temp_dir(out: Path) -> Path:
+    """An empty sibling folder of `out` to build it in (same filesystem, so publishing is a rename)."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 # ---------------------------------------------------------------- download and build

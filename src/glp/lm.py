@@ -56,7 +56,7 @@ class SourceLM:
         layers = decoder_layers(self.model)
         if not 0 <= layer < len(layers):
             raise SourceModelError(
-                f"layer {layer} out of range for {Path(self.path).name} ({len(layers)} blocks): "
+                f"layer {layer} out of range for the model at {self.path} ({len(layers)} blocks): "
                 f"choose 0..{len(layers) - 1}"
             )
         return layers[layer]

@@ -13,15 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from glp.config import SourceLMConfig, config_hash
-from glp.corpus import corpus_hash, load_documents, publish_dir
+from glp.corpus import corpus_hash, fresh_temp_dir, load_documents
+from glp.store import publish_dir
 
 EOT = "<|endoftext|>"
 REPORT = "train_report.json"
@@ -131,9 +130,10 @@ def _samples(model, tokenizer, seed: int, prompts: Sequence[str] = SAMPLE_PROMPT
     for i, prompt in enumerate(prompts):
         torch.manual_seed(seed + i)
         ids = tokenizer(prompt, return_tensors="pt")
+        room = model.config.n_positions - ids["input_ids"].shape[1]  # never run past the position table
         with torch.inference_mode():
             gen = model.generate(
-                **ids, do_sample=True, top_k=50, temperature=0.8, max_new_tokens=max_new_tokens,
+                **ids, do_sample=True, top_k=50, temperature=0.8, max_new_tokens=min(max_new_tokens, room),
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
             )
         out.append({"prompt": prompt, "text": tokenizer.decode(gen[0], skip_special_tokens=True)})
@@ -227,7 +227,7 @@ def train_source_lm(
         "steps": cfg.steps,
         "tokens_seen": cfg.steps * cfg.batch_size * cfg.n_ctx,
         "epochs_seen": cfg.steps * cfg.batch_size * cfg.n_ctx / len(stream),
-        "loss_curve": curve,
+        "loss_curve": [list(point) for point in curve],
         "heldout_perplexity": math.exp(heldout_nll),
         "unigram_perplexity": math.exp(unigram_nll),
         "heldout_tokens": heldout_tokens,
@@ -245,16 +245,12 @@ def train_source_lm(
 
 def _save(model, tokenizer, report: dict, out_dir: Path) -> None:
     """Write model, tokenizer and report into a temp sibling folder, then rename it into place."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = fresh_temp_dir(out_dir)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")  # written last
-        for path in tmp.iterdir():
-            with path.open("rb") as f:
-                os.fsync(f.fileno())
-        publish_dir(tmp, out_dir)
+        publish_dir(tmp, out_dir)  # fsyncs, then renames
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,0 +1,1 @@
+"""The Dagster code location of glp: thin assets over `glp.pipeline`, checks, resources, partitions."""

@@ -1,0 +1,175 @@
+"""Software-defined assets: each calls one `glp.pipeline` step and describes the result.
+
+corpus ─► source_lm ─► activations[src] ─► norm_stats[src] ─► glp_prior[src] ─► prior_eval[src]
+(corpus also feeds activations directly). `src` is a static partition per configured source (LLM × layer).
+"""
+
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+
+from glp import pipeline
+from glp.config import Settings, config_hash
+from glp_dagster.resources import GLPSettings
+
+CODE_VERSION = "1"  # bump when a step's code changes what it produces
+
+
+def _materialize_hint(asset: str, partition: str | None) -> str:
+    part = f" --partition '{partition}'" if partition else ""
+    return f"dagster asset materialize -m glp_dagster.definitions --select '+{asset}'{part}"
+
+
+def require_upstream(path: Path, upstream: str, asset: str, partition: str | None) -> None:
+    """Fail with the command to run when an upstream artifact is not on disk."""
+    if not Path(path).exists():
+        raise dg.Failure(
+            description=f"`{asset}` needs `{upstream}`, which is not materialized (missing {path}). "
+            f"Materialize it together with its upstream assets: {_materialize_hint(asset, partition)}"
+        )
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Show the library's user-facing errors (what was wrong, what to do) as the step's failure message."""
+    from glp.corpus import CorpusError
+    from glp.lm import SourceModelError
+    from glp.store import StoreError
+
+    try:
+        yield
+    except (CorpusError, SourceModelError, StoreError, FileNotFoundError, ValueError) as e:
+        raise dg.Failure(description=f"{type(e).__name__}: {e}") from e
+
+
+def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    """The asset definitions; code versions carry the config that changes each asset's meaning."""
+
+    @dg.asset(code_version=f"{CODE_VERSION}-{config_hash(settings.corpus)}", group_name="data", kinds={"dvc"})
+    def corpus(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
+        """The prepared text corpus (DVC stage `corpus`): validated, described, versioned by content hash."""
+        with user_errors():
+            info = pipeline.check_corpus(glp.settings)
+        return dg.MaterializeResult(
+            metadata={k: v for k, v in info.items() if k != "corpus_hash"} | {"corpus_hash": info["corpus_hash"][:16]},
+            data_version=dg.DataVersion(info["corpus_hash"][:16]),
+        )
+
+    @dg.asset(deps=[corpus], code_version=f"{CODE_VERSION}-{config_hash(settings.source_lm)}", group_name="data",
+              kinds={"pytorch"})
+    def source_lm(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
+        """The builtin GPT-2-style LM trained on the corpus (used by sources whose model is `builtin`)."""
+        s = glp.settings
+        if not pipeline.uses_builtin(s):
+            return dg.MaterializeResult(metadata={"used": False}, data_version=dg.DataVersion("unused"))
+        with user_errors():
+            rep = pipeline.build_source_lm(s, log=context.log.info)
+        samples = "\n".join(f"- **{x['prompt']}** → {x['text']}" for x in rep.get("samples", []))
+        return dg.MaterializeResult(
+            metadata={
+                "path": rep["path"],
+                "heldout_perplexity": rep["heldout_perplexity"],
+                "unigram_perplexity": rep["unigram_perplexity"],
+                "n_params": rep.get("n_params"),
+                "train_seconds": rep.get("seconds"),
+                "samples": dg.MetadataValue.md(samples),
+            },
+            data_version=dg.DataVersion(Path(rep["path"]).name),
+        )
+
+    @dg.asset(deps=[corpus, source_lm], partitions_def=partitions, group_name="glp", kinds={"zarr"},
+              code_version=f"{CODE_VERSION}-{config_hash(settings.store)}")
+    def activations(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
+        """Residual-stream rows of the source's layer for the train and held-out splits (Zarr v3)."""
+        s, src = glp.settings, glp.source(context)
+        if src.model == "builtin":
+            require_upstream(pipeline.builtin_lm_dir(s), "source_lm", "activations", context.partition_key)
+        with user_errors():
+            out = pipeline.build_activations(s, src, log=context.log.info)
+        tr, ho = out["train"], out["heldout"]
+        from glp.store import ActivationStore
+
+        nbytes = ActivationStore(Path(tr["path"])).nbytes_stored()
+        return dg.MaterializeResult(
+            metadata={
+                "path": tr["path"],
+                "shape": f"({tr['rows']}, {out['d_model']})",
+                "rows_train": tr["rows"],
+                "rows_heldout": ho["rows"],
+                "docs_train": tr["docs"],
+                "layer": f"{out['layer']} of {out['n_layers']}",
+                "bytes_on_disk": nbytes,
+                "tokens_per_s": round(tr["tokens_per_s"], 1),
+                "model_path": out["model_path"],
+            },
+            data_version=dg.DataVersion(out["version"]),
+        )
+
+    @dg.asset(deps=[activations], partitions_def=partitions, group_name="glp", code_version=CODE_VERSION)
+    def norm_stats(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
+        """Exact per-dimension mean/variance (and normalized covariance) over the whole train store."""
+        s, src = glp.settings, glp.source(context)
+        require_upstream(pipeline.source_paths(s, src).store("train"), "activations", "norm_stats", context.partition_key)
+        with user_errors():
+            out = pipeline.build_norm_stats(s, src)
+        return dg.MaterializeResult(metadata={"path": out["path"], "rows": out["n"], "d_model": out["d_model"]},
+                                    data_version=dg.DataVersion(out["version"]))
+
+    @dg.asset(deps=[norm_stats], partitions_def=partitions, group_name="glp", kinds={"deepspeed"},
+              code_version=f"{CODE_VERSION}-{config_hash(settings.denoiser)}-{config_hash(settings.train)}")
+    def glp_prior(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
+        """The GLP denoiser trained by flow matching through DeepSpeed, exported as safetensors."""
+        from glp.report import loss_curve_png, png_markdown
+
+        s, src = glp.settings, glp.source(context)
+        require_upstream(pipeline.source_paths(s, src).norm_stats, "norm_stats", "glp_prior", context.partition_key)
+        with user_errors():
+            out = pipeline.build_prior(s, src, log=context.log.info)
+        losses = out["losses"]
+        png = loss_curve_png(losses)
+        (Path(out["path"]) / "loss_curve.png").write_bytes(png)
+        k = max(1, len(losses) // 10)
+        return dg.MaterializeResult(
+            metadata={
+                "path": out["path"],
+                "steps": out["steps"],
+                "n_params": out["n_params"],
+                "loss_first_10pct": sum(losses[:k]) / k,
+                "loss_last_10pct": sum(losses[-k:]) / k,
+                "rows_per_s": round(out["rows_per_s"], 1),
+                "achieved_gflops": round(out["achieved_flops"] / 1e9, 3),
+                "precision": out["precision"],
+                "resumed_from_step": out["resumed_from"],
+                "loss_curve": dg.MetadataValue.md(png_markdown(png, "loss curve")),
+            },
+            data_version=dg.DataVersion(out["version"]),
+        )
+
+    @dg.asset(deps=[glp_prior], partitions_def=partitions, group_name="glp",
+              code_version=f"{CODE_VERSION}-{config_hash(settings.eval)}")
+    def prior_eval(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
+        """Held-out loss vs the optimal-linear Gaussian baseline; sample FD vs a diagonal Gaussian."""
+        from glp.report import eval_table
+
+        s, src = glp.settings, glp.source(context)
+        require_upstream(pipeline.source_paths(s, src).prior, "glp_prior", "prior_eval", context.partition_key)
+        with user_errors():
+            rep = pipeline.evaluate(s, src)
+        return dg.MaterializeResult(
+            metadata={
+                "heldout_loss": rep["heldout_loss_mean"],
+                "gaussian_baseline_loss": rep["gaussian_baseline_loss_mean"],
+                "loss_ratio_vs_gaussian": rep["loss_ratio_vs_gaussian"],
+                "fd_glp": rep["fd_glp"],
+                "fd_diag_gaussian": rep["fd_diag_gaussian"],
+                "fd_heldout_floor": rep["fd_heldout_floor"],
+                "report": dg.MetadataValue.md(eval_table(rep)),
+                "path": str(pipeline.source_paths(s, src).prior_eval),
+            },
+            data_version=dg.DataVersion(pipeline.sha256_file(pipeline.source_paths(s, src).prior_eval)),
+        )
+
+    return [corpus, source_lm, activations, norm_stats, glp_prior, prior_eval]

@@ -1,0 +1,124 @@
+"""Asset checks: one property each, evidence in metadata; blocking where downstream consumes the asset."""
+
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+
+from glp import pipeline
+from glp_dagster.resources import GLPSettings
+
+
+def norm_stats_suite_result(mean: np.ndarray, std: np.ndarray, n_rows: int, store_rows: int) -> tuple[bool, dict]:
+    """Validate the normalization stats with a great-expectations suite (ephemeral context, nothing written)."""
+    import great_expectations as gx
+    import pandas as pd
+
+    df = pd.DataFrame({"dim": np.arange(len(mean)), "mean": mean, "std": std, "n": n_rows})
+    ctx = gx.get_context(mode="ephemeral")
+    batch = (
+        ctx.data_sources.add_pandas("norm_stats")
+        .add_dataframe_asset("per_dim")
+        .add_batch_definition_whole_dataframe("all")
+        .get_batch(batch_parameters={"dataframe": df})
+    )
+    big = float(np.finfo(np.float32).max)
+    suite = ctx.suites.add(gx.ExpectationSuite(name="norm_stats", expectations=[
+        gx.expectations.ExpectColumnValuesToNotBeNull(column="mean"),
+        gx.expectations.ExpectColumnValuesToNotBeNull(column="std"),
+        gx.expectations.ExpectColumnValuesToBeBetween(column="std", min_value=0, max_value=big, strict_min=True),
+        gx.expectations.ExpectColumnValuesToBeBetween(column="mean", min_value=-big, max_value=big),
+        gx.expectations.ExpectColumnValuesToBeBetween(column="n", min_value=store_rows, max_value=store_rows),
+        gx.expectations.ExpectColumnValuesToBeUnique(column="dim"),
+    ]))
+    res = batch.validate(suite)
+    failed = [r.expectation_config.type for r in res.results if not r.success]
+    return bool(res.success), {"expectations": len(res.results), "failed": ", ".join(failed) or "none"}
+
+
+def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
+    def paths(glp: GLPSettings, context: dg.AssetCheckExecutionContext) -> pipeline.SourcePaths:
+        return pipeline.source_paths(glp.settings, glp.source(context))
+
+    @dg.asset_check(asset="activations", blocking=True, partitions_def=partitions)
+    def activations_finite(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
+        """Every stored activation (train and held-out) is finite."""
+        from glp.store import ActivationStore
+
+        meta = {}
+        ok = True
+        for split in ("train", "heldout"):
+            store = ActivationStore(paths(glp, context).store(split))
+            bad = sum(int((~np.isfinite(c)).sum()) for c in store.iter_chunks())
+            meta[f"nonfinite_{split}"] = bad
+            ok &= bad == 0
+        return dg.AssetCheckResult(passed=ok, metadata=meta)
+
+    @dg.asset_check(asset="activations", blocking=True, partitions_def=partitions)
+    def activations_row_count(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
+        """Rows = non-BOS tokens of the covered documents (re-tokenized independently); no BOS row."""
+        from glp.store import ActivationStore
+
+        src = glp.source(context)
+        meta, ok = {}, True
+        for split in ("train", "heldout"):
+            store = ActivationStore(paths(glp, context).store(split))
+            tokens = pipeline.count_tokens(glp.settings, src, split)
+            bos_rows = int((store.provenance("position") == 0).sum())
+            meta |= {f"rows_{split}": store.n_rows, f"tokens_{split}": tokens, f"bos_rows_{split}": bos_rows}
+            ok &= store.n_rows == tokens and bos_rows == 0
+        return dg.AssetCheckResult(passed=ok, metadata=meta)
+
+    @dg.asset_check(asset="norm_stats", blocking=True, partitions_def=partitions)
+    def norm_stats_expectations(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
+        """Great-expectations suite: finite mean, std > 0 on every dim, row count = store rows."""
+        from glp.stats import NormStats
+        from glp.store import ActivationStore
+
+        p = paths(glp, context)
+        stats = NormStats.load(p.norm_stats)
+        ok, meta = norm_stats_suite_result(stats.mean, np.sqrt(stats.var), stats.n, ActivationStore(p.store("train")).n_rows)
+        return dg.AssetCheckResult(passed=ok, metadata={**meta, "min_std": float(np.sqrt(stats.var).min())})
+
+    @dg.asset_check(asset="glp_prior", blocking=True, partitions_def=partitions)
+    def prior_loss_decreased(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
+        """Mean training loss over the last 10% of steps is below that of the first 10%."""
+        cfg = json.loads((paths(glp, context).prior / "config.json").read_text())
+        losses = cfg["losses"]
+        k = max(1, len(losses) // 10)
+        first, last = float(np.mean(losses[:k])), float(np.mean(losses[-k:]))
+        return dg.AssetCheckResult(passed=last < first, metadata={"loss_first_10pct": first, "loss_last_10pct": last})
+
+    @dg.asset_check(asset="glp_prior", blocking=True, partitions_def=partitions)
+    def prior_input_dim_matches_store(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
+        """The prior's input width equals the activation store's width."""
+        from glp.store import ActivationStore
+
+        p = paths(glp, context)
+        d_prior = json.loads((p.prior / "config.json").read_text())["denoiser"]["d_model"]
+        d_store = ActivationStore(p.store("train")).d_model
+        return dg.AssetCheckResult(passed=d_prior == d_store, metadata={"prior_d": d_prior, "store_d": d_store})
+
+    @dg.asset_check(asset="prior_eval", blocking=True, partitions_def=partitions)
+    def prior_eval_finite(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
+        """Every number in the evaluation report is finite."""
+        rep = json.loads(Path(paths(glp, context).prior_eval).read_text())
+        values = [v for v in rep.values() if isinstance(v, (int, float))] + [x for v in rep.values() if isinstance(v, list) for x in v]
+        bad = int((~np.isfinite(np.asarray(values, dtype=float))).sum())
+        return dg.AssetCheckResult(passed=bad == 0, metadata={"values": len(values), "nonfinite": bad})
+
+    @dg.asset_check(asset="prior_eval", partitions_def=partitions)
+    def prior_beats_gaussian_baseline(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
+        """Held-out GLP loss < optimal-linear Gaussian baseline, and sample FD < diagonal-Gaussian FD."""
+        rep = json.loads(Path(paths(glp, context).prior_eval).read_text())
+        ok = rep["heldout_loss_mean"] < rep["gaussian_baseline_loss_mean"] and rep["fd_glp"] < rep["fd_diag_gaussian"]
+        return dg.AssetCheckResult(
+            passed=bool(ok),
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={k: rep[k] for k in ("heldout_loss_mean", "gaussian_baseline_loss_mean", "fd_glp", "fd_diag_gaussian")},
+        )
+
+    return [activations_finite, activations_row_count, norm_stats_expectations, prior_loss_decreased,
+            prior_input_dim_matches_store, prior_eval_finite, prior_beats_gaussian_baseline]

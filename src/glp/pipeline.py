@@ -1,0 +1,256 @@
+"""The pipeline steps, one function per artifact, with the artifact layout in one place.
+
+Orchestrators (the Dagster assets, the `glp` CLI, a notebook) call these; each step reads its inputs from
+the layout below, writes its artifact atomically and returns a JSON-able summary (what the UI shows).
+
+    <store.root>/source_lm/<hash>/                       builtin source LM (save_pretrained)
+    <store.root>/<model>/L<layer>/activations/train.zarr  activation store (and heldout.zarr)
+    <store.root>/<model>/L<layer>/norm_stats.safetensors
+    <store.root>/<model>/L<layer>/prior/                  exported prior (prior.ckpt/ = DeepSpeed checkpoints)
+    <store.root>/<model>/L<layer>/prior_eval.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from glp.config import BUILTIN_MODEL, Settings, SourceConfig, config_hash
+
+Log = Callable[[str], None]
+
+
+def _nolog(_: str) -> None:
+    pass
+
+
+def sha256_file(path: Path, length: int = 16) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:length]
+
+
+def _hash(*parts: object, length: int = 16) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class SourcePaths:
+    root: Path  # <store.root>/<model>/L<layer>
+
+    @property
+    def activations(self) -> Path:
+        return self.root / "activations"
+
+    def store(self, split: str) -> Path:
+        return self.activations / f"{split}.zarr"
+
+    @property
+    def norm_stats(self) -> Path:
+        return self.root / "norm_stats.safetensors"
+
+    @property
+    def prior(self) -> Path:
+        return self.root / "prior"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "prior.ckpt"
+
+    @property
+    def prior_eval(self) -> Path:
+        return self.root / "prior_eval.json"
+
+
+def source_paths(settings: Settings, source: SourceConfig) -> SourcePaths:
+    return SourcePaths(settings.store.root / source.model_name / f"L{source.layer}")
+
+
+# ---------------------------------------------------------------- corpus and source LM
+
+
+def check_corpus(settings: Settings) -> dict[str, Any]:
+    """Validate the prepared corpus (both splits parse, none empty) and describe it."""
+    from glp.corpus import corpus_hash, load_documents
+
+    path = settings.corpus.path
+    counts = {split: load_documents(path, split) for split in ("train", "heldout")}
+    return {
+        "path": str(path),
+        "corpus_hash": corpus_hash(path),
+        "train_docs": len(counts["train"]),
+        "heldout_docs": len(counts["heldout"]),
+        "train_chars": sum(len(d["text"]) for d in counts["train"]),
+    }
+
+
+def builtin_lm_dir(settings: Settings) -> Path:
+    from glp.corpus import corpus_hash
+    from glp.source_lm import source_lm_dir
+
+    return source_lm_dir(settings.store.root, settings.source_lm, corpus_hash(settings.corpus.path))
+
+
+def uses_builtin(settings: Settings) -> bool:
+    return any(s.model == BUILTIN_MODEL for s in settings.sources)
+
+
+def build_source_lm(settings: Settings, log: Log = _nolog) -> dict[str, Any]:
+    """Train (or reuse) the builtin source LM; returns its training report plus its path."""
+    from glp.source_lm import train_source_lm
+
+    out = builtin_lm_dir(settings)
+    report = train_source_lm(settings.corpus.path, settings.source_lm, out, log=log)
+    return {**report, "path": str(out)}
+
+
+def model_dir(settings: Settings, source: SourceConfig) -> Path:
+    return builtin_lm_dir(settings) if source.model == BUILTIN_MODEL else Path(source.model)
+
+
+def model_fingerprint(path: Path) -> str:
+    """Identity of a saved model: its config.json content plus the names and sizes of its weight files."""
+    path = Path(path)
+    files = sorted((p.name, p.stat().st_size) for p in path.glob("*.safetensors")) + sorted(
+        (p.name, p.stat().st_size) for p in path.glob("*.bin")
+    )
+    return _hash(sha256_file(path / "config.json") if (path / "config.json").is_file() else "", files)
+
+
+# ---------------------------------------------------------------- activations
+
+
+def activations_version(settings: Settings, source: SourceConfig) -> str:
+    """What the stored activations depend on: model identity, layer, corpus, extraction config."""
+    from glp.corpus import corpus_hash
+
+    return _hash(model_fingerprint(model_dir(settings, source)), source.layer, corpus_hash(settings.corpus.path),
+                 config_hash(settings.store))
+
+
+def build_activations(settings: Settings, source: SourceConfig, log: Log = _nolog) -> dict[str, Any]:
+    """Extract the train and held-out activation stores of one source."""
+    from glp.activations import extract_activations
+    from glp.corpus import corpus_hash, load_documents
+    from glp.lm import load_source_lm
+
+    paths = source_paths(settings, source)
+    mdir = model_dir(settings, source)
+    lm = load_source_lm(mdir, settings.device, settings.store.dtype, settings.trust_remote_code)
+    lm.block(source.layer)  # wrong layer: fail before reading the corpus
+    version = activations_version(settings, source)
+    attrs = {"model": source.model_name, "model_path": str(mdir), "corpus_hash": corpus_hash(settings.corpus.path),
+             "version": version}
+    out: dict[str, Any] = {"version": version, "model_path": str(mdir), "layer": source.layer, "d_model": lm.d_model,
+                           "n_layers": lm.n_layers}
+    for split, cap in (("train", settings.store.max_tokens), ("heldout", settings.store.heldout_max_tokens)):
+        texts = [d["text"] for d in load_documents(settings.corpus.path, split)]
+        res = extract_activations(lm, source.layer, texts, paths.store(split), settings.store, cap,
+                                  {**attrs, "split": split}, log=log)
+        out[split] = {"path": str(res.path), "rows": res.n_rows, "docs": res.n_docs, "tokens_per_s": res.tokens_per_s,
+                      "seconds": res.seconds}
+    return out
+
+
+def count_tokens(settings: Settings, source: SourceConfig, split: str) -> int:
+    """Non-BOS tokens of the documents a store says it covers, re-tokenized independently of extraction."""
+    from glp.activations import tokenize_doc
+    from glp.corpus import load_documents
+    from glp.lm import load_source_lm
+    from glp.store import ActivationStore
+
+    store = ActivationStore(source_paths(settings, source).store(split))
+    lm = load_source_lm(model_dir(settings, source), "cpu", "float32", settings.trust_remote_code)
+    docs = load_documents(settings.corpus.path, split)[: int(store.attrs["n_docs"])]
+    return sum(len(tokenize_doc(lm, d["text"], settings.store.max_seq_len)) - 1 for d in docs)
+
+
+# ---------------------------------------------------------------- normalization stats
+
+
+def build_norm_stats(settings: Settings, source: SourceConfig) -> dict[str, Any]:
+    from glp.stats import compute_stats
+    from glp.store import ActivationStore
+
+    paths = source_paths(settings, source)
+    stats = compute_stats(ActivationStore(paths.store("train")))
+    stats.save(paths.norm_stats)
+    return {"path": str(paths.norm_stats), "n": stats.n, "d_model": len(stats.mean), "version": sha256_file(paths.norm_stats)}
+
+
+# ---------------------------------------------------------------- prior
+
+
+def prior_meta(settings: Settings, source: SourceConfig) -> dict[str, Any]:
+    return {"source": source.key, "denoiser_config": config_hash(settings.denoiser), "train_config": config_hash(settings.train)}
+
+
+def build_prior(settings: Settings, source: SourceConfig, log: Log = _nolog) -> dict[str, Any]:
+    """Train the prior through DeepSpeed (resuming from its checkpoints) and export it."""
+    from glp.lm import resolve_device
+    from glp.prior import save_prior
+    from glp.stats import NormStats
+    from glp.store import ActivationStore
+    from glp.train import train_prior
+
+    paths = source_paths(settings, source)
+    store = ActivationStore(paths.store("train"))
+    stats = NormStats.load(paths.norm_stats)
+    if len(stats.mean) != store.d_model:
+        raise ValueError(f"norm_stats width {len(stats.mean)} != activation store width {store.d_model}: "
+                         "re-materialize `norm_stats`")
+    # Checkpoints of another config or data must not be resumed: key the folder by what the run depends on.
+    run_key = _hash(prior_meta(settings, source), store.attrs.get("version"), stats.n)
+    ckpt = paths.checkpoints / run_key
+    if paths.checkpoints.exists():
+        for other in paths.checkpoints.iterdir():
+            if other.name != run_key:
+                shutil.rmtree(other, ignore_errors=True)
+    model, res = train_prior(store, stats.normalizer(), settings.denoiser, settings.train, ckpt,
+                             resolve_device(settings.device), log=log)
+    meta = {**prior_meta(settings, source), "activations_version": store.attrs.get("version"), "steps": res.steps,
+            "final_loss": float(sum(res.losses[-50:]) / len(res.losses[-50:])), "precision": res.precision,
+            "losses": res.losses}
+    save_prior(paths.prior, model, stats.normalizer(), meta)
+    shutil.rmtree(ckpt, ignore_errors=True)  # exported: the resume point is no longer needed
+    return {"path": str(paths.prior), "version": sha256_file(paths.prior / "model.safetensors"), "steps": res.steps,
+            "losses": res.losses, "n_params": res.n_params, "seconds": res.seconds, "rows_per_s": res.rows_per_s,
+            "achieved_flops": res.flops / max(res.seconds, 1e-9), "precision": res.precision,
+            "resumed_from": res.resumed_from, "d_model": store.d_model}
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate(settings: Settings, source: SourceConfig) -> dict[str, Any]:
+    """Held-out flow-matching loss vs the Gaussian baseline, and Frechet distances; saved as JSON."""
+    import torch
+
+    from glp.evaluate import evaluate_prior
+    from glp.lm import resolve_device
+    from glp.prior import load_prior
+    from glp.stats import NormStats
+    from glp.store import ActivationStore
+
+    paths = source_paths(settings, source)
+    device = resolve_device(settings.device)
+    prior = load_prior(paths.prior, device)
+    heldout = ActivationStore(paths.store("heldout"))
+    if heldout.d_model != prior.d_model:
+        raise ValueError(f"prior input dim {prior.d_model} != held-out store dim {heldout.d_model}: "
+                         "re-materialize `glp_prior` for this source")
+    stats = NormStats.load(paths.norm_stats)
+    with torch.no_grad():
+        x = prior.normalizer.normalize(torch.from_numpy(heldout.acts[:]).to(device))
+    report = evaluate_prior(prior.denoiser, x, stats.cov_normalized, settings.eval, device)
+    tmp = paths.prior_eval.with_name(paths.prior_eval.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(paths.prior_eval)
+    return report

@@ -1,0 +1,59 @@
+import json
+
+import dagster as dg
+import pytest
+
+from glp import pipeline
+from glp.prior import load_prior
+from glp_dagster.definitions import build_definitions
+from tests.glp_dagster.conftest import tiny_settings
+
+KEY = "builtin/L1"
+
+
+def _materialize(defs, selection, instance, partition=KEY, raise_on_error=True):
+    job = defs.resolve_implicit_global_asset_job_def()  # noqa: F841 (validates the graph)
+    assets = [a for a in defs.assets]
+    return dg.materialize(
+        assets, selection=selection, partition_key=partition, instance=instance,
+        resources=defs.resources, raise_on_error=raise_on_error,
+    )
+
+
+def test_whole_chain_materializes_with_passing_checks(settings):
+    defs = build_definitions(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    res = dg.materialize(list(defs.assets) + list(defs.asset_checks), instance=instance, partition_key=KEY,
+                         resources=defs.resources)
+    assert res.success
+    checks = {e.asset_check_key.name: e.passed for e in res.get_asset_check_evaluations()}
+    blocking = {"activations_finite", "activations_row_count", "norm_stats_expectations", "prior_loss_decreased",
+                "prior_input_dim_matches_store", "prior_eval_finite"}
+    assert blocking <= set(checks) and all(checks[c] for c in blocking), checks
+    mats = {m.asset_key.to_user_string(): m for m in res.get_asset_materialization_events()}
+    assert set(mats) == {"corpus", "source_lm", "activations", "norm_stats", "glp_prior", "prior_eval"}
+    meta = res.asset_materializations_for_node("activations")[0].metadata
+    assert meta["rows_train"].value >= 1500
+    src = settings.sources[0]
+    report = json.loads(pipeline.source_paths(settings, src).prior_eval.read_text())
+    assert report["n_heldout"] > 0 and report["heldout_loss_mean"] > 0
+    assert load_prior(pipeline.source_paths(settings, src).prior).d_model == 32
+
+
+def test_downstream_alone_on_a_fresh_instance_names_the_plus_selection(settings):
+    defs = build_definitions(settings)
+    res = dg.materialize([a for a in defs.assets], selection="prior_eval", instance=dg.DagsterInstance.ephemeral(),
+                         partition_key=KEY, resources=defs.resources, raise_on_error=False)
+    assert not res.success
+    failure = next(e for e in res.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "--select '+prior_eval'" in failure.step_failure_data.error.message
+
+
+def test_wrong_layer_fails_with_the_valid_range(tmp_path):
+    s = tiny_settings(tmp_path, sources=[{"model": "builtin", "layer": 5}])
+    defs = build_definitions(s)
+    res = dg.materialize([a for a in defs.assets], selection="+activations", instance=dg.DagsterInstance.ephemeral(),
+                         partition_key="builtin/L5", resources=defs.resources, raise_on_error=False)
+    assert not res.success
+    msgs = " ".join(e.step_failure_data.error.message for e in res.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "layer 5 out of range" in msgs and "choose 0..1" in msgs
