@@ -19,8 +19,9 @@ CODE_VERSION = "1"  # bump when a step's code changes what it produces
 
 
 def _materialize_hint(asset: str, partition: str | None) -> str:
+    # '+key:X' (new syntax) and '*X' (legacy) select X and *all* its ancestors; legacy '+X' is one layer only.
     part = f" --partition '{partition}'" if partition else ""
-    return f"dagster asset materialize -m glp_dagster.definitions --select '+{asset}'{part}"
+    return f"dagster asset materialize -m glp_dagster.definitions --select '+key:{asset}'{part}"
 
 
 def require_upstream(path: Path, upstream: str, asset: str, partition: str | None) -> None:

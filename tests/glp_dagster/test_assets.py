@@ -46,7 +46,7 @@ def test_downstream_alone_on_a_fresh_instance_names_the_plus_selection(settings)
                          partition_key=KEY, resources=defs.resources, raise_on_error=False)
     assert not res.success
     failure = next(e for e in res.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "--select '+prior_eval'" in failure.step_failure_data.error.message
+    assert "--select '+key:prior_eval' --partition 'builtin/L1'" in failure.step_failure_data.error.message
 
 
 def test_wrong_layer_fails_with_the_valid_range(tmp_path):
