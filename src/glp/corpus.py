@@ -292,7 +292,7 @@ def fetch_packages(dest: Path) -> dict[str, dict]:
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
         raise CorpusError(
             "building the corpus needs Debian's apt-get and dpkg, which this system lacks: "
-            "fetch the prepared dataset with `dvc pull assets/datasets/corpus.dvc` instead"
+            "fetch the prepared dataset with `dvc pull corpus` instead"
         )
     result = download()
     if result.returncode != 0:  # package lists missing in a fresh container: refresh once
@@ -302,7 +302,7 @@ def fetch_packages(dest: Path) -> dict[str, dict]:
         raise CorpusError(
             f"`apt-get download {' '.join(specs)}` failed:\n{result.stderr.strip()}\n"
             "Run `apt-get update` (as root) and retry, or fetch the prepared dataset with "
-            "`dvc pull assets/datasets/corpus.dvc` instead"
+            "`dvc pull corpus` instead"
         )
     out = {}
     for name, pin in PACKAGES.items():
@@ -383,8 +383,12 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_settings().corpus
     parser = argparse.ArgumentParser(prog="python -m glp.corpus", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=cfg.path, help=f"output folder (default {cfg.path})")
+    parser.add_argument("--seed", type=int, default=cfg.seed, help="seed of the train/held-out split (DVC param)")
+    parser.add_argument("--heldout-fraction", type=float, default=cfg.heldout_fraction,
+                        help="share of documents held out (DVC param)")
     args = parser.parse_args(argv)
-    manifest = prepare_corpus(args.out, cfg)
+    cfg = cfg.model_copy(update={"seed": args.seed, "heldout_fraction": args.heldout_fraction})
+    manifest = prepare_corpus(args.out, type(cfg).model_validate(cfg.model_dump()))
     for split, c in manifest["counts"].items():
         print(f"{split}: {c['docs']} docs, {c['chars']} chars  {c['by_source']}")
     print(f"corpus {corpus_hash(args.out)} written to {args.out}")

@@ -1,0 +1,53 @@
+# glp — the two commands: `make run` (set up + materialize the default chain) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PARTITION ?= builtin/L1
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export TOKENIZERS_PARALLELISM ?= false
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: run test test-slow dev data push validate bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+## data: the DVC-tracked datasets (pull from the remote if it has them, else build them offline)
+data: $(STAMP)
+	$(BIN)/dvc pull -q 2>/dev/null || echo "dvc pull: remote has no copy yet; building the datasets offline"
+	$(BIN)/dvc repro
+	-$(BIN)/dvc push -q
+
+## run: set up, prepare data, materialize the whole default chain for $(PARTITION)
+run: data
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster asset materialize -m glp_dagster.definitions --select '*' --partition '$(PARTITION)'
+	@$(BIN)/python -m glp.cli summary --partition '$(PARTITION)'
+	@echo "Open the UI with: make dev   (then http://127.0.0.1:3000)"
+
+## test: the test suite (CI runs exactly this)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+## dev: the Dagster UI on 127.0.0.1:3000 with workspace.yaml
+dev: $(STAMP)
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+validate: $(STAMP)
+	$(BIN)/dagster definitions validate -m glp_dagster.definitions
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/extract.py
+	$(BIN)/python benchmarks/train.py
+
+clean:
+	rm -rf assets/store $(DAGSTER_HOME)
