@@ -97,7 +97,7 @@ class StoreConfig(_Strict):
     """Documents per forward pass during extraction."""
     max_seq_len: int = Field(128, ge=8)
     """Documents are truncated to this many tokens (BOS included)."""
-    max_tokens: int | None = Field(400_000, ge=1)
+    max_tokens: int | None = Field(300_000, ge=1)
     """Cap on stored train activations (None = the whole corpus)."""
     heldout_max_tokens: int = Field(20_000, ge=1)
     """Cap on stored held-out activations (for evaluation)."""
@@ -112,7 +112,7 @@ class DenoiserConfig(_Strict):
     """D = width_mult * d_model."""
     hidden_mult: float = Field(4.0, gt=0)
     """H = hidden_mult * d_model (SwiGLU hidden width: the meta-neurons per block)."""
-    n_blocks: int = Field(3, ge=1)
+    n_blocks: int = Field(2, ge=1)
     time_dim: int = Field(128, ge=8)
     """Sinusoidal timestep embedding size."""
 
