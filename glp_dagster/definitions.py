@@ -20,9 +20,11 @@ def source_partitions(settings: Settings) -> dg.StaticPartitionsDefinition:
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     partitions = source_partitions(settings)
+    assets = build_assets(settings, partitions)
+    checks = build_checks(partitions)
     return dg.Definitions(
-        assets=build_assets(settings, partitions),
-        asset_checks=build_checks(partitions),
+        assets=assets,
+        asset_checks=checks,
         resources={"glp": settings_resource(settings)},
         # one process: steps share the loaded torch/transformers imports (STACK.md: 4.6 s vs 14 s)
         executor=dg.in_process_executor,

@@ -15,7 +15,9 @@ def _env(tmp_path: Path) -> dict[str, str]:
     from tests.conftest import write_tiny_corpus
 
     write_tiny_corpus(tmp_path / "corpus")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GLP_")}
+    # drop our settings and the single-process torch.distributed env earlier tests set in this process
+    dist = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLP_") and k not in dist}
     env |= {f"GLP_{k.upper()}": json.dumps(v) if isinstance(v, dict) else v for k, v in TINY.items()}
     env["GLP_STORE"] = json.dumps({**TINY["store"], "root": str(tmp_path / "store")})
     env["GLP_CORPUS__PATH"] = str(tmp_path / "corpus")
