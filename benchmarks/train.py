@@ -1,0 +1,125 @@
+"""Training speed of the prior: `glp.train.train_prior` vs a plain matmul, and the store loader vs the trainer.
+
+    (a) trainer FLOP/s / matmul FLOP/s    trainer FLOP/s = 6 · N · rows/s (N = denoiser parameters); matmul
+        FLOP/s = 2·M·K·N/s of a (batch × 1024) @ (1024 × 1024) torch matmul in the trainer's precision (fp32 on
+        CPU). How much of the machine's plain-matmul speed the training loop (DeepSpeed engine, flow-matching
+        loss, backward, AdamW, loader) turns into model FLOPs; 6·N counts only the dense layers' forward and
+        backward, so elementwise work and the optimizer step show up as a lower ratio.
+    (b) loader rows/s / trainer rows/s     `glp.store.iter_shuffled_batches` alone over one epoch of the same
+        store vs the trainer's rows/s. Above 1, the loader keeps up with the trainer (it is not the bottleneck).
+
+The store holds `steps · batch` random N(0, 1) rows of width d, written with `glp.store.StoreWriter`, so one
+epoch is `steps` trainer steps. Trainer time is `TrainResult.seconds`: the training loop from the first batch to
+the checkpoint after the last step. DeepSpeed's import and `deepspeed.initialize` (process group, engine
+build: a one-off cost per run, independent of its length) happen before it and are excluded; their time is
+printed as context. The matmul and the loader are measured before and after training, and averaged, so a change
+in machine load during the run hits both sides of each ratio alike. Nothing is downloaded.
+
+    python benchmarks/train.py [--d 256] [--steps 100] [--batch-size 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from glp.config import DenoiserConfig, StoreConfig, TrainConfig
+from glp.lm import resolve_device
+from glp.stats import Normalizer
+from glp.store import ActivationStore, StoreWriter, iter_shuffled_batches
+from glp.train import init_distributed_env, resolve_precision, train_prior
+
+
+def random_store(path: Path, n_rows: int, d: int, chunk_rows: int, seed: int) -> ActivationStore:
+    """A complete store of n_rows random N(0, 1) rows (n_rows, d), written one chunk at a time."""
+    rng = np.random.default_rng(seed)
+    writer = StoreWriter(path, d, chunk_rows, {"model": "random", "split": "bench"})
+    for start in range(0, n_rows, chunk_rows):
+        k = min(chunk_rows, n_rows - start)
+        zeros = np.zeros(k, np.int32)
+        writer.append(rng.standard_normal((k, d), dtype=np.float32), np.arange(start, start + k), zeros, zeros)
+    writer.commit(n_rows)
+    return ActivationStore(writer.close())
+
+
+def matmul_flops(m: int, k: int, n: int, device: torch.device, dtype: torch.dtype, seconds: float = 2.0) -> float:
+    """FLOP/s of (m × k) @ (k × n), repeated for about `seconds` after a warm-up."""
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(3):
+        a @ b
+    sync()
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(10):
+            a @ b
+        reps += 10
+        sync()
+    return 2 * m * k * n * reps / (time.perf_counter() - t0)
+
+
+def loader_rows_per_s(store: ActivationStore, batch_size: int, seed: int) -> float:
+    """Rows/s of one epoch of `iter_shuffled_batches`, every batch consumed."""
+    t0 = time.perf_counter()
+    rows = sum(len(batch) for batch in iter_shuffled_batches(store, batch_size, seed))
+    return rows / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--d", type=int, default=256, help="activation width d_model (default 256)")
+    p.add_argument("--steps", type=int, default=100, help="trainer steps = one epoch of the store (default 100)")
+    p.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    p.add_argument("--matmul-k", type=int, default=1024, help="K = N of the baseline (batch × K) @ (K × N) matmul")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    device = resolve_device(args.device)
+    tcfg = TrainConfig(batch_size=args.batch_size, seed=args.seed)
+    precision = resolve_precision(tcfg.precision)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    t0 = time.perf_counter()
+    init_distributed_env()
+    import deepspeed  # noqa: F401  (imported here so its import time is not mistaken for training)
+
+    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
+    import_s = time.perf_counter() - t0
+
+    with tempfile.TemporaryDirectory(prefix="glp_bench_train_") as tmp:
+        tmp = Path(tmp)
+        store = random_store(tmp / "rows.zarr", args.steps * args.batch_size, args.d, StoreConfig().chunk_rows, args.seed)
+        mm = [matmul_flops(args.batch_size, args.matmul_k, args.matmul_k, device, dtype)]
+        load = [loader_rows_per_s(store, args.batch_size, args.seed)]
+        identity = Normalizer(torch.zeros(args.d), torch.ones(args.d))  # rows are already N(0, 1)
+        t0 = time.perf_counter()
+        _, res = train_prior(store, identity, DenoiserConfig(), tcfg, tmp / "ckpt", device)
+        outside_loop_s = time.perf_counter() - t0 - res.seconds  # deepspeed.initialize + final weight export
+        mm.append(matmul_flops(args.batch_size, args.matmul_k, args.matmul_k, device, dtype))
+        load.append(loader_rows_per_s(store, args.batch_size, args.seed))
+
+    trainer_flops = res.flops / res.seconds
+    mm_flops, load_rps = statistics.mean(mm), statistics.mean(load)
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    print(f"device {device}{threads}; precision {res.precision}; d={args.d}, default DenoiserConfig "
+          f"(N = {res.n_params:,} params); {res.steps} steps of batch {args.batch_size} = one epoch of the store")
+    print(f"trainer: {res.seconds:.1f} s, {res.rows_per_s:,.0f} rows/s, {trainer_flops / 1e9:.2f} GFLOP/s (6·N·rows/s); "
+          f"excluded: DeepSpeed import {import_s:.1f} s, initialize + export {outside_loop_s:.1f} s")
+    print(f"matmul ({args.batch_size}×{args.matmul_k})@({args.matmul_k}×{args.matmul_k}) {precision}: "
+          f"{mm_flops / 1e9:.2f} GFLOP/s (before/after training: {mm[0] / 1e9:.2f}/{mm[1] / 1e9:.2f})")
+    print(f"loader (iter_shuffled_batches, one epoch): {load_rps:,.0f} rows/s "
+          f"(before/after training: {load[0]:,.0f}/{load[1]:,.0f})")
+    print(f"trainer FLOP/s / matmul FLOP/s = {trainer_flops / mm_flops:.2f}")
+    print(f"loader rows/s / trainer rows/s = {load_rps / res.rows_per_s:.2f}")
+
+
+if __name__ == "__main__":
+    main()
