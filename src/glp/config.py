@@ -149,6 +149,131 @@ class EvalConfig(_Strict):
     seed: int = 0
 
 
+class SteerConfig(_Strict):
+    """On-manifold steering: DiffMean direction, strengths, GLP post-processing, decoding and judging."""
+
+    direction: Literal["sentiment"] = "sentiment"
+    """Built-in DiffMean direction: `sentiment` = positive minus negative templated texts (VADER lexicon words)."""
+    r_values: list[float] = Field(default_factory=lambda: [0.0, 0.2, 0.4, 0.8, 1.2])
+    """Steering strengths r; alpha = r * mean activation norm at the layer. Must include 0 (the unsteered row)."""
+    prompts: list[str] | None = None
+    """Prompts to continue; None = `glp.steer.DEFAULT_PROMPTS` (16 neutral openings)."""
+    max_new_tokens: int = Field(24, ge=1, le=512)
+    decoding: Literal["greedy", "sample"] = "sample"
+    temperature: float = Field(0.8, gt=0)
+    """Softmax temperature for `sample` decoding."""
+    samples_per_prompt: int = Field(2, ge=1)
+    """Sampled continuations per prompt (greedy decoding always makes one)."""
+    t_start: float = Field(0.5, ge=0, le=1)
+    """SDEdit noise level the steered activation is noised to before denoising (paper: 0.5)."""
+    steps: int = Field(20, ge=1)
+    """Schedule the denoising follows from t_start (20 steps from t=1: 10 passes from 0.5)."""
+    solver: Literal["euler", "heun", "midpoint"] = "euler"
+    """ODE solver of the denoising; heun/midpoint take 2 passes per step."""
+    n_direction_texts: int = Field(64, ge=2)
+    """Templated texts per class for the DiffMean direction."""
+    n_bootstrap: int = Field(1000, ge=10)
+    seed: int = 0
+
+    @field_validator("r_values")
+    @classmethod
+    def _has_zero(cls, r: list[float]) -> list[float]:
+        if 0.0 not in r:
+            raise ValueError(f"r_values {r} must contain 0.0 (the unsteered reference row)")
+        return sorted(set(r))
+
+
+class DeltaLMConfig(_Strict):
+    """Delta-LM loss: next-token CE increase when the layer's activations are replaced by a reconstruction."""
+
+    max_tokens: int = Field(4000, ge=16)
+    """Held-out tokens (non-BOS positions) to evaluate on."""
+    t_start: float = Field(0.5, ge=0, le=1)
+    """GLP noise-and-denoise level (paper: 0.5)."""
+    steps: int = Field(20, ge=1)
+    pca_k: int | Literal["match"] = "match"
+    """PCA components; `match` = the smallest k whose held-out reconstruction MSE is at most the GLP's."""
+    pca_rows: int = Field(50_000, ge=16)
+    """Train rows the PCA is fitted on."""
+    n_bootstrap: int = Field(1000, ge=10)
+    seed: int = 0
+
+
+class ProbeTasksConfig(_Strict):
+    """The binary probing tasks (built by the DVC stage `probe_tasks` from the corpus and vaderSentiment)."""
+
+    path: Path = Path("assets/datasets/probe_tasks/data")
+    """Folder holding tasks.json, examples.jsonl and manifest.json (the DVC output; the datasheet sits above it)."""
+    seed: int = 0
+    """Seed of the per-task example sampling and train/test split."""
+    max_examples: int = Field(1280, ge=20)
+    """Examples per task at most (balanced): 1024 train + 256 test at the default (sized for a CPU run)."""
+    max_train: int = Field(1024, ge=10)
+    """Train examples per task at most (the protocol's <= 1024); the rest is test."""
+    train_fraction: float = Field(0.7, gt=0, lt=1)
+    """Share of a task's examples used for training when that is below `max_train`."""
+    min_examples: int = Field(200, ge=4)
+    """A task with fewer examples fails the build (and the `probe_tasks` check)."""
+
+
+class ProbeConfig(_Strict):
+    """Meta-neuron 1-D probing (DESIGN.md): the protocol's constants and the report's sizes."""
+
+    families: list[Literal["sae", "layer", "mlp", "glp"]] = ["sae", "layer", "mlp", "glp"]
+    """Feature families probed, in the order of the paper's Table 4 (SAE, raw layer, raw MLP neuron, GLP)."""
+    t: float = Field(0.1, gt=0, lt=1)
+    """Noise level of the one denoiser pass that reads the meta-neurons."""
+    prefilter: int = Field(512, ge=1)
+    """Units kept per task by |class-mean difference| on train before the 1-D probes."""
+    c_grid: list[float] = [0.01, 0.1, 1.0, 10.0]
+    """Inverse L2 strengths tried for each 1-D logistic regression (chosen by CV ROC-AUC, first best)."""
+    folds: int = Field(5, ge=2)
+    """Stratified CV folds on the train split."""
+    dense: bool = True
+    """Also fit a dense (all-features) L2 logistic probe per task and family, for reference."""
+    dense_c_grid: list[float] = [0.01]
+    """C grid of the dense probe, chosen by the same CV when it has several values (one C: no CV, for time)."""
+    n_bootstrap: int = Field(10_000, ge=100)
+    """Bootstrap resamples of the task set for the 95% CIs."""
+    batch_size: int = Field(256, ge=1)
+    """Texts per LM forward pass during feature extraction (length-sorted, so little padding)."""
+    max_seq_len: int = Field(128, ge=8)
+    """Texts are truncated to this many tokens (BOS included); the last kept token is probed."""
+    dashboard_rows: int = Field(20_000, ge=1)
+    """Held-out store rows (tokens) scanned for each best meta-neuron's top-activating snippets."""
+    dashboard_top: int = Field(5, ge=1)
+    """Snippets per dashboard."""
+    dashboard_context: int = Field(12, ge=1)
+    """Tokens of left context shown in a snippet."""
+    seed: int = 0
+
+    @field_validator("c_grid", "dense_c_grid")
+    @classmethod
+    def _positive(cls, grid: list[float]) -> list[float]:
+        if not grid or any(c <= 0 for c in grid):
+            raise ValueError(f"C grid {grid} must be non-empty with every C > 0")
+        return grid
+
+
+class SAEConfig(_Strict):
+    """The TopK sparse autoencoder baseline (Gao et al. 2024), trained on the same activations as the prior."""
+
+    expansion: int = Field(8, ge=1)
+    """Latents = expansion * d_model (8 x 256 = 2048: as many latents as the default prior's meta-neurons)."""
+    k: int = Field(32, ge=1)
+    """Active latents per row (TopK)."""
+    batch_size: int = Field(512, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    """Adam learning rate (constant after a 5% warmup)."""
+    epochs: int | None = Field(None, ge=1)
+    """Passes over the store; None = `train.epochs`, the prior's budget of activations."""
+    auxk_coef: float = Field(1 / 32, ge=0)
+    """Weight of the AuxK loss that revives dead latents (Gao et al.)."""
+    dead_steps: int = Field(100, ge=1)
+    """A latent that has not fired for this many steps counts as dead (feeds AuxK)."""
+    seed: int = 0
+
+
 class Settings(BaseSettings):
     """Root of the project configuration."""
 
@@ -163,6 +288,11 @@ class Settings(BaseSettings):
     denoiser: DenoiserConfig = DenoiserConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    probe_tasks: ProbeTasksConfig = ProbeTasksConfig()
+    probe: ProbeConfig = ProbeConfig()
+    sae: SAEConfig = SAEConfig()
+    steer: SteerConfig = SteerConfig()
+    delta_lm: DeltaLMConfig = DeltaLMConfig()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     trust_remote_code: bool = False
     """Passed to `from_pretrained`; off by default (security)."""
@@ -213,3 +343,4 @@ def load_settings(**overrides: object) -> Settings:
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names each bad field."""
+
