@@ -11,6 +11,8 @@ import dagster as dg
 from glp.config import Settings, load_settings
 from glp_dagster.assets import build_assets
 from glp_dagster.checks import build_checks
+from glp_dagster.assets_probing import build_probing_assets, build_probing_checks
+from glp_dagster.assets_steering import build_steering_assets, build_steering_checks
 from glp_dagster.resources import settings_resource
 
 
@@ -22,6 +24,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     partitions = source_partitions(settings)
     assets = build_assets(settings, partitions)
     checks = build_checks(partitions)
+    assets += build_probing_assets(settings, partitions)
+    checks += build_probing_checks(partitions)
+    assets += build_steering_assets(settings, partitions)
+    checks += build_steering_checks(partitions)
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,

@@ -32,12 +32,65 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _steer(args: argparse.Namespace) -> int:
+    import textwrap
+
+    import torch
+
+    from glp import pipeline
+    from glp.config import load_settings
+    from glp.lm import load_source_lm
+    from glp.prior import load_prior
+    from glp.steer import encode, generate, mean_activation_norm, sentiment_direction, steer_edit
+    from glp.store import ActivationStore
+
+    settings = load_settings()
+    source = settings.source(args.partition)
+    cfg = settings.steer
+    paths = pipeline.source_paths(settings, source)
+    for path, asset in ((paths.prior, "glp_prior"), (paths.store("heldout"), "activations")):
+        if not path.exists():
+            print(f"missing {path}: materialize `{asset}` first (make run)", file=sys.stderr)
+            return 1
+    lm = load_source_lm(pipeline.model_dir(settings, source), settings.device, "float32", settings.trust_remote_code)
+    prior = load_prior(paths.prior, lm.device)
+    mean_norm = mean_activation_norm(ActivationStore(paths.store("heldout")).acts[:])
+    w = sentiment_direction(lm, source.layer, cfg.n_direction_texts, cfg.seed)
+    decoding = "greedy" if args.greedy else cfg.decoding
+    ids = [encode(lm, args.prompt)]
+    kw = dict(max_new_tokens=args.tokens, decoding=decoding, temperature=cfg.temperature, seed=args.seed,
+              layer=source.layer)
+    g = torch.Generator(device=lm.device).manual_seed(args.seed + 1)
+    alpha = args.r * mean_norm
+    raw = generate(lm, ids, edit=steer_edit(w, alpha), **kw)[0]
+    glp = generate(lm, ids, edit=steer_edit(w, alpha, prior, cfg.t_start, cfg.steps, cfg.solver, g), **kw)[0]
+    print(f"source {source.key}, direction {args.direction}, r={args.r} (alpha={alpha:.2f}), {decoding} decoding, "
+          f"seed {args.seed}\nprompt: {args.prompt!r}\n")
+    cols = [textwrap.wrap(lm.tokenizer.decode(t, skip_special_tokens=True), 48) for t in (raw, glp)]
+    print(f"{'raw steering':<50}| with GLP (t_start={cfg.t_start}, {cfg.steps}-step {cfg.solver})")
+    print("-" * 50 + "+" + "-" * 50)
+    for i in range(max(len(c) for c in cols)):
+        left, right = (c[i] if i < len(c) else "" for c in cols)
+        print(f"{left:<50}| {right}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="glp", description="Generative Latent Priors over LLM activations")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("summary", help="print where a source's artifacts are and its evaluation numbers")
     p.add_argument("--partition", default="builtin/L1", help="source key, e.g. builtin/L1")
     p.set_defaults(func=_summary)
+    p = sub.add_parser("steer", help="steer the source LM along a direction; print raw and GLP continuations")
+    p.add_argument("--partition", default="builtin/L1", help="source key, e.g. builtin/L1")
+    p.add_argument("--direction", default="sentiment", choices=["sentiment"],
+                   help="DiffMean direction (sentiment = positive minus negative)")
+    p.add_argument("--r", type=float, default=0.8, help="strength: alpha = r x mean activation norm (negative flips)")
+    p.add_argument("--prompt", default="I think that")
+    p.add_argument("--tokens", type=int, default=24, help="new tokens")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--greedy", action="store_true", help="greedy decoding (default: the steer config's decoding)")
+    p.set_defaults(func=_steer)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -13,15 +13,42 @@ TINY = {
     "denoiser": {"n_blocks": 2, "time_dim": 16},
     "train": {"batch_size": 64, "lr": 3e-3, "checkpoint_every": 10},
     "eval": {"n_t": 4, "n_samples": 64, "sample_steps": 4},
+    "steer": {"r_values": [0.0, 2.0], "prompts": ["The cat", "Rain fell on"], "max_new_tokens": 4,
+              "samples_per_prompt": 2, "steps": 4, "n_direction_texts": 8, "n_bootstrap": 50},
+    "delta_lm": {"max_tokens": 64, "steps": 4, "pca_rows": 500, "n_bootstrap": 50},
+    "probe": {"prefilter": 16, "folds": 3, "n_bootstrap": 200, "dashboard_rows": 200, "dashboard_top": 3},
+    "sae": {"expansion": 2, "k": 4, "batch_size": 64, "lr": 3e-3},
     "device": "cpu",
 }
+
+
+def write_tiny_probe_tasks(path: Path) -> dict:
+    """Two templated binary tasks in the format of glp.probe_tasks; returns their config values."""
+    from glp.config import ProbeTasksConfig
+    from glp.probe_tasks import balance_and_split, write_tasks
+
+    cfg = ProbeTasksConfig(path=path, max_train=24, min_examples=20)
+    words = {"animal": ["cat", "dog", "bird", "horse"], "thing": ["mat", "bread", "letter", "garden"]}
+    tasks, rows = [], []
+    for name, pos_key in (("is_animal", "animal"), ("is_thing", "thing")):
+        items = {k: [(f"{k}{i}", f"The {w} was seen by the river {i}") for i, w in enumerate(ws * 10)]
+                 for k, ws in words.items()}
+        neg_key = "thing" if pos_key == "animal" else "animal"
+        r = balance_and_split(name, items[pos_key], items[neg_key], cfg)
+        rows += r
+        tasks.append({"name": name, "category": "test", "description": f"{pos_key} (1) or not (0)",
+                      "source": "template", "licence": "n/a", "n_examples": len(r)})
+    write_tasks(path, tasks, rows, cfg)
+    return cfg.model_dump(mode="json")
 
 
 def tiny_settings(tmp: Path, **overrides) -> Settings:
     corpus = tmp / "corpus"
     if not corpus.exists():
         write_tiny_corpus(corpus)
-    values = {**TINY, "corpus": {"path": str(corpus)}, "sources": [{"model": "builtin", "layer": 1}]}
+    tasks = write_tiny_probe_tasks(tmp / "probe_tasks")
+    values = {**TINY, "corpus": {"path": str(corpus)}, "sources": [{"model": "builtin", "layer": 1}],
+              "probe_tasks": tasks}
     values["store"] = {**values["store"], "root": str(tmp / "store")}
     values.update(overrides)
     return load_settings(**values)

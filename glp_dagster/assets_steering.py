@@ -1,0 +1,139 @@
+"""Steering assets: `steering[src]` (concept–fluency Pareto report, raw vs GLP) and `delta_lm[src]` (ΔLM loss).
+
+glp_prior[src] ─┬─► steering[src]
+                └─► prior_eval[src] ─► delta_lm[src]   (delta_lm reports the prior's held-out loss next to ΔCE)
+"""
+
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+
+from glp import pipeline
+from glp.config import Settings, config_hash
+from glp_dagster.assets import require_upstream, user_errors
+from glp_dagster.resources import GLPSettings
+
+CODE_VERSION = "1"
+
+
+def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    @dg.asset(deps=["glp_prior"], partitions_def=partitions, group_name="glp_uses",
+              code_version=f"{CODE_VERSION}-{config_hash(settings.steer)}")
+    def steering(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
+        """DiffMean sentiment steering with and without GLP post-processing: a concept–fluency Pareto report."""
+        from glp.report import png_markdown
+        from glp.steer import build_steering, steering_markdown
+
+        s, src = glp.settings, glp.source(context)
+        require_upstream(pipeline.source_paths(s, src).prior, "glp_prior", "steering", context.partition_key)
+        with user_errors():
+            rep = build_steering(s, src, log=context.log.info)
+        by = {(r["mode"], r["r"]): r for r in rep["rows"]}
+        r_max = max(s.steer.r_values)
+        return dg.MaterializeResult(
+            metadata={
+                "path": rep["path"],
+                "pareto": dg.MetadataValue.md(png_markdown(rep["png"], "steering Pareto plot")),
+                "report": dg.MetadataValue.md(steering_markdown(rep)),
+                "continuations_per_setting": rep["n_continuations"],
+                "passes_per_token": rep["passes_per_token"],
+                "mean_activation_norm": rep["mean_norm"],
+                "sentiment_raw_rmax": by[("raw", r_max)]["concept"],
+                "sentiment_glp_rmax": by[("glp", r_max)]["concept"],
+                "nll_raw_rmax": by[("raw", r_max)]["nll"],
+                "nll_glp_rmax": by[("glp", r_max)]["nll"],
+                "seconds": round(rep["seconds"], 1),
+            },
+            data_version=dg.DataVersion(pipeline.sha256_file(Path(rep["path"]))),
+        )
+
+    @dg.asset(deps=["glp_prior", "prior_eval"], partitions_def=partitions, group_name="glp_uses",
+              code_version=f"{CODE_VERSION}-{config_hash(settings.delta_lm)}")
+    def delta_lm(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
+        """Next-token CE increase when the layer is replaced by GLP / PCA-k / mean reconstructions."""
+        from glp.delta_lm import build_delta_lm, delta_lm_markdown
+
+        s, src = glp.settings, glp.source(context)
+        require_upstream(pipeline.source_paths(s, src).prior, "glp_prior", "delta_lm", context.partition_key)
+        with user_errors():
+            rep = build_delta_lm(s, src)
+        m = rep["methods"]
+        return dg.MaterializeResult(
+            metadata={
+                "path": rep["path"],
+                "report": dg.MetadataValue.md(delta_lm_markdown(rep)),
+                "clean_ce": rep["clean_ce"],
+                "delta_ce_glp": m["glp"]["delta_ce"],
+                "delta_ce_pca": m["pca"]["delta_ce"],
+                "pca_k": m["pca"]["k"],
+                "delta_ce_mean_ablation": m["mean_ablation"]["delta_ce"],
+                "prior_heldout_loss": rep["prior_heldout_loss"],
+                "n_tokens": rep["n_tokens"],
+            },
+            data_version=dg.DataVersion(pipeline.sha256_file(Path(rep["path"]))),
+        )
+
+    return [steering, delta_lm]
+
+
+def _finite(values: list) -> tuple[int, int]:
+    arr = np.asarray(values, dtype=float)
+    return int(arr.size), int((~np.isfinite(arr)).sum())
+
+
+def build_steering_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
+    def report(glp: GLPSettings, context: dg.AssetCheckExecutionContext, name: str) -> dict:
+        return json.loads((pipeline.source_paths(glp.settings, glp.source(context)).root / name).read_text())
+
+    @dg.asset_check(asset="steering", blocking=True, partitions_def=partitions)
+    def steering_scores_finite(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
+        """Every score, CI and paired difference in the steering report is finite."""
+        rep = report(glp, context, "steering.json")
+        vals = [x for r in rep["rows"] for x in (r["concept"], *r["concept_ci"], r["nll"], *r["nll_ci"], r["distinct2"])]
+        vals += [x for p in rep["paired"] for x in (p["d_nll"], *p["d_nll_ci"], p["d_concept"], *p["d_concept_ci"])]
+        n, bad = _finite(vals)
+        return dg.AssetCheckResult(passed=bad == 0, metadata={"values": n, "nonfinite": bad})
+
+    @dg.asset_check(asset="steering", blocking=True, partitions_def=partitions)
+    def steering_r0_is_unsteered(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
+        """The raw r=0 row equals plain generation (no hook), regenerated here, token for token."""
+        from glp.lm import load_source_lm
+        from glp.steer import encode, generate
+
+        s, src = glp.settings, glp.source(context)
+        rep = report(glp, context, "steering.json")
+        lm = load_source_lm(pipeline.model_dir(s, src), s.device, "float32", s.trust_remote_code)
+        cfg = s.steer
+        plain = generate(lm, [encode(lm, p) for p in rep["prompts"]], cfg.max_new_tokens, cfg.decoding,
+                         cfg.temperature, cfg.seed)
+        raw0 = next(x for x in rep["settings"] if x["mode"] == "raw" and x["r"] == 0.0)["tokens"]
+        same = sum(a == b for a, b in zip(raw0, plain))
+        return dg.AssetCheckResult(passed=same == len(plain) == len(raw0),
+                                   metadata={"rows": len(plain), "identical_rows": same})
+
+    @dg.asset_check(asset="steering", blocking=True, partitions_def=partitions)
+    def steering_paired_prompts_and_seeds(context: dg.AssetCheckExecutionContext,
+                                          glp: GLPSettings) -> dg.AssetCheckResult:
+        """GLP and raw rows cover the same r values, and every setting used the same prompts and seed."""
+        rep = report(glp, context, "steering.json")
+        r_raw = sorted(r["r"] for r in rep["rows"] if r["mode"] == "raw")
+        r_glp = sorted(r["r"] for r in rep["rows"] if r["mode"] == "glp")
+        n_rows = {len(x["tokens"]) for x in rep["settings"]}
+        ok = r_raw == r_glp and n_rows == {len(rep["prompts"])} and len(rep["settings"]) == 2 * len(r_raw)
+        return dg.AssetCheckResult(passed=bool(ok), metadata={"r_raw": str(r_raw), "r_glp": str(r_glp),
+                                                              "prompts": len(rep["prompts"]),
+                                                              "seed": rep["config"]["seed"]})
+
+    @dg.asset_check(asset="delta_lm", blocking=True, partitions_def=partitions)
+    def delta_lm_finite(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
+        """Clean CE and every method's ΔCE, CI and reconstruction MSE are finite."""
+        rep = report(glp, context, "delta_lm.json")
+        vals = [rep["clean_ce"]] + [x for m in rep["methods"].values()
+                                    for x in (m["delta_ce"], *m["delta_ce_ci"], m["recon_mse_normalized"])]
+        n, bad = _finite(vals)
+        return dg.AssetCheckResult(passed=bad == 0, metadata={"values": n, "nonfinite": bad})
+
+    return [steering_scores_finite, steering_r0_is_unsteered, steering_paired_prompts_and_seeds, delta_lm_finite]

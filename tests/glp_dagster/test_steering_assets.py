@@ -1,0 +1,52 @@
+import json
+
+import dagster as dg
+
+from glp import pipeline
+from glp_dagster.definitions import build_definitions
+from tests.glp_dagster.conftest import tiny_settings
+
+KEY = "builtin/L1"
+
+
+def test_steering_and_delta_lm_materialize_after_the_chain_with_passing_checks(tmp_path):
+    settings = tiny_settings(tmp_path)  # tiny steer / delta_lm sizes from conftest.TINY
+    defs = build_definitions(settings)
+    chain = dg.AssetSelection.assets("steering", "delta_lm").upstream()  # leaves other engineers' assets out
+    res = dg.materialize(list(defs.assets) + list(defs.asset_checks), selection=chain,
+                         instance=dg.DagsterInstance.ephemeral(), partition_key=KEY, resources=defs.resources)
+    assert res.success
+    checks = {e.asset_check_key.name: e.passed for e in res.get_asset_check_evaluations()}
+    ours = {"steering_scores_finite", "steering_r0_is_unsteered", "steering_paired_prompts_and_seeds",
+            "delta_lm_finite"}
+    assert ours <= set(checks) and all(checks[c] for c in ours), checks
+
+    meta = res.asset_materializations_for_node("steering")[0].metadata
+    assert meta["continuations_per_setting"].value == 4 and meta["passes_per_token"].value == 2
+    assert "data:image/png;base64" in meta["pareto"].value and "| glp | 2 |" in meta["report"].value
+    root = pipeline.source_paths(settings, settings.sources[0]).root
+    rep = json.loads((root / "steering.json").read_text())
+    assert {(r["mode"], r["r"]) for r in rep["rows"]} == {("raw", 0.0), ("raw", 2.0), ("glp", 0.0), ("glp", 2.0)}
+    assert (root / "steering_pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+    dmeta = res.asset_materializations_for_node("delta_lm")[0].metadata
+    assert dmeta["delta_ce_mean_ablation"].value > 0 and dmeta["prior_heldout_loss"].value > 0
+    assert json.loads((root / "delta_lm.json").read_text())["n_tokens"] == 64
+
+
+def test_steering_alone_on_a_fresh_instance_names_the_plus_selection(tmp_path):
+    defs = build_definitions(tiny_settings(tmp_path))
+    res = dg.materialize(list(defs.assets), selection="steering", instance=dg.DagsterInstance.ephemeral(),
+                         partition_key=KEY, resources=defs.resources, raise_on_error=False)
+    assert not res.success
+    failure = next(e for e in res.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "--select '+key:steering'" in failure.step_failure_data.error.message
+
+
+def test_steering_config_enters_the_code_version_of_steering_only(tmp_path):
+    def versions(settings):
+        graph = build_definitions(settings).resolve_asset_graph()
+        return {k.to_user_string(): graph.get(k).code_version for k in graph.get_all_asset_keys()}
+
+    a, b = versions(tiny_settings(tmp_path)), versions(tiny_settings(tmp_path, steer={"max_new_tokens": 7}))
+    assert {k for k in a if a[k] != b[k]} == {"steering"}
