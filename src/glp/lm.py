@@ -96,17 +96,25 @@ def load_source_lm(
     return SourceLM(model=model, tokenizer=tokenizer, path=str(path), device=dev)
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder blocks of any common HF causal LM (GPT-2, Llama, Mistral, GPT-NeoX, OPT…)."""
-    candidates = ("transformer.h", "model.layers", "gpt_neox.layers", "model.decoder.layers", "transformer.blocks")
+def find_module(root: nn.Module, candidates: tuple[str, ...], kind: type[nn.Module] = nn.Module) -> nn.Module | None:
+    """The first dotted attribute path in `candidates` (e.g. `model.layers`) that exists under `root` as a `kind`."""
     for dotted in candidates:
-        obj: Any = model
+        obj: Any = root
         for part in dotted.split("."):
             obj = getattr(obj, part, None)
             if obj is None:
                 break
-        if isinstance(obj, nn.ModuleList):
+        if isinstance(obj, kind):
             return obj
+    return None
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks of any common HF causal LM (GPT-2, Llama, Mistral, GPT-NeoX, OPT…)."""
+    candidates = ("transformer.h", "model.layers", "gpt_neox.layers", "model.decoder.layers", "transformer.blocks")
+    found = find_module(model, candidates, nn.ModuleList)
+    if found is not None:
+        return found
     # Fallback: the longest ModuleList in the model.
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
     if not lists:

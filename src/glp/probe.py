@@ -45,14 +45,11 @@ class ProbeError(ValueError):
 
 def mlp_out_proj(block: nn.Module) -> nn.Module:
     """The MLP output projection of a decoder block (we hook its input), or a clear error."""
-    for dotted in _MLP_OUT:
-        obj: Any = block
-        for part in dotted.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.Module):
-            return obj
+    from glp.lm import find_module
+
+    found = find_module(block, _MLP_OUT)
+    if found is not None:
+        return found
     raise ProbeError(f"cannot find the MLP output projection in {type(block).__name__} "
                      f"(looked for {', '.join(_MLP_OUT)}): add its name to glp.probe._MLP_OUT")
 
@@ -372,12 +369,9 @@ def table4_markdown(summary: dict[str, Any], families: Sequence[str]) -> str:
 
 def per_task_png(rows: Sequence[dict[str, Any]], families: Sequence[str]) -> bytes:
     """Test 1-D AUC per task (rows) and family (markers), as PNG bytes."""
-    import io
+    from glp.report import pyplot, to_png
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     colors = {"sae": "#9467bd", "layer": "#1f77b4", "mlp": "#2ca02c", "glp": "#d62728"}
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1.2), dpi=100)
@@ -390,11 +384,7 @@ def per_task_png(rows: Sequence[dict[str, Any]], families: Sequence[str]) -> byt
     ax.set(xlabel="test ROC-AUC of the best single unit", xlim=(0.4, 1.0), title="1-D probing per task")
     ax.invert_yaxis()
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return to_png(fig)
 
 
 @torch.no_grad()

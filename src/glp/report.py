@@ -9,13 +9,28 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def loss_curve_png(losses: Sequence[float], title: str = "flow-matching training loss") -> bytes:
-    """Per-step loss (light) and its moving average (dark), as PNG bytes."""
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (no display here or in Dagster workers)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def to_png(fig) -> bytes:
+    """Render a matplotlib figure to PNG bytes and close it."""
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    pyplot().close(fig)
+    return buf.getvalue()
+
+
+def loss_curve_png(losses: Sequence[float], title: str = "flow-matching training loss") -> bytes:
+    """Per-step loss (light) and its moving average (dark), as PNG bytes."""
+    plt = pyplot()
     y = np.asarray(losses, dtype=float)
     k = max(1, len(y) // 50)
     smooth = np.convolve(y, np.ones(k) / k, mode="valid")
@@ -24,11 +39,7 @@ def loss_curve_png(losses: Sequence[float], title: str = "flow-matching training
     ax.plot(np.arange(k, len(y) + 1), smooth, color="#08519c", lw=1.6, label=f"mean of {k}")
     ax.set(xlabel="step", ylabel="loss", title=title)
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return to_png(fig)
 
 
 def png_markdown(png: bytes, alt: str) -> str:

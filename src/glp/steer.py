@@ -307,12 +307,9 @@ def steering_report(lm: SourceLM, layer: int, prior: Prior, w: Tensor, mean_norm
 
 def pareto_png(report: dict[str, Any]) -> bytes:
     """Concept (VADER compound, up) vs fluency (NLL under the unsteered LM, left = better), one curve per mode."""
-    import io
+    from glp.report import pyplot, to_png
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for mode, color in (("raw", "#d95f02"), ("glp", "#1b9e77")):
@@ -328,11 +325,7 @@ def pareto_png(report: dict[str, Any]) -> bytes:
     ax.set(xlabel="continuation NLL under unsteered LM (nats, lower = more fluent)",
            ylabel="sentiment (VADER compound)", title="steering: concept vs fluency (95% bootstrap CI)")
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return to_png(fig)
 
 
 def steering_markdown(report: dict[str, Any]) -> str:

@@ -50,3 +50,17 @@ def test_steering_config_enters_the_code_version_of_steering_only(tmp_path):
 
     a, b = versions(tiny_settings(tmp_path)), versions(tiny_settings(tmp_path, steer={"max_new_tokens": 7}))
     assert {k for k in a if a[k] != b[k]} == {"steering"}
+
+
+def test_glp_steer_prints_raw_and_glp_continuations_side_by_side(tmp_path, monkeypatch, capsys):
+    from glp.cli import main
+
+    settings = tiny_settings(tmp_path)
+    defs = build_definitions(settings)
+    assert dg.materialize(list(defs.assets), selection="+key:glp_prior", instance=dg.DagsterInstance.ephemeral(),
+                          partition_key=KEY, resources=defs.resources).success
+    for key, value in settings.model_dump(mode="json").items():  # the CLI reads its settings from GLP_* env
+        monkeypatch.setenv(f"GLP_{key.upper()}", value if isinstance(value, str) else json.dumps(value))
+    assert main(["steer", "--partition", KEY, "--r", "1.5", "--prompt", "The cat", "--tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "raw steering" in out and "with GLP" in out and "r=1.5" in out
