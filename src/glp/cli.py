@@ -29,6 +29,14 @@ def _summary(args: argparse.Namespace) -> int:
               f"optimal linear (Gaussian) baseline {r['gaussian_baseline_loss_mean']:.4f}")
         print(f"  Frechet distance to held-out GLP {r['fd_glp']:.3f}   diagonal Gaussian {r['fd_diag_gaussian']:.3f}   "
               f"noise floor {r['fd_heldout_floor']:.3f}")
+    probes = paths.root / "probes" / "results.json"
+    if probes.is_file():
+        one_d = json.loads(probes.read_text())["summary"]["one_d"]
+        print("  mean 1-D probe AUC [95% CI]   " + "   ".join(
+            f"{fam} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" for fam, v in one_d.items()))
+    for name in ("steering.json", "steering_pareto.png", "delta_lm.json"):
+        if (paths.root / name).is_file():
+            print(f"  {name:<28} {paths.root / name}")
     return 0
 
 

@@ -63,3 +63,10 @@ def test_invalid_config_stops_the_code_location_naming_the_field(tmp_path):
     r = _dagster("definitions", "validate", "-m", "glp_dagster.definitions", env=env)
     assert r.returncode != 0
     assert "train.lr" in r.stdout + r.stderr
+
+
+def test_the_default_code_location_validates(tmp_path):
+    env = _env(tmp_path)
+    env = {k: v for k, v in env.items() if not k.startswith("GLP_")}  # the shipped defaults
+    r = _dagster("definitions", "validate", "-m", "glp_dagster.definitions", env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
