@@ -48,6 +48,7 @@ validate: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/extract.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/steer.py
 
 clean:
 	rm -rf assets/store $(DAGSTER_HOME)
