@@ -3,13 +3,13 @@
 Documents are tokenized as `[BOS] + tokens` (truncated to `max_seq_len`), processed in windows of
 documents in corpus order; inside a window they are sorted by length and batched (less padding), and
 the forward stops right after the captured block. Every position except BOS and padding becomes a row.
-Memory is bounded by one window, whatever the corpus size. The store's resume point is a window boundary.
+Documents are read as a stream, so memory is bounded by one window, whatever the corpus size. The store's resume point is a window boundary.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ def forward_batch(lm: SourceLM, layer: int, seqs: Sequence[list[int]]) -> tuple[
 def extract_activations(
     lm: SourceLM,
     layer: int,
-    texts: Sequence[str],
+    texts: Iterable[str],
     out: Path,
     cfg: StoreConfig,
     max_tokens: int | None,
@@ -62,7 +62,10 @@ def extract_activations(
     window_docs: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ExtractResult:
-    """Write the activations of `texts` (in corpus order, up to `max_tokens` rows) to the store `out`."""
+    """Write the activations of `texts` (in corpus order, up to `max_tokens` rows) to the store `out`.
+
+    `texts` is consumed as a stream (pass a generator to keep memory independent of the corpus size).
+    """
     lm.block(layer)  # validate the layer before any work
     window_docs = window_docs or cfg.batch_size * 16
     attrs = {**attrs, "layer": layer, "d_model": lm.d_model, "dtype": cfg.dtype, "max_seq_len": cfg.max_seq_len,
@@ -74,12 +77,20 @@ def extract_activations(
     t0 = time.perf_counter()
     cap = max_tokens if max_tokens is not None else float("inf")
     rows_total = writer.n_rows
+    docs = iter(texts)
+    for _ in range(writer.n_docs):  # resume: these documents are already in the store
+        next(docs, None)
     doc = writer.n_docs
-    while doc < len(texts) and rows_total < cap:
+    exhausted = False
+    while not exhausted and rows_total < cap:
         # one window: tokenize in corpus order, stopping once the cap is reached
         window: list[tuple[int, list[int]]] = []
-        while doc < len(texts) and len(window) < window_docs and rows_total < cap:
-            seq = tokenize_doc(lm, texts[doc], cfg.max_seq_len)
+        while len(window) < window_docs and rows_total < cap:
+            text = next(docs, None)
+            if text is None:
+                exhausted = True
+                break
+            seq = tokenize_doc(lm, text, cfg.max_seq_len)
             if len(seq) > 1:  # a document with no token after BOS yields no row
                 window.append((doc, seq))
                 rows_total += len(seq) - 1

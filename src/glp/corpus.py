@@ -342,8 +342,8 @@ def _missing_hint(path: Path) -> str:
     return f"fetch it with `dvc pull` (or build it with `dvc repro corpus` / `python -m glp.corpus --out {path}`)"
 
 
-def load_documents(path: Path, split: Split) -> list[dict]:
-    """The documents of one split, in file order; each has at least `id`, `text` and `source`."""
+def iter_documents(path: Path, split: Split) -> Iterator[dict]:
+    """Stream the documents of one split in file order (constant memory); same checks as `load_documents`."""
     path = Path(path)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: choose one of {SPLITS}")
@@ -352,7 +352,7 @@ def load_documents(path: Path, split: Split) -> list[dict]:
     file = path / f"{split}.jsonl"
     if not file.is_file():
         raise CorpusError(f"corpus file {file} is missing: {_missing_hint(path)}")
-    docs = []
+    n = 0
     with file.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             try:
@@ -361,10 +361,15 @@ def load_documents(path: Path, split: Split) -> list[dict]:
                 raise CorpusError(f"{file}:{lineno}: malformed JSON ({e.msg}); rebuild the corpus: {_missing_hint(path)}") from None
             if not isinstance(doc, dict) or not isinstance(doc.get("text"), str) or not doc["text"].strip():
                 raise CorpusError(f"{file}:{lineno}: record has no non-empty \"text\"; rebuild the corpus: {_missing_hint(path)}")
-            docs.append(doc)
-    if not docs:
+            n += 1
+            yield doc
+    if not n:
         raise CorpusError(f"corpus file {file} is empty: {_missing_hint(path)}")
-    return docs
+
+
+def load_documents(path: Path, split: Split) -> list[dict]:
+    """The documents of one split, in file order; each has at least `id`, `text` and `source`."""
+    return list(iter_documents(path, split))
 
 
 def corpus_hash(path: Path) -> str:

@@ -138,7 +138,7 @@ def activations_version(settings: Settings, source: SourceConfig) -> str:
 def build_activations(settings: Settings, source: SourceConfig, log: Log = _nolog) -> dict[str, Any]:
     """Extract the train and held-out activation stores of one source."""
     from glp.activations import extract_activations
-    from glp.corpus import corpus_hash, load_documents
+    from glp.corpus import corpus_hash, iter_documents
     from glp.lm import load_source_lm
 
     paths = source_paths(settings, source)
@@ -151,7 +151,7 @@ def build_activations(settings: Settings, source: SourceConfig, log: Log = _nolo
     out: dict[str, Any] = {"version": version, "model_path": str(mdir), "layer": source.layer, "d_model": lm.d_model,
                            "n_layers": lm.n_layers}
     for split, cap in (("train", settings.store.max_tokens), ("heldout", settings.store.heldout_max_tokens)):
-        texts = [d["text"] for d in load_documents(settings.corpus.path, split)]
+        texts = (d["text"] for d in iter_documents(settings.corpus.path, split))  # streamed: bounded memory
         res = extract_activations(lm, source.layer, texts, paths.store(split), settings.store, cap,
                                   {**attrs, "split": split}, log=log)
         out[split] = {"path": str(res.path), "rows": res.n_rows, "docs": res.n_docs, "tokens_per_s": res.tokens_per_s,
@@ -162,13 +162,15 @@ def build_activations(settings: Settings, source: SourceConfig, log: Log = _nolo
 def count_tokens(settings: Settings, source: SourceConfig, split: str) -> int:
     """Non-BOS tokens of the documents a store says it covers, re-tokenized independently of extraction."""
     from glp.activations import tokenize_doc
-    from glp.corpus import load_documents
+    from itertools import islice
+
+    from glp.corpus import iter_documents
     from glp.lm import load_source_lm
     from glp.store import ActivationStore
 
     store = ActivationStore(source_paths(settings, source).store(split))
     lm = load_source_lm(model_dir(settings, source), "cpu", "float32", settings.trust_remote_code)
-    docs = load_documents(settings.corpus.path, split)[: int(store.attrs["n_docs"])]
+    docs = islice(iter_documents(settings.corpus.path, split), int(store.attrs["n_docs"]))
     return sum(len(tokenize_doc(lm, d["text"], settings.store.max_seq_len)) - 1 for d in docs)
 
 

@@ -125,3 +125,22 @@ def test_wrong_layer_fails_before_any_work(tiny_lm, tmp_path):
     with pytest.raises(SourceModelError, match="choose 0..2"):
         extract_activations(tiny_lm, 9, TEXTS, tmp_path / "s.zarr", StoreConfig(), None, {})
     assert not list(tmp_path.iterdir())
+
+
+def test_extraction_streams_documents_from_a_generator(tiny_lm, tmp_path):
+    cfg = StoreConfig(chunk_rows=64, batch_size=4, max_seq_len=32)
+    from_list = ActivationStore(extract_activations(tiny_lm, 1, TEXTS, tmp_path / "a.zarr", cfg, None, {}, window_docs=8).path)
+    pulled = []
+
+    def stream():
+        for t in TEXTS:
+            pulled.append(t)
+            yield t
+
+    from_gen = ActivationStore(extract_activations(tiny_lm, 1, stream(), tmp_path / "b.zarr", cfg, None, {}, window_docs=8).path)
+    np.testing.assert_array_equal(from_gen.acts[:], from_list.acts[:])
+    assert len(pulled) == len(TEXTS)
+    # with a cap, the stream is read only as far as needed
+    pulled.clear()
+    extract_activations(tiny_lm, 1, stream(), tmp_path / "c.zarr", cfg, 50, {}, window_docs=8)
+    assert len(pulled) < len(TEXTS)
