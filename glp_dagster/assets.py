@@ -170,7 +170,7 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
                 "report": dg.MetadataValue.md(eval_table(rep)),
                 "path": str(pipeline.source_paths(s, src).prior_eval),
             },
-            data_version=dg.DataVersion(pipeline.sha256_file(pipeline.source_paths(s, src).prior_eval)),
+            data_version=dg.DataVersion(pipeline.short_sha256(pipeline.source_paths(s, src).prior_eval)),
         )
 
     return [corpus, source_lm, activations, norm_stats, glp_prior, prior_eval]

@@ -126,7 +126,7 @@ def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition
                 "dashboards": dg.MetadataValue.md((Path(rep["path"]) / "dashboards.md").read_text()),
                 "seconds": dg.MetadataValue.json({k: round(v, 1) for k, v in rep["seconds"].items()}),
             },
-            data_version=dg.DataVersion(pipeline.sha256_file(Path(rep["path"]) / "results.json")),
+            data_version=dg.DataVersion(pipeline.short_sha256(Path(rep["path"]) / "results.json")),
         )
 
     return [probe_tasks, sae, probes]

@@ -47,7 +47,7 @@ def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinitio
                 "nll_glp_rmax": by[("glp", r_max)]["nll"],
                 "seconds": round(rep["seconds"], 1),
             },
-            data_version=dg.DataVersion(pipeline.sha256_file(Path(rep["path"]))),
+            data_version=dg.DataVersion(pipeline.short_sha256(Path(rep["path"]))),
         )
 
     @dg.asset(deps=["glp_prior", "prior_eval"], partitions_def=partitions, group_name="glp_uses",
@@ -73,7 +73,7 @@ def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinitio
                 "prior_heldout_loss": rep["prior_heldout_loss"],
                 "n_tokens": rep["n_tokens"],
             },
-            data_version=dg.DataVersion(pipeline.sha256_file(Path(rep["path"]))),
+            data_version=dg.DataVersion(pipeline.short_sha256(Path(rep["path"]))),
         )
 
     return [steering, delta_lm]

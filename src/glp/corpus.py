@@ -13,7 +13,6 @@ import argparse
 import gzip
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from glp.config import CorpusConfig
-from glp.store import publish_dir
+from glp.artifacts import fresh_temp_dir, publish_dir, sha256_file
 
 Split = Literal["train", "heldout"]
 SPLITS: tuple[Split, ...] = ("train", "heldout")
@@ -176,14 +175,6 @@ def split_of(doc_id: str, cfg: CorpusConfig) -> Split:
     return "heldout" if split_value(doc_id, cfg.seed) < cfg.heldout_fraction else "train"
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _dedupe(docs: list[dict]) -> tuple[list[dict], int]:
     """Drop exact-text repeats (the fortune files repeat some quotes), keeping the smallest id, so that no
     held-out text also appears in train."""
@@ -247,7 +238,7 @@ def write_corpus(
             (tmp / "licenses").mkdir(exist_ok=True)
             shutil.copyfile(src, tmp / "licenses" / name)
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            files[path.relative_to(tmp).as_posix()] = _sha256_file(path)
+            files[path.relative_to(tmp).as_posix()] = sha256_file(path)
         manifest = {
             "format": "glp-corpus/1",
             "packages": packages or {},
@@ -267,15 +258,6 @@ def write_corpus(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def fresh_temp_dir(out: Path) -> Path:
-    """An empty sibling folder of `out` to build it in (same filesystem, so publishing is a rename)."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
 
 
 # ---------------------------------------------------------------- download and build
@@ -309,7 +291,7 @@ def fetch_packages(dest: Path) -> dict[str, dict]:
         debs = sorted(dest.glob(f"{name}_*.deb"))
         if len(debs) != 1:
             raise CorpusError(f"expected one {name} .deb in {dest}, found {[d.name for d in debs]}")
-        digest = _sha256_file(debs[0])
+        digest = sha256_file(debs[0])
         if digest != pin["sha256"]:
             raise CorpusError(f"{debs[0].name}: sha256 {digest} differs from the pinned {pin['sha256']}")
         root = dest / name

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from glp.config import DeltaLMConfig
+from glp.artifacts import write_atomic
 from glp.judges import bootstrap_ci
 from glp.lm import SourceLM
 from glp.prior import Prior
@@ -202,7 +203,5 @@ def build_delta_lm(settings: Any, source: Any) -> dict[str, Any]:
     report["prior_heldout_loss"] = (json.loads(paths.prior_eval.read_text())["heldout_loss_mean"]
                                     if paths.prior_eval.is_file() else None)
     out = paths.root / "delta_lm.json"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out)
+    write_atomic(out, json.dumps(report, indent=1))
     return {**report, "path": str(out)}

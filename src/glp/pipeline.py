@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from glp.artifacts import sha256_file, write_atomic
 from glp.config import BUILTIN_MODEL, Settings, SourceConfig, config_hash
 
 Log = Callable[[str], None]
@@ -29,12 +30,9 @@ def _nolog(_: str) -> None:
     pass
 
 
-def sha256_file(path: Path, length: int = 16) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:length]
+def short_sha256(path: Path, length: int = 16) -> str:
+    """Short content hash of a file, used as a Dagster data version."""
+    return sha256_file(path)[:length]
 
 
 def _hash(*parts: object, length: int = 16) -> str:
@@ -121,7 +119,7 @@ def model_fingerprint(path: Path) -> str:
     files = sorted((p.name, p.stat().st_size) for p in path.glob("*.safetensors")) + sorted(
         (p.name, p.stat().st_size) for p in path.glob("*.bin")
     )
-    return _hash(sha256_file(path / "config.json") if (path / "config.json").is_file() else "", files)
+    return _hash(short_sha256(path / "config.json") if (path / "config.json").is_file() else "", files)
 
 
 # ---------------------------------------------------------------- activations
@@ -184,7 +182,7 @@ def build_norm_stats(settings: Settings, source: SourceConfig) -> dict[str, Any]
     paths = source_paths(settings, source)
     stats = compute_stats(ActivationStore(paths.store("train")))
     stats.save(paths.norm_stats)
-    return {"path": str(paths.norm_stats), "n": stats.n, "d_model": len(stats.mean), "version": sha256_file(paths.norm_stats)}
+    return {"path": str(paths.norm_stats), "n": stats.n, "d_model": len(stats.mean), "version": short_sha256(paths.norm_stats)}
 
 
 # ---------------------------------------------------------------- prior
@@ -222,7 +220,7 @@ def build_prior(settings: Settings, source: SourceConfig, log: Log = _nolog) -> 
             "losses": res.losses}
     save_prior(paths.prior, model, stats.normalizer(), meta)
     shutil.rmtree(ckpt, ignore_errors=True)  # exported: the resume point is no longer needed
-    return {"path": str(paths.prior), "version": sha256_file(paths.prior / "model.safetensors"), "steps": res.steps,
+    return {"path": str(paths.prior), "version": short_sha256(paths.prior / "model.safetensors"), "steps": res.steps,
             "losses": res.losses, "n_params": res.n_params, "seconds": res.seconds, "rows_per_s": res.rows_per_s,
             "achieved_flops": res.flops / max(res.seconds, 1e-9), "precision": res.precision,
             "resumed_from": res.resumed_from, "d_model": store.d_model}
@@ -252,7 +250,5 @@ def evaluate(settings: Settings, source: SourceConfig) -> dict[str, Any]:
     with torch.no_grad():
         x = prior.normalizer.normalize(torch.from_numpy(heldout.acts[:]).to(device))
     report = evaluate_prior(prior.denoiser, x, stats.cov_normalized, settings.eval, device)
-    tmp = paths.prior_eval.with_name(paths.prior_eval.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(paths.prior_eval)
+    write_atomic(paths.prior_eval, json.dumps(report, indent=2))
     return report

@@ -17,7 +17,7 @@ import torch
 
 from glp.denoiser import GLPDenoiser
 from glp.stats import Normalizer
-from glp.store import publish_dir
+from glp.artifacts import fresh_temp_dir, publish_dir
 
 
 @dataclass
@@ -43,8 +43,7 @@ def save_prior(path: Path, denoiser: GLPDenoiser, normalizer: Normalizer, meta: 
     from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp = fresh_temp_dir(path)
     state = {k: v.detach().float().cpu().contiguous() for k, v in denoiser.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"))
     save_file({"mean": normalizer.mean.float().cpu().contiguous(), "std": normalizer.std.float().cpu().contiguous()},

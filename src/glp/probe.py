@@ -429,7 +429,8 @@ def build_probes(settings: Any, source: Any, log: Log | None = None) -> dict[str
     from glp.prior import load_prior
     from glp.probe_tasks import load_tasks, tasks_hash
     from glp.sae import load_sae, sae_dir
-    from glp.store import ActivationStore, publish_dir
+    from glp.artifacts import fresh_temp_dir, publish_dir
+    from glp.store import ActivationStore
 
     cfg: ProbeConfig = settings.probe
     paths = source_paths(settings, source)
@@ -461,8 +462,7 @@ def build_probes(settings: Any, source: Any, log: Log | None = None) -> dict[str
               "n_texts": len(texts), "tasks": rows, "summary": summary, "paper_mean_auc": PAPER_MEAN_AUC,
               "seconds": {"load": t1 - t0, "features": t2 - t1, "probes": t3 - t2, "dashboards": t4 - t3}}
     out = probes_dir(paths.root)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp = fresh_temp_dir(out)
     (tmp / "results.json").write_text(json.dumps(report, indent=1, sort_keys=True))
     (tmp / "table.md").write_text(table4_markdown(summary, cfg.families) + "\n")
     (tmp / "dashboards.md").write_text(dashboards + "\n")

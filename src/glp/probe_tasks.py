@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from glp.config import ProbeTasksConfig
-from glp.store import publish_dir
+from glp.artifacts import fresh_temp_dir, publish_dir, sha256_file
 
 TASKS_FILE, EXAMPLES_FILE, MANIFEST = "tasks.json", "examples.jsonl", "manifest.json"
 WORDNET_LICENCE = "WordNet-3.0 (Princeton, permissive; notice in the corpus's licenses/wordnet-base.copyright)"
@@ -260,13 +260,12 @@ def build_tasks(corpus: Path, cfg: ProbeTasksConfig, specs: list[TaskSpec] = TAS
 def write_tasks(out: Path, tasks: list[dict], rows: list[dict], cfg: ProbeTasksConfig) -> dict:
     """Publish tasks.json, examples.jsonl and manifest.json atomically into `out`."""
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp = fresh_temp_dir(out)
     (tmp / TASKS_FILE).write_text(json.dumps(tasks, indent=1, sort_keys=True) + "\n")
     with open(tmp / EXAMPLES_FILE, "w") as f:
         for r in rows:
             f.write(json.dumps(r, sort_keys=True) + "\n")
-    files = {name: hashlib.sha256((tmp / name).read_bytes()).hexdigest() for name in (TASKS_FILE, EXAMPLES_FILE)}
+    files = {name: sha256_file(tmp / name) for name in (TASKS_FILE, EXAMPLES_FILE)}
     from importlib.metadata import version
 
     manifest = {"format": "glp-probe-tasks/1", "config": cfg.model_dump(mode="json", exclude={"path"}),
@@ -318,7 +317,7 @@ def tasks_hash(path: Path) -> str:
     manifest = Path(path) / MANIFEST
     if not manifest.is_file():
         raise ProbeTasksError(f"no probing tasks at {path}: run `dvc pull` or `dvc repro probe_tasks`")
-    return hashlib.sha256(manifest.read_bytes()).hexdigest()
+    return sha256_file(manifest)
 
 
 def split_counts(task: ProbeTask) -> dict[str, int]:

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from glp.config import SAEConfig
 from glp.stats import Normalizer
-from glp.store import ActivationStore, iter_shuffled_batches, n_batches, publish_dir
+from glp.artifacts import fresh_temp_dir, publish_dir
+from glp.store import ActivationStore, iter_shuffled_batches, n_batches
 
 WEIGHTS, CONFIG = "sae.safetensors", "config.json"
 
@@ -169,8 +170,7 @@ def save_sae(path: Path, sae: TopKSAE, normalizer: Normalizer, meta: dict[str, A
     from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp = fresh_temp_dir(path)
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in sae.state_dict().items()}
     tensors |= {"norm.mean": normalizer.mean.float().cpu().contiguous(), "norm.std": normalizer.std.float().cpu().contiguous()}
     save_file(tensors, str(tmp / WEIGHTS))
@@ -206,7 +206,7 @@ def build_sae(settings: Any, source: Any, log: Callable[[str], None] | None = No
     """Train the SAE of one source on its train store (the prior's budget of rows) and export it."""
     from glp.config import config_hash
     from glp.lm import resolve_device
-    from glp.pipeline import sha256_file, source_paths
+    from glp.pipeline import short_sha256, source_paths
     from glp.stats import NormStats
 
     paths = source_paths(settings, source)
@@ -224,6 +224,6 @@ def build_sae(settings: Any, source: Any, log: Callable[[str], None] | None = No
             "fvu_last": res.fvu_last, "heldout_fvu": res.heldout_fvu, "dead_fraction": res.dead_fraction,
             "seconds": res.seconds, "losses": res.losses}
     out = save_sae(sae_dir(paths.root), sae, stats.normalizer(), meta)
-    return {**meta, "path": str(out), "version": sha256_file(out / WEIGHTS), "n_latents": sae.n_latents,
+    return {**meta, "path": str(out), "version": short_sha256(out / WEIGHTS), "n_latents": sae.n_latents,
             "k": sae.k, "d_model": sae.d_model, "rows_per_s": res.rows_seen / max(res.seconds, 1e-9),
             "fvu_first": float(np.mean(res.losses[: max(1, len(res.losses) // 10)]))}

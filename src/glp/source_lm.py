@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from glp.config import SourceLMConfig, config_hash
-from glp.corpus import corpus_hash, fresh_temp_dir, load_documents
-from glp.store import publish_dir
+from glp.artifacts import fresh_temp_dir, publish_dir
+from glp.corpus import corpus_hash, load_documents
 
 EOT = "<|endoftext|>"
 REPORT = "train_report.json"

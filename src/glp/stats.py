@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from glp.artifacts import write_atomic
 from glp.store import ActivationStore
 
 EPS = 1e-6
@@ -66,13 +67,11 @@ class NormStats:
     cov_normalized: np.ndarray  # (d, d) covariance of (x - mean) / std
 
     def save(self, path: Path) -> None:
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"mean": self.mean, "var": self.var, "cov_normalized": self.cov_normalized}, str(tmp),
-                  metadata={"n": str(self.n)})
-        tmp.replace(path)
+        tensors = {"mean": self.mean, "var": self.var, "cov_normalized": self.cov_normalized}
+        write_atomic(path, save(tensors, metadata={"n": str(self.n)}))
 
     @classmethod
     def load(cls, path: Path) -> NormStats:

@@ -13,7 +13,6 @@ import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 
 from glp.config import SteerConfig
 from glp.flow import euler_schedule, interpolate, project_on_manifold
+from glp.artifacts import write_atomic
 from glp.judges import bootstrap_ci, continuation_nll, distinct_n, sentiment_lexicon, sentiment_scores
 from glp.lm import SourceLM
 from glp.prior import Prior
@@ -377,15 +377,7 @@ def build_steering(settings: Any, source: Any, log: Callable[[str], None] | None
     w = sentiment_direction(lm, source.layer, cfg.n_direction_texts, cfg.seed)
     report = steering_report(lm, source.layer, prior, w, mean_norm, cfg, log=log)
     report["direction_auc_heldout"] = direction_auc(lm, source.layer, w, cfg.n_direction_texts, cfg.seed + 1)
-    _write_json(paths.root / "steering.json", report)
+    write_atomic(paths.root / "steering.json", json.dumps(report, indent=1, default=float))
     png = pareto_png(report)
-    tmp = paths.root / "steering_pareto.png.tmp"
-    tmp.write_bytes(png)
-    tmp.replace(paths.root / "steering_pareto.png")
+    write_atomic(paths.root / "steering_pareto.png", png)
     return {**report, "path": str(paths.root / "steering.json"), "png": png}
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    tmp.replace(path)

@@ -15,7 +15,6 @@ extraction is deterministic the resumed store equals an uninterrupted one.
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 import queue
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from glp.artifacts import publish_dir
 
 PROVENANCE = {"doc_id": "int64", "position": "int32", "token_id": "int32"}
 
@@ -37,29 +38,6 @@ def _compressors() -> Any:
 
     # lz4 + byte shuffle measured fastest here (STACK.md gotcha 6).
     return BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle)
-
-
-def _fsync_tree(path: Path) -> None:
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Atomically move a finished folder `tmp` to `final` (same parent), replacing any previous one."""
-    _fsync_tree(tmp)
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 class StoreWriter:
