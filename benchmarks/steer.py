@@ -22,7 +22,8 @@ import torch
 def main() -> None:
     from glp import pipeline
     from glp.config import load_settings
-    from glp.judges import bootstrap_ci, continuation_nll
+    from glp.evaluate import bootstrap_ci
+    from glp.judges import continuation_nll
     from glp.lm import load_source_lm
     from glp.prior import load_prior
     from glp.steer import (DEFAULT_PROMPTS, encode, generate, mean_activation_norm, sdedit, sentiment_direction,

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from glp.config import DeltaLMConfig
 from glp.artifacts import write_atomic
-from glp.judges import bootstrap_ci
+from glp.evaluate import bootstrap_ci
 from glp.lm import SourceLM
 from glp.prior import Prior
 

@@ -28,6 +28,15 @@ def _np64(x: ArrayLike) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+def bootstrap_ci(x: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of x (n,) (or of a paired difference passed as x)."""
+    x = np.asarray(x, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def heldout_ts(n_t: int) -> np.ndarray:
     """The fixed evaluation noise levels: midpoints (i + 0.5) / n_t of n_t equal bins of [0, 1]."""
     return (np.arange(n_t) + 0.5) / n_t

@@ -64,12 +64,3 @@ def continuation_nll(
         t = target[:, :-1].to(lm.device)
         out[b : b + len(seqs)] = ((nll * t).sum(1) / t.sum(1).clamp(min=1)).cpu().numpy()
     return out
-
-
-def bootstrap_ci(x: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of x (n,) (or of a paired difference passed as x)."""
-    x = np.asarray(x, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from glp.config import ProbeConfig
+from glp.evaluate import bootstrap_ci
 
 FAMILY_LABELS = {"sae": "SAE", "layer": "raw layer", "mlp": "raw MLP neuron", "glp": "GLP"}
 PAPER_MEAN_AUC = {"sae": 0.70, "layer": 0.77, "mlp": 0.79, "glp": 0.84}
@@ -270,13 +271,10 @@ def probe_dense(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_
             "test_auc": float(roc_auc_score(y_test, fitted.decision_function(X_test)))}
 
 
-def bootstrap_ci(values: Sequence[float], n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, lo, hi): percentile bootstrap CI of the mean over the items (tasks)."""
-    v = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1)
-    a = (1 - level) / 2
-    return float(v.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+def mean_and_ci(values: Sequence[float], n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lo, hi): the mean over the items (tasks) and its percentile bootstrap CI."""
+    lo, hi = bootstrap_ci(np.asarray(values, dtype=np.float64), n_boot, seed, level)
+    return float(np.mean(values)), lo, hi
 
 
 # ---------------------------------------------------------------- the pipeline step
@@ -331,16 +329,16 @@ def summarize(rows: Sequence[dict[str, Any]], families: Sequence[str], cfg: Prob
     """Mean test AUC per family with bootstrap CIs (1-D and dense), and paired GLP-minus-baseline gaps."""
     out: dict[str, Any] = {"one_d": {}, "dense": {}, "glp_minus": {}}
     for fam in families:
-        m, lo, hi = bootstrap_ci([r[fam]["test_auc"] for r in rows], cfg.n_bootstrap, cfg.seed)
+        m, lo, hi = mean_and_ci([r[fam]["test_auc"] for r in rows], cfg.n_bootstrap, cfg.seed)
         out["one_d"][fam] = {"mean": m, "ci_low": lo, "ci_high": hi}
         if cfg.dense:
-            m, lo, hi = bootstrap_ci([r[fam]["dense"]["test_auc"] for r in rows], cfg.n_bootstrap, cfg.seed)
+            m, lo, hi = mean_and_ci([r[fam]["dense"]["test_auc"] for r in rows], cfg.n_bootstrap, cfg.seed)
             out["dense"][fam] = {"mean": m, "ci_low": lo, "ci_high": hi}
     if "glp" in families:
         for fam in families:
             if fam != "glp":
                 gaps = [r["glp"]["test_auc"] - r[fam]["test_auc"] for r in rows]
-                m, lo, hi = bootstrap_ci(gaps, cfg.n_bootstrap, cfg.seed)
+                m, lo, hi = mean_and_ci(gaps, cfg.n_bootstrap, cfg.seed)
                 out["glp_minus"][fam] = {"mean": m, "ci_low": lo, "ci_high": hi}
     means = {f: out["one_d"][f]["mean"] for f in families}
     out["ordering"] = sorted(families, key=lambda f: means[f])

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from glp.config import SteerConfig
 from glp.flow import euler_schedule, interpolate, project_on_manifold
 from glp.artifacts import write_atomic
-from glp.judges import bootstrap_ci, continuation_nll, distinct_n, sentiment_lexicon, sentiment_scores
+from glp.evaluate import bootstrap_ci
+from glp.judges import continuation_nll, distinct_n, sentiment_lexicon, sentiment_scores
 from glp.lm import SourceLM
 from glp.prior import Prior
 

@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,6 @@ class TrainResult:
     precision: str
     n_params: int
     flops: float  # 6 · N · rows seen, for the whole run
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _free_port() -> int:

@@ -6,7 +6,7 @@ import torch
 
 from glp.config import DenoiserConfig, ProbeConfig
 from glp.denoiser import GLPDenoiser
-from glp.probe import (auc_columns, bootstrap_ci, extract_features, fit_logreg_1d, glp_meta_neurons,
+from glp.probe import (auc_columns, mean_and_ci, extract_features, fit_logreg_1d, glp_meta_neurons,
                        last_token_features, mlp_out_proj, prefilter, probe_1d, run_probing, summarize)
 from glp.probe_tasks import ProbeTask
 from glp.prior import Prior
@@ -59,11 +59,11 @@ def test_column_auc_equals_sklearn_with_ties():
     np.testing.assert_allclose(auc_columns(S, y), [roc_auc_score(y, S[:, j]) for j in range(5)], atol=1e-12)
 
 
-def test_bootstrap_ci_brackets_the_mean_and_is_seeded():
+def test_mean_and_ci_brackets_the_mean_and_is_seeded():
     vals = [0.6, 0.7, 0.8, 0.9, 0.75]
-    m, lo, hi = bootstrap_ci(vals, 2000, seed=0)
+    m, lo, hi = mean_and_ci(vals, 2000, seed=0)
     assert lo <= m <= hi and m == pytest.approx(0.75)
-    assert bootstrap_ci(vals, 2000, seed=0) == (m, lo, hi)
+    assert mean_and_ci(vals, 2000, seed=0) == (m, lo, hi)
 
 
 def test_the_mlp_hook_returns_the_mlp_width_and_the_input_of_its_output_projection(tiny_lm):

@@ -5,7 +5,8 @@ import torch
 from glp.config import DenoiserConfig, SteerConfig
 from glp.denoiser import GLPDenoiser
 from glp.flow import project_on_manifold, sample
-from glp.judges import bootstrap_ci, continuation_nll, distinct_n, sentiment_scores
+from glp.evaluate import bootstrap_ci
+from glp.judges import continuation_nll, distinct_n, sentiment_scores
 from glp.lm import capture_residual
 from glp.prior import Prior
 from glp.stats import Normalizer
