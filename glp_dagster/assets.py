@@ -60,6 +60,26 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
             data_version=dg.DataVersion(info["corpus_hash"][:16]),
         )
 
+    @dg.asset(code_version=CODE_VERSION, group_name="data", kinds={"dvc"})
+    def labelled(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
+        """Human-labelled sets (DVC stage `labelled`): movie snippets (steering direction + sentiment probes),
+        Amazon reviews and tweets (the concept judge). Versioned by the hash of their content."""
+        import json as _json
+
+        from glp.corpus import LABELLED_FILES, labelled_hash, load_labelled
+
+        path = glp.settings.steer.labelled
+        with user_errors():
+            digest = labelled_hash(path)
+            counts = {name.removesuffix(".jsonl"): len(load_labelled(path, name)) for name in LABELLED_FILES}
+        manifest = path / "manifest.json"
+        licences = _json.loads(manifest.read_text()).get("packages", {}) if manifest.is_file() else {}
+        return dg.MaterializeResult(
+            metadata={"path": str(path), **{f"rows_{k}": v for k, v in counts.items()}, "labelled_hash": digest[:16],
+                      "packages": dg.MetadataValue.json(licences)},
+            data_version=dg.DataVersion(digest[:16]),
+        )
+
     @dg.asset(deps=[corpus], code_version=f"{CODE_VERSION}-{config_hash(settings.source_lm)}", group_name="data",
               kinds={"pytorch"})
     def source_lm(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
@@ -197,4 +217,4 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
             data_version=dg.DataVersion(pipeline.short_sha256(pipeline.source_paths(s, src).prior_eval)),
         )
 
-    return [corpus, source_lm, source_model, activations, norm_stats, glp_prior, prior_eval]
+    return [corpus, labelled, source_lm, source_model, activations, norm_stats, glp_prior, prior_eval]

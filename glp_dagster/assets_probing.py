@@ -46,7 +46,7 @@ def _probes_dir(s: Settings, src) -> Path:  # noqa: ANN001
 def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     """`probe_tasks` (unpartitioned), `sae` and `probes` (per source)."""
 
-    @dg.asset(deps=[dg.AssetKey("corpus")], group_name="probing", kinds={"dvc"},
+    @dg.asset(deps=[dg.AssetKey("corpus"), dg.AssetKey("labelled")], group_name="probing", kinds={"dvc"},
               code_version=f"{CODE_VERSION}-{config_hash(settings.probe_tasks)}")
     def probe_tasks(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Binary probing tasks (DVC stage `probe_tasks`): validated, described, versioned by content hash."""
@@ -92,7 +92,8 @@ def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition
             data_version=dg.DataVersion(out["version"]),
         )
 
-    @dg.asset(deps=[probe_tasks, sae, dg.AssetKey("glp_prior"), dg.AssetKey("source_lm")], partitions_def=partitions,
+    @dg.asset(deps=[probe_tasks, sae, dg.AssetKey("glp_prior"), dg.AssetKey("source_lm"), dg.AssetKey("source_model")],
+              partitions_def=partitions,
               group_name="probing", code_version=f"{CODE_VERSION}-{config_hash(settings.probe)}")
     def probes(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """1-D probing: mean test AUC of the best single unit per family (Table 4), per task, dashboards."""

@@ -1,4 +1,5 @@
-"""Real DVC commands: the project's remote config pushes a stage's output and a clean clone pulls it back."""
+"""Real DVC commands: the project's remote config pushes a stage's output and a clean clone pulls it back; the
+dataset stages, their parameters and the git/DVC split of assets/datasets are consistent."""
 
 import hashlib
 import os
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).with_name("dvc"))
@@ -54,11 +56,44 @@ def test_push_then_pull_on_a_clean_clone_restores_the_same_bytes(tmp_path):
     assert "up to date" in status.lower() or status.strip() == ""
 
 
+def test_dataset_stages_are_wired_corpus_and_labelled_into_probe_tasks():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(stages) >= {"corpus", "labelled", "probe_tasks"}
+    assert stages["labelled"]["outs"] == ["assets/datasets/labelled"]
+    assert "python -m glp.corpus labelled" in stages["labelled"]["cmd"]
+    probe = stages["probe_tasks"]
+    assert {"assets/datasets/corpus", "assets/datasets/labelled", "src/glp/corpus.py"} <= set(probe["deps"])
+    assert "--labelled assets/datasets/labelled" in probe["cmd"]
+
+
+def test_dvc_params_match_the_config_defaults():
+    from glp.config import CorpusConfig, ProbeTasksConfig
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    corpus, tasks = CorpusConfig(), ProbeTasksConfig()
+    assert params["corpus"] == {"seed": corpus.seed, "heldout_fraction": corpus.heldout_fraction}
+    assert params["probe_tasks"] == {"seed": tasks.seed, "max_examples": tasks.max_examples,
+                                     "max_train": tasks.max_train, "min_examples": tasks.min_examples}
+    assert set(params["labelled"]) == {"seed"}
+
+
+def test_dataset_data_is_ignored_by_git_and_the_datasheets_are_not():
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT).returncode == 0
+
+    for data in ("assets/datasets/corpus/train.jsonl", "assets/datasets/labelled/movie_snippets.jsonl",
+                 "assets/datasets/labelled/manifest.json", "assets/datasets/probe_tasks/data/examples.jsonl"):
+        assert ignored(data), data
+    for sheet in ("assets/datasets/README.md", "assets/datasets/probe_tasks/README.md", "dvc.lock"):
+        assert not ignored(sheet), sheet
+
+
 @pytest.mark.slow
-def test_the_real_corpus_stage_reproduces_offline(tmp_path):
-    """`dvc repro corpus` of the project itself (downloads the pinned Debian packages: slow)."""
+def test_the_real_dataset_stages_reproduce(tmp_path):
+    """`dvc repro corpus labelled probe_tasks` of the project itself (downloads the pinned packages: slow)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     clone = tmp_path / "clone"
     _run("git", "clone", "-q", str(ROOT), str(clone), cwd=tmp_path, env=env)
-    _run(DVC, "repro", "corpus", cwd=clone, env=env)
-    assert (clone / "assets/datasets/corpus/manifest.json").is_file()
+    _run(DVC, "repro", "corpus", "labelled", "probe_tasks", cwd=clone, env=env)
+    for out in ("corpus", "labelled", "probe_tasks/data"):
+        assert (clone / "assets/datasets" / out / "manifest.json").is_file()

@@ -60,13 +60,22 @@ class SourceConfig(_Strict):
 
 
 class CorpusConfig(_Strict):
-    """The prepared text corpus (built by the DVC stage `corpus`)."""
+    """The text corpus: the prepared one (built by the DVC stage `corpus`) or the user's own."""
 
     path: Path = Path("assets/datasets/corpus")
-    """Folder holding train.jsonl, heldout.jsonl and manifest.json."""
+    """Where the documents are. Accepted forms:
+    - a prepared corpus: a folder holding manifest.json, train.jsonl and heldout.jsonl (`python -m glp.corpus`;
+      recognised by its manifest.json; its split and order were fixed when it was built);
+    - a folder of `.txt` files: one document per file, searched recursively (hidden paths skipped), read in
+      order of relative path, id = the relative path;
+    - a `.jsonl` file, or a folder of them (mixed with `.txt` files if you like): one JSON object per line with a
+      string `text` (blank texts are skipped) and optionally `id` (default `<file>:<line>`) and `source`.
+    User corpora are split on the fly: a document is held out iff the seeded hash of its id is below
+    `heldout_fraction`. Files must be UTF-8."""
     heldout_fraction: float = Field(0.05, gt=0.0, lt=0.5)
     """Share of documents sent to held-out by a seeded hash of the document id."""
     seed: int = 0
+    """Seed of that hash (and of the prepared corpus's order within a split)."""
 
 
 class SourceLMConfig(_Strict):
@@ -227,17 +236,20 @@ class DeltaLMConfig(_Strict):
 
 
 class ProbeTasksConfig(_Strict):
-    """The binary probing tasks (built by the DVC stage `probe_tasks` from the corpus and vaderSentiment)."""
+    """The binary probing tasks (built by the DVC stage `probe_tasks` from the corpus, the labelled data and
+    vaderSentiment's lexicon)."""
 
     path: Path = Path("assets/datasets/probe_tasks/data")
     """Folder holding tasks.json, examples.jsonl and manifest.json (the DVC output; the datasheet sits above it)."""
     seed: int = 0
-    """Seed of the per-task example sampling and train/test split."""
-    max_examples: int = Field(1280, ge=20)
-    """Examples per task at most (balanced): 1024 train + 256 test at the default (sized for a CPU run)."""
-    max_train: int = Field(1024, ge=10)
-    """Train examples per task at most (the protocol's <= 1024); the rest is test."""
-    train_fraction: float = Field(0.7, gt=0, lt=1)
+    """Seed of the shared text order the examples are drawn in and of the train/test split."""
+    max_examples: int = Field(320, ge=20)
+    """Examples per task at most (balanced): 256 train + 64 test at the default, sized so that extracting the
+    features of all distinct texts (~120k tokens) takes minutes on a 2-core CPU. Tasks of long texts (BBC
+    leads) take 0.8 of it."""
+    max_train: int = Field(256, ge=10)
+    """Train examples per task at most (the paper's protocol allows up to 1024); the rest is test."""
+    train_fraction: float = Field(0.8, gt=0, lt=1)
     """Share of a task's examples used for training when that is below `max_train`."""
     min_examples: int = Field(200, ge=4)
     """A task with fewer examples fails the build (and the `probe_tasks` check)."""

@@ -198,7 +198,7 @@ def build_delta_lm(settings: Any, source: Any) -> dict[str, Any]:
     prior = load_prior(paths.prior, lm.device)
     store = ActivationStore(paths.store("train"))
     train_rows = store.acts[: min(cfg.pca_rows, store.n_rows)]
-    texts = [d["text"] for d in load_documents(settings.corpus.path, "heldout")]
+    texts = [d["text"] for d in load_documents(settings.corpus.path, "heldout", settings.corpus)]
     report = delta_lm_report(lm, source.layer, prior, texts, train_rows, cfg, settings.store.max_seq_len)
     report["prior_heldout_loss"] = (json.loads(paths.prior_eval.read_text())["heldout_loss_mean"]
                                     if paths.prior_eval.is_file() else None)

@@ -80,10 +80,10 @@ def check_corpus(settings: Settings) -> dict[str, Any]:
     from glp.corpus import corpus_hash, load_documents
 
     path = settings.corpus.path
-    counts = {split: load_documents(path, split) for split in ("train", "heldout")}
+    counts = {split: load_documents(path, split, settings.corpus) for split in ("train", "heldout")}
     return {
         "path": str(path),
-        "corpus_hash": corpus_hash(path),
+        "corpus_hash": corpus_hash(path, settings.corpus),
         "train_docs": len(counts["train"]),
         "heldout_docs": len(counts["heldout"]),
         "train_chars": sum(len(d["text"]) for d in counts["train"]),
@@ -94,7 +94,7 @@ def builtin_lm_dir(settings: Settings) -> Path:
     from glp.corpus import corpus_hash
     from glp.source_lm import source_lm_dir
 
-    return source_lm_dir(settings.store.root, settings.source_lm, corpus_hash(settings.corpus.path))
+    return source_lm_dir(settings.store.root, settings.source_lm, corpus_hash(settings.corpus.path, settings.corpus))
 
 
 def uses_builtin(settings: Settings) -> bool:
@@ -106,7 +106,7 @@ def build_source_lm(settings: Settings, log: Log = _nolog) -> dict[str, Any]:
     from glp.source_lm import train_source_lm
 
     out = builtin_lm_dir(settings)
-    report = train_source_lm(settings.corpus.path, settings.source_lm, out, log=log)
+    report = train_source_lm(settings.corpus.path, settings.source_lm, out, log=log, corpus_cfg=settings.corpus)
     return {**report, "path": str(out)}
 
 
@@ -152,7 +152,7 @@ def activations_version(settings: Settings, source: SourceConfig) -> str:
     """What the stored activations depend on: model identity, layer, corpus, extraction config."""
     from glp.corpus import corpus_hash
 
-    return _hash(model_fingerprint(model_dir(settings, source)), source.layer, corpus_hash(settings.corpus.path),
+    return _hash(model_fingerprint(model_dir(settings, source)), source.layer, corpus_hash(settings.corpus.path, settings.corpus),
                  config_hash(settings.store))
 
 
@@ -167,12 +167,12 @@ def build_activations(settings: Settings, source: SourceConfig, log: Log = _nolo
     lm = load_source_lm(mdir, settings.device, settings.store.dtype, settings.trust_remote_code)
     lm.block(source.layer)  # wrong layer: fail before reading the corpus
     version = activations_version(settings, source)
-    attrs = {"model": source.model_name, "model_path": str(mdir), "corpus_hash": corpus_hash(settings.corpus.path),
+    attrs = {"model": source.model_name, "model_path": str(mdir), "corpus_hash": corpus_hash(settings.corpus.path, settings.corpus),
              "version": version}
     out: dict[str, Any] = {"version": version, "model_path": str(mdir), "layer": source.layer, "d_model": lm.d_model,
                            "n_layers": lm.n_layers}
     for split, cap in (("train", settings.store.max_tokens), ("heldout", settings.store.heldout_max_tokens)):
-        texts = (d["text"] for d in iter_documents(settings.corpus.path, split))  # streamed: bounded memory
+        texts = (d["text"] for d in iter_documents(settings.corpus.path, split, settings.corpus))  # streamed: bounded memory
         res = extract_activations(lm, source.layer, texts, paths.store(split), settings.store, cap,
                                   {**attrs, "split": split}, log=log)
         out[split] = {"path": str(res.path), "rows": res.n_rows, "docs": res.n_docs, "tokens_per_s": res.tokens_per_s,
@@ -191,7 +191,7 @@ def count_tokens(settings: Settings, source: SourceConfig, split: str) -> int:
 
     store = ActivationStore(source_paths(settings, source).store(split))
     lm = load_source_lm(model_dir(settings, source), "cpu", "float32", settings.trust_remote_code)
-    docs = islice(iter_documents(settings.corpus.path, split), int(store.attrs["n_docs"]))
+    docs = islice(iter_documents(settings.corpus.path, split, settings.corpus), int(store.attrs["n_docs"]))
     return sum(len(tokenize_doc(lm, d["text"], settings.store.max_seq_len)) - 1 for d in docs)
 
 

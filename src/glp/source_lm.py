@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from glp.config import SourceLMConfig, config_hash
+from glp.config import CorpusConfig, SourceLMConfig, config_hash
 from glp.artifacts import fresh_temp_dir, publish_dir
 from glp.corpus import corpus_hash, load_documents
 
@@ -141,7 +141,8 @@ def _samples(model, tokenizer, seed: int, prompts: Sequence[str] = SAMPLE_PROMPT
 
 
 def train_source_lm(
-    corpus_path: Path, cfg: SourceLMConfig, out_dir: Path, log: Callable[[str], None] | None = None
+    corpus_path: Path, cfg: SourceLMConfig, out_dir: Path, log: Callable[[str], None] | None = None,
+    corpus_cfg: CorpusConfig | None = None,
 ) -> dict:
     """Train the builtin LM on the corpus train split and publish it at `out_dir`; return its report.
 
@@ -153,15 +154,15 @@ def train_source_lm(
 
     log = log or (lambda msg: None)
     out_dir = Path(out_dir)
-    chash, cfg_hash = corpus_hash(corpus_path), config_hash(cfg)
+    chash, cfg_hash = corpus_hash(corpus_path, corpus_cfg), config_hash(cfg)
     cached = load_report(out_dir)
     if cached and cached.get("config_hash") == cfg_hash and cached.get("corpus_hash") == chash:
         log(f"source LM {out_dir} is up to date (config {cfg_hash}, corpus {chash[:12]}): not retraining")
         return cached
 
     t_start = time.perf_counter()
-    train_texts = [d["text"] for d in load_documents(corpus_path, "train")]
-    heldout_texts = [d["text"] for d in load_documents(corpus_path, "heldout")]
+    train_texts = [d["text"] for d in load_documents(corpus_path, "train", corpus_cfg)]
+    heldout_texts = [d["text"] for d in load_documents(corpus_path, "heldout", corpus_cfg)]
     tokenizer = train_tokenizer(train_texts, cfg.vocab_size, cfg.n_ctx)
     vocab = len(tokenizer)
     train_ids = _encode(tokenizer, train_texts)
