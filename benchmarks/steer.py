@@ -4,10 +4,11 @@
    position (t_start 0.5, 20-step Euler = 10 denoiser passes) vs one KV-cached forward of the source LM, same
    batch, timed interleaved in one run (median of repeats).
 2. Passes vs gain: the fluency gain of GLP at one strength r, as the paired NLL difference raw − GLP (nats,
-   positive = GLP more fluent, 95% bootstrap CI), for Euler / Heun / midpoint at several schedules.
+   positive = GLP more fluent, 95% bootstrap CI resampling prompts), for Euler / Heun / midpoint at several
+   schedules. Direction and prompts as in the `steering` asset (movie-snippet DiffMean, held-out BBC openings).
 
 Runs on the default source's materialized artifacts (`make run` first). Offline; CPU or CUDA.
-    .venv/bin/python benchmarks/steer.py [--partition builtin/L1] [--r 0.8] [--batch 32] [--tokens 24]
+    .venv/bin/python benchmarks/steer.py [--partition smollm2-135m/L15] [--r 0.5] [--batch 32] [--tokens 20]
 """
 
 from __future__ import annotations
@@ -26,30 +27,34 @@ def main() -> None:
     from glp.judges import continuation_nll
     from glp.lm import load_source_lm
     from glp.prior import load_prior
-    from glp.steer import (DEFAULT_PROMPTS, encode, generate, mean_activation_norm, sdedit, sentiment_direction,
-                           solver_passes, steer_edit)
+    from glp.steer import (default_prompts, encode, generate, mean_activation_norm, movie_snippets, sdedit,
+                           sentiment_direction, solver_passes, steer_edit)
     from glp.store import ActivationStore
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--partition", default="builtin/L1")
-    ap.add_argument("--r", type=float, default=0.8, help="strength at which the fluency gain is measured")
+    ap.add_argument("--partition", default=None, help="source key (default: the first configured source)")
+    ap.add_argument("--r", type=float, default=0.5, help="strength at which the fluency gain is measured")
     ap.add_argument("--batch", type=int, default=32, help="rows per forward (prompts x samples)")
-    ap.add_argument("--tokens", type=int, default=24)
+    ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=30)
     args = ap.parse_args()
 
     settings = load_settings()
-    source = settings.source(args.partition)
+    source = settings.source(args.partition) if args.partition else settings.sources[0]
+    cfg = settings.steer
     paths = pipeline.source_paths(settings, source)
     lm = load_source_lm(pipeline.model_dir(settings, source), settings.device)
     prior = load_prior(paths.prior, lm.device)
     mean_norm = mean_activation_norm(ActivationStore(paths.store("heldout")).acts[:])
-    w = sentiment_direction(lm, source.layer)
+    snippets = movie_snippets(cfg.labelled, cfg.n_direction_texts, cfg.n_probe_texts, cfg.seed)
+    w = sentiment_direction(lm, source.layer, snippets, cfg.direction_max_tokens)
+    prompt_texts = list(cfg.prompts) if cfg.prompts else default_prompts(settings.corpus.path, cfg.n_prompts,
+                                                                           settings.corpus)
     dev = lm.device
     print(f"device {dev}, source {source.key}, torch threads {torch.get_num_threads()}")
 
     # ---- 1. cost per generated token
-    prompts = [encode(lm, p) for p in (DEFAULT_PROMPTS * args.batch)[: args.batch]]
+    prompts = [encode(lm, p) for p in (prompt_texts * args.batch)[: args.batch]]
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[lm.pad_id] * (width - len(p)) + p for p in prompts], device=dev)
     with torch.inference_mode():
@@ -86,8 +91,9 @@ def main() -> None:
     print(f"one denoiser pass / plain LM forward = {m_glp / passes / m_lm:.2f}")
 
     # ---- 2. passes vs fluency gain at r
-    cfg = settings.steer
-    texts = [p for p in DEFAULT_PROMPTS for _ in range(cfg.samples_per_prompt)]
+    reps = 1 if cfg.decoding == "greedy" else cfg.samples_per_prompt
+    texts = [p for p in prompt_texts for _ in range(reps)]
+    groups = [i for i in range(len(prompt_texts)) for _ in range(reps)]
     pids = [encode(lm, p) for p in texts]
     kw = dict(max_new_tokens=args.tokens, decoding=cfg.decoding, temperature=cfg.temperature, seed=cfg.seed,
               layer=source.layer)
@@ -104,7 +110,7 @@ def main() -> None:
         secs = time.perf_counter() - t0
         nll = continuation_nll(lm, pids, cont)
         gain = raw_nll - nll
-        lo, hi = bootstrap_ci(gain, cfg.n_bootstrap, cfg.seed)
+        lo, hi = bootstrap_ci(gain, cfg.n_bootstrap, cfg.seed, groups=groups)
         print(f"{solver:<9}{steps:>6}{solver_passes(cfg.t_start, steps, solver):>8}{nll.mean():>8.3f}"
               f"{gain.mean():>14.3f}   [{lo:+.3f}, {hi:+.3f}]  {secs:6.1f}")
 

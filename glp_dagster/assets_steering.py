@@ -1,6 +1,6 @@
 """Steering assets: `steering[src]` (concept–fluency Pareto report, raw vs GLP) and `delta_lm[src]` (ΔLM loss).
 
-glp_prior[src] ─┬─► steering[src]
+glp_prior[src] ─┬─► steering[src] ◄─ labelled   (movie snippets: direction; Amazon reviews + tweets: judge)
                 └─► prior_eval[src] ─► delta_lm[src]   (delta_lm reports the prior's held-out loss next to ΔCE)
 """
 
@@ -17,11 +17,12 @@ from glp_dagster.assets import require_upstream, user_errors
 from glp_dagster.resources import GLPSettings
 
 CODE_VERSION = "1"
+STEERING_VERSION = "2"  # 2: movie-snippet direction, trained judge, BBC prompts, signed r, clustered CIs
 
 
 def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    @dg.asset(deps=["glp_prior"], partitions_def=partitions, group_name="glp_uses",
-              code_version=f"{CODE_VERSION}-{config_hash(settings.steer)}")
+    @dg.asset(deps=["glp_prior", "labelled"], partitions_def=partitions, group_name="glp_uses",
+              code_version=f"{STEERING_VERSION}-{config_hash(settings.steer)}")
     def steering(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """DiffMean sentiment steering with and without GLP post-processing: a concept–fluency Pareto report."""
         from glp.report import png_markdown
@@ -38,14 +39,20 @@ def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinitio
                 "path": rep["path"],
                 "pareto": dg.MetadataValue.md(png_markdown(rep["png"], "steering Pareto plot")),
                 "report": dg.MetadataValue.md(steering_markdown(rep)),
+                "frontier": dg.MetadataValue.md(rep["frontier"]["statement"]),
                 "continuations_per_setting": rep["n_continuations"],
                 "passes_per_token": rep["passes_per_token"],
                 "mean_activation_norm": rep["mean_norm"],
-                "sentiment_raw_rmax": by[("raw", r_max)]["concept"],
-                "sentiment_glp_rmax": by[("glp", r_max)]["concept"],
+                "direction_auc_heldout": rep["direction"]["auc"],
+                "direction_auc_ci_low": rep["direction"]["auc_ci"][0],
+                "judge_accuracy_heldout": rep["judge"]["accuracy"],
+                "judge_auc_heldout": rep["judge"]["auc"],
+                "spearman_r_vs_concept_raw": rep["concept_trend"]["spearman_r_vs_concept_raw"],
+                "concept_raw_rmax": by[("raw", r_max)]["concept"],
+                "concept_glp_rmax": by[("glp", r_max)]["concept"],
                 "nll_raw_rmax": by[("raw", r_max)]["nll"],
                 "nll_glp_rmax": by[("glp", r_max)]["nll"],
-                "seconds": round(rep["seconds"], 1),
+                "seconds": round(rep["seconds"]["total"], 1),
             },
             data_version=dg.DataVersion(pipeline.short_sha256(Path(rep["path"]))),
         )
@@ -92,8 +99,11 @@ def build_steering_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetC
     def steering_scores_finite(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Every score, CI and paired difference in the steering report is finite."""
         rep = report(glp, context, "steering.json")
-        vals = [x for r in rep["rows"] for x in (r["concept"], *r["concept_ci"], r["nll"], *r["nll_ci"], r["distinct2"])]
+        keys = ("concept", "vader", "nll", "distinct1", "distinct2")
+        vals = [x for st in rep["settings"] for k in keys for x in st[k]]  # every continuation's scores
+        vals += [x for r in rep["rows"] for k in ("concept_ci", "vader_ci", "nll_ci", "distinct2_ci") for x in r[k]]
         vals += [x for p in rep["paired"] for x in (p["d_nll"], *p["d_nll_ci"], p["d_concept"], *p["d_concept_ci"])]
+        vals += [rep["direction"]["auc"], *rep["direction"]["auc_ci"], rep["judge"]["accuracy"], rep["judge"]["auc"]]
         n, bad = _finite(vals)
         return dg.AssetCheckResult(passed=bad == 0, metadata={"values": n, "nonfinite": bad})
 
@@ -127,6 +137,34 @@ def build_steering_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetC
                                                               "prompts": len(rep["prompts"]),
                                                               "seed": rep["config"]["seed"]})
 
+    @dg.asset_check(asset="steering", blocking=False, partitions_def=partitions)
+    def steering_direction_reads_sentiment(context: dg.AssetCheckExecutionContext,
+                                           glp: GLPSettings) -> dg.AssetCheckResult:
+        """The DiffMean direction separates held-out (probe-half) movie snippets by rating: the ROC-AUC of the
+        projection on w is above 0.5 with its 95% bootstrap CI's lower bound above 0.5 too (warning only)."""
+        d = report(glp, context, "steering.json")["direction"]
+        return dg.AssetCheckResult(passed=bool(d["auc_ci"][0] > 0.5), severity=dg.AssetCheckSeverity.WARN,
+                                   metadata={"auc": d["auc"], "auc_ci_low": d["auc_ci"][0],
+                                             "auc_ci_high": d["auc_ci"][1],
+                                             "probe_snippets": sum(d["n_probe"])})
+
+    @dg.asset_check(asset="steering", blocking=False, partitions_def=partitions)
+    def steering_concept_rises_with_r(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
+        """Raw steering moves the judge: Spearman rho of r vs P(positive) over raw rows > 0, its CI (prompts
+        resampled) above 0 (warning only)."""
+        from glp.steer import concept_rises
+
+        rep = report(glp, context, "steering.json")
+        t = rep["concept_trend"]
+
+        def at(x: dict) -> str:
+            return f"r={x['r']:g}: {x['concept']:.3f} [{x['concept_ci'][0]:.3f}, {x['concept_ci'][1]:.3f}]"
+
+        return dg.AssetCheckResult(passed=concept_rises(rep), severity=dg.AssetCheckSeverity.WARN, metadata={
+            "spearman_rho": t["spearman_r_vs_concept_raw"], "rho_ci_low": t["spearman_ci"][0],
+            "rho_ci_high": t["spearman_ci"][1], "concept_at_min_r": at(t["concept_at_min_r"]),
+            "concept_at_max_r": at(t["concept_at_max_r"])})
+
     @dg.asset_check(asset="delta_lm", blocking=True, partitions_def=partitions)
     def delta_lm_finite(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Clean CE and every method's ΔCE, CI and reconstruction MSE are finite."""
@@ -136,4 +174,5 @@ def build_steering_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetC
         n, bad = _finite(vals)
         return dg.AssetCheckResult(passed=bad == 0, metadata={"values": n, "nonfinite": bad})
 
-    return [steering_scores_finite, steering_r0_is_unsteered, steering_paired_prompts_and_seeds, delta_lm_finite]
+    return [steering_scores_finite, steering_r0_is_unsteered, steering_paired_prompts_and_seeds,
+            steering_direction_reads_sentiment, steering_concept_rises_with_r, delta_lm_finite]

@@ -12,14 +12,26 @@ def _summary(args: argparse.Namespace) -> int:
     from glp.config import load_settings
 
     settings = load_settings()
-    source = settings.source(args.partition)
+    source = settings.source(args.partition) if args.partition else settings.sources[0]
     paths = pipeline.source_paths(settings, source)
+    if args.markdown:
+        from glp.report import results_markdown
+
+        print(results_markdown(settings, source))
+        return 0
     print(f"\nglp artifacts for source {source.key}:")
     if pipeline.uses_builtin(settings) and source.model == "builtin":
         lm = pipeline.builtin_lm_dir(settings)
         rep = json.loads((lm / "train_report.json").read_text()) if (lm / "train_report.json").is_file() else {}
         ppl = rep.get("heldout_perplexity")
         print(f"  source LM      {lm}" + (f"  (held-out perplexity {ppl:.1f}, unigram {rep['unigram_perplexity']:.1f})" if ppl else ""))
+    from glp.source_model import is_packaged, load_report
+
+    if is_packaged(source.model):
+        mdir = pipeline.model_dir(settings, source)
+        rep = load_report(mdir) or {}
+        print(f"  source model   {mdir}" + (f"  ({rep['architecture']}, {rep['n_params'] / 1e6:.1f} M parameters, "
+                                             f"{rep['n_layers']} layers, from {rep['gguf']})" if rep else "  (missing)"))
     for label, path in [("activations", paths.activations), ("norm stats", paths.norm_stats), ("prior", paths.prior),
                         ("evaluation", paths.prior_eval)]:
         print(f"  {label:<14} {path}{'' if path.exists() else '  (missing)'}")
@@ -49,11 +61,11 @@ def _steer(args: argparse.Namespace) -> int:
     from glp.config import load_settings
     from glp.lm import load_source_lm
     from glp.prior import load_prior
-    from glp.steer import encode, generate, mean_activation_norm, sentiment_direction, steer_edit
+    from glp.steer import encode, generate, mean_activation_norm, movie_snippets, sentiment_direction, steer_edit
     from glp.store import ActivationStore
 
     settings = load_settings()
-    source = settings.source(args.partition)
+    source = settings.source(args.partition) if args.partition else settings.sources[0]
     cfg = settings.steer
     paths = pipeline.source_paths(settings, source)
     for path, asset in ((paths.prior, "glp_prior"), (paths.store("heldout"), "activations")):
@@ -63,7 +75,8 @@ def _steer(args: argparse.Namespace) -> int:
     lm = load_source_lm(pipeline.model_dir(settings, source), settings.device, "float32", settings.trust_remote_code)
     prior = load_prior(paths.prior, lm.device)
     mean_norm = mean_activation_norm(ActivationStore(paths.store("heldout")).acts[:])
-    w = sentiment_direction(lm, source.layer, cfg.n_direction_texts, cfg.seed)
+    snippets = movie_snippets(cfg.labelled, cfg.n_direction_texts, cfg.n_probe_texts, cfg.seed)
+    w = sentiment_direction(lm, source.layer, snippets, cfg.direction_max_tokens)
     decoding = "greedy" if args.greedy else cfg.decoding
     ids = [encode(lm, args.prompt)]
     kw = dict(max_new_tokens=args.tokens, decoding=decoding, temperature=cfg.temperature, seed=args.seed,
@@ -83,17 +96,34 @@ def _steer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds(args: argparse.Namespace) -> int:
+    from glp.config import load_settings
+    from glp.seeds import run_seeds, seeds_markdown
+
+    settings = load_settings()
+    source = settings.source(args.partition) if args.partition else settings.sources[0]
+    summary = run_seeds(settings, source, args.seeds)
+    print(seeds_markdown(summary))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="glp", description="Generative Latent Priors over LLM activations")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("summary", help="print where a source's artifacts are and its evaluation numbers")
-    p.add_argument("--partition", default="builtin/L1", help="source key, e.g. builtin/L1")
+    p.add_argument("--partition", default=None, help="source key, e.g. smollm2-135m/L15 (default: the first source)")
+    p.add_argument("--markdown", action="store_true", help="print the results tables (README format) from the artifacts")
     p.set_defaults(func=_summary)
+    p = sub.add_parser("seeds", help="train + evaluate extra priors with other seeds on the same activations; "
+                                     "report every claim's mean and spread over seeds (after make run)")
+    p.add_argument("--partition", default=None, help="source key (default: the first source)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="extra training seeds (default: 1 2)")
+    p.set_defaults(func=_seeds)
     p = sub.add_parser("steer", help="steer the source LM along a direction; print raw and GLP continuations")
-    p.add_argument("--partition", default="builtin/L1", help="source key, e.g. builtin/L1")
+    p.add_argument("--partition", default=None, help="source key, e.g. smollm2-135m/L15 (default: the first source)")
     p.add_argument("--direction", default="sentiment", choices=["sentiment"],
-                   help="DiffMean direction (sentiment = positive minus negative)")
-    p.add_argument("--r", type=float, default=0.8, help="strength: alpha = r x mean activation norm (negative flips)")
+                   help="DiffMean direction (sentiment = positive minus negative human-rated movie snippets)")
+    p.add_argument("--r", type=float, default=0.5, help="strength: alpha = r x mean activation norm (negative flips)")
     p.add_argument("--prompt", default="I think that")
     p.add_argument("--tokens", type=int, default=24, help="new tokens")
     p.add_argument("--seed", type=int, default=0)

@@ -28,11 +28,26 @@ def _np64(x: ArrayLike) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def bootstrap_ci(x: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of x (n,) (or of a paired difference passed as x)."""
+def bootstrap_ci(
+    x: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95, groups: np.ndarray | None = None
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of x (n,) (or of a paired difference passed as x).
+
+    With `groups` (n,) (e.g. the prompt of each continuation) whole groups are resampled, keeping each group's
+    rows together (a cluster bootstrap); the statistic is the mean over the resampled rows.
+    """
     x = np.asarray(x, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
+    if groups is None:
+        means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
+    else:
+        codes = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+        if len(codes) != len(x):
+            raise ValueError(f"groups has {len(codes)} entries for {len(x)} values")
+        n_groups = int(codes.max()) + 1
+        sums, counts = np.bincount(codes, x, n_groups), np.bincount(codes, minlength=n_groups)
+        pick = rng.integers(0, n_groups, size=(n_boot, n_groups))
+        means = sums[pick].sum(1) / counts[pick].sum(1)
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 

@@ -3,68 +3,119 @@
     a' = a + alpha * w,   alpha = r * (mean activation norm at the layer),   w unit (DiffMean)
     GLP: z = normalize(a'); noise z to t_start; integrate the schedule's levels below t_start to 0; denormalize.
 
-During generation only the newest position is edited at each forward pass (the prompt's last position on the
-first pass, then each new token's); with the KV cache, earlier edits persist through the cached keys/values.
+Direction: DiffMean of last-token activations, human-rated movie snippets rated >= +1 minus <= -1 (the
+`direction` half of `movie_snippets.jsonl`); its ROC-AUC is measured on the other (`probe`) half. The concept
+judge (glp.judges) never sees movie snippets, so the direction and the judge come from different sources.
+
+Position 0 (BOS) is never steered, scored or used: prompts are `[BOS] + tokens` with at least one token after
+BOS, they are prefilled up to their last token unsteered, and during generation only the newest position is
+edited at each forward pass (the prompt's last token on the first pass, then each new token); with the KV
+cache, earlier edits persist through the cached keys/values.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from glp.config import SteerConfig
-from glp.flow import euler_schedule, interpolate, project_on_manifold
 from glp.artifacts import write_atomic
+from glp.config import SteerConfig
 from glp.evaluate import bootstrap_ci
-from glp.judges import continuation_nll, distinct_n, sentiment_lexicon, sentiment_scores
+from glp.flow import euler_schedule, interpolate, project_on_manifold
+from glp.judges import (MOVIE_SNIPPETS, SentimentJudge, auc_ci, continuation_nll_sets, distinct_n,
+                        fit_sentiment_judge, left_pad, read_labelled, rewind_cache, vader_compound)
 from glp.lm import SourceLM
 from glp.prior import Prior
 
 Edit = Callable[[Tensor], Tensor]  # (B, d) newest-position activations -> edited (B, d)
 
-DEFAULT_PROMPTS = [
-    "I think that", "The weather today", "My friend said", "When we arrived at the house",
-    "The story of the", "He looked at the", "In the morning we", "The food was",
-    "This book is", "She told me that", "Life is", "The city at night",
-    "Our new neighbour", "The meeting ended", "A man walked into", "The old house",
-]
-"""Neutral openings (no sentiment word), continued by every steering setting."""
 
-# Texts whose last token carries the sentiment: the DiffMean reads last-token activations.
-_TEMPLATES = ["It was {w}", "I feel {w}", "The day was {w}", "That is so {w}", "She said it was {w}",
-              "Everything seemed {w}", "Life is {w}", "The news was {w}"]
+# ---------------------------------------------------------------- prompts
+
+
+def first_sentence(text: str, max_words: int = 12) -> str:
+    """The text's first sentence, cut to at most `max_words` words: the first line or sentence piece that ends in
+    . ! or ? (so a headline line above an article is passed over), else its first piece."""
+    pieces = [p.strip() for p in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if p.strip()]
+    head = next((p for p in pieces if p[-1] in ".!?"), pieces[0] if pieces else "")
+    return " ".join(head.split()[:max_words])
+
+
+def default_prompts(corpus: Path, n: int, corpus_cfg: Any = None, max_words: int = 12,
+                    min_words: int = 4) -> list[str]:
+    """Neutral prompts: first sentences (<= max_words words) of the first `n` held-out BBC news documents, filled
+    from other held-out documents' first sentences when there are fewer BBC ones; sentences under `min_words`
+    words and repeats are skipped. `corpus_cfg` (a CorpusConfig) splits a user corpus as the pipeline does."""
+    from glp.corpus import iter_documents
+
+    bbc: list[str] = []
+    other: list[str] = []
+    seen: set[str] = set()
+    for doc in iter_documents(corpus, "heldout", corpus_cfg):
+        s = first_sentence(doc["text"], max_words)
+        if len(s.split()) < min_words or s in seen:
+            continue
+        pool = bbc if doc.get("source") == "bbc" else other
+        if len(pool) < n:
+            pool.append(s)
+            seen.add(s)
+        if len(bbc) >= n:
+            break
+    prompts = (bbc + other)[:n]
+    if len(prompts) < 2:
+        raise ValueError(f"only {len(prompts)} usable prompt(s) (first sentences of >= {min_words} words) in the "
+                         f"held-out documents of {corpus}: rebuild the corpus or set `steer.prompts`")
+    return prompts
 
 
 # ---------------------------------------------------------------- DiffMean direction
 
 
-def sentiment_texts(
-    n: int, seed: int = 0, min_valence: float = 2.0, known: Callable[[str], bool] | None = None
-) -> tuple[list[str], list[str]]:
-    """n positive and n negative templated texts, words drawn (seeded) from VADER's strongest lexicon entries.
+@dataclass
+class Snippets:
+    """Human-rated movie snippets: the direction half by class (capped) and the probe half with labels."""
 
-    `known(word)` restricts the words (e.g. to single tokens of the LM's vocabulary: words it has learned).
-    """
-    lex = sentiment_lexicon()
-    keep = [w for w in sorted(lex) if w.isalpha() and len(w) > 2 and (known is None or known(w))]
-    pos = [w for w in keep if lex[w] >= min_valence]
-    neg = [w for w in keep if lex[w] <= -min_valence]
-    if not pos or not neg:
-        raise ValueError(f"no sentiment words left with |valence| >= {min_valence} ({len(pos)} positive, "
-                         f"{len(neg)} negative): lower min_valence")
+    pos: list[str]  # use == "direction", rating >= +1
+    neg: list[str]  # use == "direction", rating <= -1
+    probe_texts: list[str]  # use == "probe"
+    probe_labels: np.ndarray  # (n,) 1 = positive
+
+
+def movie_snippets(folder: Path, n_direction: int, n_probe: int, seed: int) -> Snippets:
+    """Read `<folder>/movie_snippets.jsonl`; keep at most `n_direction` direction texts and `n_probe` probe texts
+    per class (seeded choice, file order kept)."""
+    rows = [r for r in read_labelled(folder, MOVIE_SNIPPETS) if r["text"].strip() and abs(float(r["rating"])) >= 1]
     rng = np.random.default_rng(seed)
 
-    def draw(words: list[str]) -> list[str]:
-        return [_TEMPLATES[rng.integers(len(_TEMPLATES))].format(w=words[rng.integers(len(words))]) for _ in range(n)]
+    def cap(texts: list[str], k: int) -> list[str]:
+        return texts if len(texts) <= k else [texts[i] for i in sorted(rng.choice(len(texts), k, replace=False))]
 
-    return draw(pos), draw(neg)
+    def pick(use: str, positive: bool) -> list[str]:
+        return [r["text"] for r in rows if r["use"] == use and (float(r["rating"]) > 0) == positive]
+
+    pos, neg = cap(pick("direction", True), n_direction), cap(pick("direction", False), n_direction)
+    ppos, pneg = cap(pick("probe", True), n_probe), cap(pick("probe", False), n_probe)
+    counts = {"direction": (len(pos), len(neg)), "probe": (len(ppos), len(pneg))}
+    if min(*counts["direction"], *counts["probe"]) < 2:
+        raise ValueError(f"{folder / MOVIE_SNIPPETS}: need at least 2 positive and 2 negative snippets for each of "
+                         f"`direction` and `probe`, found (positive, negative) {counts}: rebuild `dvc repro labelled`")
+    return Snippets(pos, neg, ppos + pneg, np.array([1] * len(ppos) + [0] * len(pneg)))
+
+
+def max_positions(lm: SourceLM) -> int | None:
+    """The longest sequence the model's position embeddings allow (None if the config does not say)."""
+    cfg = lm.model.config
+    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
 
 
 def encode(lm: SourceLM, text: str) -> list[int]:
@@ -73,16 +124,22 @@ def encode(lm: SourceLM, text: str) -> list[int]:
 
 
 @torch.inference_mode()
-def last_token_acts(lm: SourceLM, layer: int, texts: Sequence[str], batch_size: int = 32) -> Tensor:
-    """Block `layer`'s residual output at the last token of each text, (n, d) float32 on cpu."""
-    from glp.activations import forward_batch
+def last_token_acts(lm: SourceLM, layer: int, texts: Sequence[str], max_tokens: int = 64,
+                    batch_size: int = 64) -> Tensor:
+    """Block `layer`'s residual output at the last token of each text (`[BOS] + tokens` truncated to
+    `max_tokens`; never BOS), (n, d) float32 on cpu. Batches are length-sorted; rows come back in text order."""
+    from glp.activations import forward_batch, tokenize_doc
 
-    rows = []
-    for b in range(0, len(texts), batch_size):
-        seqs = [encode(lm, t) for t in texts[b : b + batch_size]]
-        acts, _, mask = forward_batch(lm, layer, seqs)  # (B, T, d) right-padded
-        rows.append(acts[torch.arange(len(seqs)), mask.sum(1) - 1])
-    return torch.cat(rows)
+    seqs = [tokenize_doc(lm, t, min(max_tokens, max_positions(lm) or max_tokens)) for t in texts]
+    if any(len(s) < 2 for s in seqs):
+        raise ValueError("every text needs a token after BOS (position 0 is never used)")
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = torch.empty(len(seqs), lm.d_model)
+    for b in range(0, len(order), batch_size):
+        idx = order[b : b + batch_size]
+        acts, _, mask = forward_batch(lm, layer, [seqs[i] for i in idx])  # (B, T, d) right-padded
+        out[idx] = acts[torch.arange(len(idx)), mask.sum(1) - 1]
+    return out
 
 
 def diffmean_direction(acts_a: Tensor, acts_b: Tensor) -> Tensor:
@@ -91,33 +148,23 @@ def diffmean_direction(acts_a: Tensor, acts_b: Tensor) -> Tensor:
     return w / w.norm().clamp(min=1e-12)
 
 
-def lm_sentiment_texts(lm: SourceLM, n: int, seed: int) -> tuple[list[str], list[str]]:
-    """`sentiment_texts` restricted to words that are one token of the LM's vocabulary (words it has learned);
-    every word when the vocabulary holds too few (tiny test tokenizers)."""
-
-    def single_token(word: str) -> bool:
-        return len(lm.tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1
-
-    try:
-        return sentiment_texts(n, seed, known=single_token)
-    except ValueError:
-        return sentiment_texts(n, seed)
+def sentiment_direction(lm: SourceLM, layer: int, snippets: Snippets, max_tokens: int = 64) -> Tensor:
+    """DiffMean positive − negative movie-snippet direction at `layer`, (d,) unit norm."""
+    return diffmean_direction(last_token_acts(lm, layer, snippets.pos, max_tokens),
+                              last_token_acts(lm, layer, snippets.neg, max_tokens))
 
 
-def sentiment_direction(lm: SourceLM, layer: int, n: int = 64, seed: int = 0) -> Tensor:
-    """DiffMean positive − negative sentiment direction at `layer`, (d,) unit norm."""
-    pos, neg = lm_sentiment_texts(lm, n, seed)
-    return diffmean_direction(last_token_acts(lm, layer, pos), last_token_acts(lm, layer, neg))
-
-
-def direction_auc(lm: SourceLM, layer: int, w: Tensor, n: int = 64, seed: int = 1) -> float:
-    """ROC-AUC of the projection on w separating fresh (other-seed) positive from negative templated texts:
-    does the direction read sentiment at all? (0.5 = no.)"""
+def direction_auc(lm: SourceLM, layer: int, w: Tensor, snippets: Snippets, max_tokens: int = 64,
+                  n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """ROC-AUC (95% bootstrap CI) of the projection on w separating the held-out probe snippets by sign of rating:
+    does the direction read sentiment at all on text it was not built from? (0.5 = no.)"""
     from sklearn.metrics import roc_auc_score
 
-    pos, neg = lm_sentiment_texts(lm, n, seed)
-    scores = torch.cat([last_token_acts(lm, layer, pos), last_token_acts(lm, layer, neg)]) @ w
-    return float(roc_auc_score([1] * n + [0] * n, scores.numpy()))
+    scores = (last_token_acts(lm, layer, snippets.probe_texts, max_tokens) @ w).numpy()
+    y = snippets.probe_labels
+    return {"auc": float(roc_auc_score(y, scores)), "auc_ci": auc_ci(y, scores, n_boot, seed),
+            "n_probe": [int(y.sum()), int(len(y) - y.sum())],
+            "n_direction": [len(snippets.pos), len(snippets.neg)]}
 
 
 def mean_activation_norm(acts: np.ndarray | Tensor) -> float:
@@ -213,6 +260,28 @@ def newest_position_hook(block: nn.Module, edit: Edit) -> Iterator[None]:
 # ---------------------------------------------------------------- generation
 
 
+@dataclass
+class Prefix:
+    """Left-padded prompts (B, W) and the unsteered KV cache of all but their last column, shared by every
+    steering setting of the same prompts (edits start at the last prompt token, so this part never changes)."""
+
+    ids: Tensor
+    mask: Tensor
+    pos: Tensor
+    past: Any  # transformers Cache, rewound to W - 1 positions before each use
+
+
+@torch.inference_mode()
+def prefill(lm: SourceLM, prompts: Sequence[list[int]]) -> Prefix:
+    """Run the prompts but their last token through the unsteered LM (one batch)."""
+    if any(len(p) < 2 for p in prompts):
+        raise ValueError("every prompt needs a token after BOS: position 0 (BOS) is never steered")
+    ids, mask, pos = (x.to(lm.device) for x in left_pad(prompts, lm.pad_id))
+    out = lm.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True,
+                   logits_to_keep=1)
+    return Prefix(ids, mask, pos, out.past_key_values)
+
+
 @torch.inference_mode()
 def generate(
     lm: SourceLM,
@@ -223,26 +292,27 @@ def generate(
     seed: int = 0,
     layer: int | None = None,
     edit: Edit | None = None,
+    prefix: Prefix | None = None,
 ) -> list[list[int]]:
     """Continue each token list (left-padded batch, KV cache); with `edit`, steer block `layer` at the newest
-    position on every forward. Sampling draws from a cpu generator seeded with `seed`. Returns new ids per row."""
-    B, width = len(prompts), max(len(p) for p in prompts)
-    ids = torch.full((B, width), lm.pad_id, dtype=torch.long)
-    mask = torch.zeros((B, width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        mask[i, width - len(p) :] = 1
-    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    position on every forward. `prefix` (from `prefill` of the same prompts) saves re-running the prompts.
+    Sampling draws from a cpu generator seeded with `seed`. Returns new ids per row."""
+    pre = prefix if prefix is not None else prefill(lm, prompts)
+    if pre.ids.shape[0] != len(prompts):
+        raise ValueError(f"prefix holds {pre.ids.shape[0]} prompts, {len(prompts)} given")
+    B, width = pre.ids.shape
+    limit = max_positions(lm)
+    if limit and width + max_new_tokens > limit:
+        raise ValueError(f"prompts of up to {width} tokens + {max_new_tokens} new tokens exceed the {limit} positions "
+                         f"of the model at {lm.path}: shorten the prompts or lower `steer.max_new_tokens`")
+    rewind_cache(pre.past, width - 1)
+    past, mask, pos, inp = pre.past, pre.mask, pre.pos[:, -1:], pre.ids[:, -1:]
     gen = torch.Generator().manual_seed(seed)
-    ids, mask, pos = ids.to(lm.device), mask.to(lm.device), pos.to(lm.device)
     hook = newest_position_hook(lm.block(layer), edit) if edit is not None else nullcontext()
     new: list[Tensor] = []
-    past = None
     with hook:
-        inp = ids
         for _ in range(max_new_tokens):
             out = lm.model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
-            past = out.past_key_values
             logits = out.logits[:, -1].float().cpu()
             if decoding == "greedy":
                 nxt = logits.argmax(-1)
@@ -251,67 +321,177 @@ def generate(
             new.append(nxt)
             inp = nxt.to(lm.device).unsqueeze(1)
             mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=mask.device)], 1)
-            pos = pos[:, -1:] + 1
+            pos = pos + 1
     return torch.stack(new, 1).tolist()
 
 
 # ---------------------------------------------------------------- the Pareto report
 
 
+def _ci(x: np.ndarray, groups: np.ndarray, cfg: SteerConfig) -> tuple[float, float]:
+    return bootstrap_ci(x, cfg.n_bootstrap, cfg.seed, groups=groups)
+
+
+def spearman_ci(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_boot: int, seed: int,
+                level: float = 0.95) -> tuple[float, tuple[float, float]]:
+    """Spearman's rho of (x, y) and its percentile bootstrap CI resampling whole groups (prompts)."""
+    import warnings
+
+    from scipy.stats import spearmanr
+
+    def rho(i: np.ndarray) -> float:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a constant draw has no rho: counted as no trend
+            v = spearmanr(x[i], y[i]).statistic
+        return float(v) if np.isfinite(v) else 0.0
+
+    codes = np.unique(groups, return_inverse=True)[1]
+    members = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
+    rng = np.random.default_rng(seed)
+    boots = [rho(np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))]))
+             for _ in range(n_boot)]
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return rho(np.arange(len(x))), (float(lo), float(hi))
+
+
+def degeneration_point(rows: Sequence[dict], distinct2_ratio: float, nll_rise: float) -> dict[str, float | None]:
+    """Per sign, the smallest |r| at which raw steering degenerates: distinct-2 below `distinct2_ratio` x its r=0
+    value, or NLL more than `nll_rise` nats above r=0 (None if it never does in the sweep)."""
+    raw = {r["r"]: r for r in rows if r["mode"] == "raw"}
+    base = raw[0.0]
+    out: dict[str, float | None] = {}
+    for sign, name in ((1, "positive"), (-1, "negative")):
+        hits = [abs(r) for r, x in raw.items() if r * sign > 0 and (
+            x["distinct2"] < distinct2_ratio * base["distinct2"] or x["nll"] > base["nll"] + nll_rise)]
+        out[name] = min(hits) if hits else None
+    return out
+
+
+def frontier(paired: Sequence[dict], point: dict[str, float | None]) -> dict[str, Any]:
+    """For each sign with a degeneration point, whether GLP's NLL is below raw's (paired CI of GLP − raw below 0)
+    at every r at or beyond it; and one plain sentence saying so."""
+    out: dict[str, Any] = {}
+    lines = []
+    for sign, name, op in ((1, "positive", "≥"), (-1, "negative", "≤")):
+        at = point[name]
+        if at is None:
+            out[name] = None
+            continue
+        rows = [{"r": p["r"], "d_nll": p["d_nll"], "d_nll_ci": p["d_nll_ci"], "glp_lower": p["d_nll_ci"][1] < 0}
+                for p in paired if p["r"] * sign >= at]
+        n_yes = sum(x["glp_lower"] for x in rows)
+        verdict = "yes" if n_yes == len(rows) else "no" if n_yes == 0 else "partly"
+        out[name] = {"from_r": sign * at, "rows": rows, "glp_lowers_nll": verdict}
+        evidence = "; ".join(f"r={x['r']:g}: ΔNLL {x['d_nll']:+.3f} [{x['d_nll_ci'][0]:+.3f}, {x['d_nll_ci'][1]:+.3f}]"
+                             for x in rows)
+        lines.append(f"GLP post-processing lowers NLL at r {op} {sign * at:g} (where raw steering degenerates): "
+                     f"**{verdict}** (GLP − raw, 95% CI clustered by prompt: {evidence}).")
+    if not lines:
+        lines.append("Raw steering did not degenerate at any r of the sweep: no frontier to compare GLP on.")
+    out["statement"] = " ".join(lines)
+    return out
+
+
 def steering_report(lm: SourceLM, layer: int, prior: Prior, w: Tensor, mean_norm: float, cfg: SteerConfig,
+                    prompts: Sequence[str], judge: SentimentJudge,
                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Generate for every (r, raw/GLP) with identical prompts and seeds; judge concept and fluency; bootstrap CIs."""
-    prompts = list(cfg.prompts or DEFAULT_PROMPTS)
+    """Generate for every (r, raw/GLP) with identical prompts and seeds; judge concept (P(positive) of `judge`,
+    VADER as second opinion) and fluency (NLL under the unsteered LM, distinct-n); CIs clustered by prompt."""
     reps = 1 if cfg.decoding == "greedy" else cfg.samples_per_prompt
     texts = [p for p in prompts for _ in range(reps)]
+    groups = np.repeat(np.arange(len(prompts)), reps)
     prompt_ids = [encode(lm, p) for p in texts]
     gen_kw = dict(max_new_tokens=cfg.max_new_tokens, decoding=cfg.decoding, temperature=cfg.temperature, seed=cfg.seed)
     t0 = time.perf_counter()
-    unsteered = generate(lm, prompt_ids, **gen_kw)
-    rows, settings = [], []
+    pre = prefill(lm, prompt_ids)
+    unsteered = generate(lm, prompt_ids, prefix=pre, **gen_kw)
+    settings = []
     for mode in ("raw", "glp"):
         for r in cfg.r_values:
+            t1 = time.perf_counter()
             g = torch.Generator(device=next(prior.denoiser.parameters()).device).manual_seed(cfg.seed + 1)
             edit = steer_edit(w, r * mean_norm, prior if mode == "glp" else None, cfg.t_start, cfg.steps, cfg.solver, g)
-            cont = generate(lm, prompt_ids, layer=layer, edit=edit, **gen_kw)
-            decoded = [lm.tokenizer.decode(c, skip_special_tokens=True) for c in cont]
-            concept = sentiment_scores(decoded)
-            nll = continuation_nll(lm, prompt_ids, cont)
-            dist = np.array([distinct_n(c, 2) for c in cont])
-            settings.append({"mode": mode, "r": r, "tokens": cont, "concept": concept, "nll": nll})
-            rows.append({
-                "mode": mode, "r": r, "alpha": r * mean_norm,
-                "concept": float(concept.mean()), "concept_ci": bootstrap_ci(concept, cfg.n_bootstrap, cfg.seed),
-                "nll": float(nll.mean()), "nll_ci": bootstrap_ci(nll, cfg.n_bootstrap, cfg.seed),
-                "distinct2": float(dist.mean()),
-                "examples": [{"prompt": p, "continuation": d} for p, d in list(zip(texts, decoded))[:: reps][:3]],
-            })
+            cont = generate(lm, prompt_ids, layer=layer, edit=edit, prefix=pre, **gen_kw)
+            settings.append({"mode": mode, "r": r, "tokens": cont, "seconds": time.perf_counter() - t1})
             if log:
-                log(f"steer {mode} r={r}: concept {concept.mean():+.3f} nll {nll.mean():.3f}")
-    # paired GLP − raw differences per r (same prompts, same sampling seed)
+                log(f"steer {mode} r={r}: generated in {settings[-1]['seconds']:.1f} s")
+    t1 = time.perf_counter()
+    nlls = continuation_nll_sets(lm, prompt_ids, [s["tokens"] for s in settings])
+    seconds_nll = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    decoded = [[lm.tokenizer.decode(c, skip_special_tokens=True) for c in s["tokens"]] for s in settings]
+    flat = [d for ds in decoded for d in ds]
+    concept_all, vader_all = judge.p_positive(flat), vader_compound(flat)
+    seconds_judge = time.perf_counter() - t1
+    rows = []
+    for k, (s, dec, nll) in enumerate(zip(settings, decoded, nlls)):
+        sl = slice(k * len(texts), (k + 1) * len(texts))
+        concept, vader = concept_all[sl], vader_all[sl]
+        d1 = np.array([distinct_n(c, 1) for c in s["tokens"]])
+        d2 = np.array([distinct_n(c, 2) for c in s["tokens"]])
+        s.update(continuations=dec, concept=concept.tolist(), vader=vader.tolist(), nll=nll.tolist(),
+                 distinct1=d1.tolist(), distinct2=d2.tolist())
+        rows.append({
+            "mode": s["mode"], "r": s["r"], "alpha": s["r"] * mean_norm,
+            "concept": float(concept.mean()), "concept_ci": _ci(concept, groups, cfg),
+            "vader": float(vader.mean()), "vader_ci": _ci(vader, groups, cfg),
+            "nll": float(nll.mean()), "nll_ci": _ci(nll, groups, cfg),
+            "distinct1": float(d1.mean()), "distinct2": float(d2.mean()), "distinct2_ci": _ci(d2, groups, cfg),
+            "seconds": s["seconds"],
+            "examples": [{"prompt": p, "continuation": d} for p, d in list(zip(texts, dec))[::reps][:3]],
+        })
+        if log:
+            log(f"steer {s['mode']} r={s['r']}: concept {concept.mean():.3f} nll {nll.mean():.3f} "
+                f"distinct-2 {d2.mean():.3f}")
+    # paired GLP − raw differences per r (same prompts, same sampling seed), CIs clustered by prompt
+    by = {(s["mode"], s["r"]): s for s in settings}
     paired = []
     for r in cfg.r_values:
-        a = next(s for s in settings if s["mode"] == "raw" and s["r"] == r)
-        b = next(s for s in settings if s["mode"] == "glp" and s["r"] == r)
-        dn, dc = b["nll"] - a["nll"], b["concept"] - a["concept"]
-        paired.append({"r": r, "d_nll": float(dn.mean()), "d_nll_ci": bootstrap_ci(dn, cfg.n_bootstrap, cfg.seed),
-                       "d_concept": float(dc.mean()), "d_concept_ci": bootstrap_ci(dc, cfg.n_bootstrap, cfg.seed)})
+        a, b = by[("raw", r)], by[("glp", r)]
+        dn = np.subtract(b["nll"], a["nll"])
+        dc = np.subtract(b["concept"], a["concept"])
+        paired.append({"r": r, "d_nll": float(dn.mean()), "d_nll_ci": _ci(dn, groups, cfg),
+                       "d_concept": float(dc.mean()), "d_concept_ci": _ci(dc, groups, cfg)})
+    # does raw steering move the concept? Spearman of r vs concept over all raw rows, resampling prompts
+    raw = [s for s in settings if s["mode"] == "raw"]
+    rho, rho_ci = spearman_ci(np.repeat([s["r"] for s in raw], len(texts)), np.concatenate([s["concept"] for s in raw]),
+                              np.tile(groups, len(raw)), cfg.n_bootstrap, cfg.seed)
+    ends = {k: next(x for x in rows if x["mode"] == "raw" and x["r"] == r)
+            for k, r in (("min", min(cfg.r_values)), ("max", max(cfg.r_values)))}
+    vs_r0 = []  # paired per continuation: does each r move the concept away from the unsteered r=0 row?
+    for s in raw:
+        if s["r"] != 0.0:
+            d = np.subtract(s["concept"], by[("raw", 0.0)]["concept"])
+            vs_r0.append({"r": s["r"], "d_concept": float(d.mean()), "d_concept_ci": _ci(d, groups, cfg)})
+    point = degeneration_point(rows, cfg.degeneration_distinct2_ratio, cfg.degeneration_nll_rise)
     return {
         "layer": layer, "mean_norm": mean_norm, "config": cfg.model_dump(mode="json"),
-        "prompts": texts, "n_continuations": len(texts),
+        "prompts": texts, "groups": groups.tolist(), "n_prompts": len(prompts), "n_continuations": len(texts),
         "passes_per_token": solver_passes(cfg.t_start, cfg.steps, cfg.solver),
+        "judge": judge.report,
         "unsteered_tokens": unsteered,
-        "settings": [{"mode": s["mode"], "r": s["r"], "tokens": s["tokens"]} for s in settings],
-        "rows": rows, "paired": paired, "seconds": time.perf_counter() - t0,
+        "settings": settings,
+        "rows": rows, "paired": paired,
+        "concept_trend": {"spearman_r_vs_concept_raw": rho, "spearman_ci": rho_ci, "raw_minus_r0": vs_r0,
+                          **{f"concept_at_{k}_r": {"r": x["r"], "concept": x["concept"], "concept_ci": x["concept_ci"]}
+                             for k, x in ends.items()}},
+        "degeneration_point": point, "frontier": frontier(paired, point),
+        "seconds": {"generation": sum(s["seconds"] for s in settings), "nll": seconds_nll, "judge": seconds_judge,
+                    "report": time.perf_counter() - t0},
     }
 
 
+def concept_rises(report: dict[str, Any]) -> bool:
+    """Raw steering moves the judge's concept with r: Spearman rho(r, concept) > 0 with its CI above 0."""
+    t = report["concept_trend"]
+    return t["spearman_r_vs_concept_raw"] > 0 and t["spearman_ci"][0] > 0
+
+
 def pareto_png(report: dict[str, Any]) -> bytes:
-    """Concept (VADER compound, up) vs fluency (NLL under the unsteered LM, left = better), one curve per mode."""
+    """Concept (judge P(positive), up) vs fluency (NLL under the unsteered LM, left = better), one curve per mode."""
     from glp.report import pyplot, to_png
 
     plt = pyplot()
-
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for mode, color in (("raw", "#d95f02"), ("glp", "#1b9e77")):
         rows = [r for r in report["rows"] if r["mode"] == mode]
@@ -322,27 +502,53 @@ def pareto_png(report: dict[str, Any]) -> bytes:
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, color=color, marker="o", capsize=2, lw=1.4,
                     label="with GLP" if mode == "glp" else "raw steering")
         for r in rows:
-            ax.annotate(f"r={r['r']:g}", (r["nll"], r["concept"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(f"r={r['r']:g}", (r["nll"], r["concept"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
     ax.set(xlabel="continuation NLL under unsteered LM (nats, lower = more fluent)",
-           ylabel="sentiment (VADER compound)", title="steering: concept vs fluency (95% bootstrap CI)")
+           ylabel="P(positive), judge trained on reviews + tweets",
+           title="steering: concept vs fluency (95% CI, clustered by prompt)")
     ax.legend()
     return to_png(fig)
 
 
 def steering_markdown(report: dict[str, Any]) -> str:
-    """The Pareto table, the paired GLP − raw differences, and 3 example generations per setting."""
+    """Sources, the frontier statement, the Pareto table, paired GLP − raw differences, 3 examples per setting."""
     from glp.report import markdown_table
 
     def ci(c: Sequence[float]) -> str:
         return f"[{c[0]:.3f}, {c[1]:.3f}]"
 
+    head = [f"{report['n_continuations']} continuations of {report['n_prompts']} prompts per setting, "
+            f"{report['passes_per_token']} denoiser passes per token with GLP; 95% CIs resample prompts."]
+    d = report.get("direction")
+    if d:
+        head.append(f"Direction: DiffMean of human-rated movie snippets ({d['n_direction'][0]} positive, "
+                    f"{d['n_direction'][1]} negative); ROC-AUC on {sum(d['n_probe'])} held-out snippets "
+                    f"{d['auc']:.3f} {ci(d['auc_ci'])}.")
+    j = report["judge"]
+    head.append(f"Concept judge: P(positive) of {j['kind']}, trained on {j['trained_on']}; held-out accuracy "
+                f"{j['accuracy']:.3f} {ci(j['accuracy_ci'])}, AUC {j['auc']:.3f} {ci(j['auc_ci'])} "
+                f"(n = {j['n_test']}). VADER compound is a second opinion.")
+    t = report["concept_trend"]
+    lo, hi = t["concept_at_min_r"], t["concept_at_max_r"]
+    head.append(f"Concept vs r, raw steering: Spearman rho {t['spearman_r_vs_concept_raw']:+.3f} "
+                f"{ci(t['spearman_ci'])}; P(positive) {lo['concept']:.3f} {ci(lo['concept_ci'])} at r={lo['r']:g} → "
+                f"{hi['concept']:.3f} {ci(hi['concept_ci'])} at r={hi['r']:g}. Paired change from r=0: "
+                + ", ".join(f"r={x['r']:g} {x['d_concept']:+.3f} {ci(x['d_concept_ci'])}" for x in t["raw_minus_r0"])
+                + ".")
+    p = report["degeneration_point"]
+    head.append(f"Degeneration point of raw steering (distinct-2 < {report['config']['degeneration_distinct2_ratio']}"
+                f"× or NLL > +{report['config']['degeneration_nll_rise']} nat vs r=0): positive side "
+                f"{p['positive']}, negative side {p['negative']}.")
+    head.append(report["frontier"]["statement"])
     table = markdown_table(
-        ["mode", "r", "alpha", "sentiment", "95% CI", "NLL", "95% CI", "distinct-2"],
-        [[r["mode"], r["r"], round(r["alpha"], 2), round(r["concept"], 3), ci(r["concept_ci"]), round(r["nll"], 3),
-          ci(r["nll_ci"]), round(r["distinct2"], 3)] for r in report["rows"]],
+        ["mode", "r", "alpha", "P(positive)", "95% CI", "VADER", "NLL", "95% CI", "distinct-1", "distinct-2"],
+        [[r["mode"], r["r"], round(r["alpha"], 2), round(r["concept"], 3), ci(r["concept_ci"]), round(r["vader"], 3),
+          round(r["nll"], 3), ci(r["nll_ci"]), round(r["distinct1"], 3), round(r["distinct2"], 3)]
+         for r in report["rows"]],
     )
     paired = markdown_table(
-        ["r", "ΔNLL (GLP − raw)", "95% CI", "Δsentiment (GLP − raw)", "95% CI"],
+        ["r", "ΔNLL (GLP − raw)", "95% CI", "ΔP(positive) (GLP − raw)", "95% CI"],
         [[p["r"], round(p["d_nll"], 3), ci(p["d_nll_ci"]), round(p["d_concept"], 3), ci(p["d_concept_ci"])]
          for p in report["paired"]],
     )
@@ -350,10 +556,7 @@ def steering_markdown(report: dict[str, Any]) -> str:
     for r in report["rows"]:
         ex.append(f"**{r['mode']} r={r['r']:g}**")
         ex += [f"- *{e['prompt']}* → {e['continuation']!r}" for e in r["examples"]]
-    auc = report.get("direction_auc_heldout")
-    return (f"{report['n_continuations']} continuations per setting, {report['passes_per_token']} denoiser passes "
-            f"per token with GLP." + (f" Direction AUC on fresh labelled texts: {auc:.3f}." if auc else "")
-            + "\n\n" + table + "\n\nPaired differences (same prompts and seeds):\n\n" + paired
+    return ("\n\n".join(head) + "\n\n" + table + "\n\nPaired differences (same prompts and seeds):\n\n" + paired
             + "\n\nExamples:\n\n" + "\n".join(ex))
 
 
@@ -364,20 +567,33 @@ def r0_matches_unsteered(report: dict[str, Any]) -> bool:
 
 
 def build_steering(settings: Any, source: Any, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Pipeline step: direction, Pareto report, plot; written atomically to `<source root>/steering{.json,.png}`."""
+    """Pipeline step: direction (+ held-out AUC), judge, Pareto report, plot; written atomically to
+    `<source root>/steering.json` and `steering_pareto.png`."""
     from glp import pipeline
     from glp.lm import load_source_lm
     from glp.prior import load_prior
     from glp.store import ActivationStore
 
+    t0 = time.perf_counter()
     paths = pipeline.source_paths(settings, source)
     cfg: SteerConfig = settings.steer
+    prompts = (list(cfg.prompts) if cfg.prompts
+               else default_prompts(settings.corpus.path, cfg.n_prompts, settings.corpus))
+    snippets = movie_snippets(cfg.labelled, cfg.n_direction_texts, cfg.n_probe_texts, cfg.seed)
+    judge = fit_sentiment_judge(cfg.labelled, cfg.seed, cfg.judge_test_fraction, cfg.n_bootstrap)
     lm = load_source_lm(pipeline.model_dir(settings, source), settings.device, "float32", settings.trust_remote_code)
     prior = load_prior(paths.prior, lm.device)
     mean_norm = mean_activation_norm(ActivationStore(paths.store("heldout")).acts[:])
-    w = sentiment_direction(lm, source.layer, cfg.n_direction_texts, cfg.seed)
-    report = steering_report(lm, source.layer, prior, w, mean_norm, cfg, log=log)
-    report["direction_auc_heldout"] = direction_auc(lm, source.layer, w, cfg.n_direction_texts, cfg.seed + 1)
+    t1 = time.perf_counter()
+    w = sentiment_direction(lm, source.layer, snippets, cfg.direction_max_tokens)
+    direction = direction_auc(lm, source.layer, w, snippets, cfg.direction_max_tokens, cfg.n_bootstrap, cfg.seed)
+    direction["seconds"] = time.perf_counter() - t1
+    if log:
+        log(f"direction: AUC {direction['auc']:.3f} on held-out snippets; judge accuracy "
+            f"{judge.report['accuracy']:.3f} ({direction['seconds']:.1f} s, judge {judge.report['seconds']:.1f} s)")
+    report = steering_report(lm, source.layer, prior, w, mean_norm, cfg, prompts, judge, log=log)
+    report["direction"] = direction
+    report["seconds"]["total"] = time.perf_counter() - t0
     write_atomic(paths.root / "steering.json", json.dumps(report, indent=1, default=float))
     png = pareto_png(report)
     write_atomic(paths.root / "steering_pareto.png", png)

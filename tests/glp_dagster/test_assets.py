@@ -20,7 +20,7 @@ def test_whole_chain_materializes_with_passing_checks(settings):
     blocking = {spec.key.name for c in defs.asset_checks for spec in c.check_specs if spec.blocking}
     assert len(blocking) >= 14 and all(checks[c] for c in blocking), checks
     mats = {m.asset_key.to_user_string() for m in res.get_asset_materialization_events()}
-    assert mats == {"corpus", "source_lm", "activations", "norm_stats", "glp_prior", "prior_eval",
+    assert mats == {"corpus", "labelled", "source_lm", "source_model", "activations", "norm_stats", "glp_prior", "prior_eval",
                     "steering", "delta_lm", "probe_tasks", "sae", "probes"}
     meta = res.asset_materializations_for_node("activations")[0].metadata
     assert meta["rows_train"].value >= 1500

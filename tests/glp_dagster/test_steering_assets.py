@@ -4,30 +4,49 @@ import dagster as dg
 
 from glp import pipeline
 from glp_dagster.definitions import build_definitions
-from tests.glp_dagster.conftest import tiny_settings
+from tests.glp_dagster.conftest import TINY, tiny_settings
 
 KEY = "builtin/L1"
 
 
 def test_steering_and_delta_lm_materialize_after_the_chain_with_passing_checks(tmp_path):
-    settings = tiny_settings(tmp_path)  # tiny steer / delta_lm sizes from conftest.TINY
+    settings = tiny_settings(tmp_path)  # tiny steer / delta_lm sizes and labelled data from conftest
     defs = build_definitions(settings)
     chain = dg.AssetSelection.assets("steering", "delta_lm").upstream()  # leaves other engineers' assets out
     res = dg.materialize(list(defs.assets) + list(defs.asset_checks), selection=chain,
                          instance=dg.DagsterInstance.ephemeral(), partition_key=KEY, resources=defs.resources)
     assert res.success
-    checks = {e.asset_check_key.name: e.passed for e in res.get_asset_check_evaluations()}
-    ours = {"steering_scores_finite", "steering_r0_is_unsteered", "steering_paired_prompts_and_seeds",
-            "delta_lm_finite"}
-    assert ours <= set(checks) and all(checks[c] for c in ours), checks
+    evals = {e.asset_check_key.name: e for e in res.get_asset_check_evaluations()}
+    blocking = {"steering_scores_finite", "steering_r0_is_unsteered", "steering_paired_prompts_and_seeds",
+                "delta_lm_finite"}
+    assert blocking <= set(evals) and all(evals[c].passed for c in blocking), evals
+    warnings = {"steering_direction_reads_sentiment", "steering_concept_rises_with_r"}  # a random tiny LM may fail
+    assert warnings <= set(evals) and all(evals[c].severity == dg.AssetCheckSeverity.WARN for c in warnings)
+    assert "auc_ci_low" in evals["steering_direction_reads_sentiment"].metadata
 
     meta = res.asset_materializations_for_node("steering")[0].metadata
     assert meta["continuations_per_setting"].value == 4 and meta["passes_per_token"].value == 2
     assert "data:image/png;base64" in meta["pareto"].value and "| glp | 2 |" in meta["report"].value
+    assert 0 <= meta["direction_auc_heldout"].value <= 1 and meta["judge_accuracy_heldout"].value > 0.5
     root = pipeline.source_paths(settings, settings.sources[0]).root
     rep = json.loads((root / "steering.json").read_text())
-    assert {(r["mode"], r["r"]) for r in rep["rows"]} == {("raw", 0.0), ("raw", 2.0), ("glp", 0.0), ("glp", 2.0)}
+    assert {(r["mode"], r["r"]) for r in rep["rows"]} == {(m, r) for m in ("raw", "glp") for r in (-2.0, 0.0, 2.0)}
+    assert rep["frontier"]["statement"] == meta["frontier"].value and meta["frontier"].value in meta["report"].value
+    assert rep["prompts"] == ["The cat", "The cat", "Rain fell on", "Rain fell on"]  # two samples each
     assert (root / "steering_pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+    # the checks can fail: corrupt the report, run the steering checks alone
+    raw0 = next(x for x in rep["settings"] if x["mode"] == "raw" and x["r"] == 0.0)
+    raw0["tokens"][0][0] += 1
+    rep["settings"][-1]["nll"][0] = float("nan")
+    rep["direction"]["auc_ci"] = [0.45, 0.7]
+    rep["concept_trend"].update(spearman_r_vs_concept_raw=-0.2, spearman_ci=[-0.5, 0.1])
+    (root / "steering.json").write_text(json.dumps(rep))
+    again = dg.materialize(list(defs.assets) + list(defs.asset_checks), selection=dg.AssetSelection.checks_for_assets(
+        "steering"), instance=dg.DagsterInstance.ephemeral(), tags={"dagster/partition": KEY}, resources=defs.resources,
+        raise_on_error=False)
+    failed = {e.asset_check_key.name for e in again.get_asset_check_evaluations() if not e.passed}
+    assert failed == {"steering_scores_finite", "steering_r0_is_unsteered"} | warnings
 
     dmeta = res.asset_materializations_for_node("delta_lm")[0].metadata
     assert dmeta["delta_ce_mean_ablation"].value > 0 and dmeta["prior_heldout_loss"].value > 0
@@ -48,7 +67,8 @@ def test_steering_config_enters_the_code_version_of_steering_only(tmp_path):
         graph = build_definitions(settings).resolve_asset_graph()
         return {k.to_user_string(): graph.get(k).code_version for k in graph.get_all_asset_keys()}
 
-    a, b = versions(tiny_settings(tmp_path)), versions(tiny_settings(tmp_path, steer={"max_new_tokens": 7}))
+    a = versions(tiny_settings(tmp_path))
+    b = versions(tiny_settings(tmp_path, steer={**TINY["steer"], "max_new_tokens": 7}))
     assert {k for k in a if a[k] != b[k]} == {"steering"}
 
 
@@ -61,6 +81,6 @@ def test_glp_steer_prints_raw_and_glp_continuations_side_by_side(tmp_path, monke
                           partition_key=KEY, resources=defs.resources).success
     for key, value in settings.model_dump(mode="json").items():  # the CLI reads its settings from GLP_* env
         monkeypatch.setenv(f"GLP_{key.upper()}", value if isinstance(value, str) else json.dumps(value))
-    assert main(["steer", "--partition", KEY, "--r", "1.5", "--prompt", "The cat", "--tokens", "4"]) == 0
+    assert main(["steer", "--partition", KEY, "--r", "-1.5", "--prompt", "The cat", "--tokens", "4"]) == 0
     out = capsys.readouterr().out
-    assert "raw steering" in out and "with GLP" in out and "r=1.5" in out
+    assert "raw steering" in out and "with GLP" in out and "r=-1.5" in out
