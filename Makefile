@@ -11,7 +11,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export TOKENIZERS_PARALLELISM ?= false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-slow dev data push validate bench clean
+.PHONY: run test test-slow dev data push validate bench seeds clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ test-slow: $(STAMP)
 dev: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## seeds: after `make run`, train + evaluate priors with seeds 1 and 2 on the same activations (~35 min on 2 cores)
+seeds: $(STAMP)
+	$(BIN)/python -m glp.cli seeds --partition '$(PARTITION)' --seeds 1 2
 
 validate: $(STAMP)
 	$(BIN)/dagster definitions validate -m glp_dagster.definitions

@@ -127,13 +127,17 @@ def build_steering_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetC
     @dg.asset_check(asset="steering", blocking=True, partitions_def=partitions)
     def steering_paired_prompts_and_seeds(context: dg.AssetCheckExecutionContext,
                                           glp: GLPSettings) -> dg.AssetCheckResult:
-        """GLP and raw rows cover the same r values, and every setting used the same prompts and seed."""
+        """Every GLP mode (the main t_start and each extra one) covers the raw rows' r values, and every setting
+        used the same prompts and seed."""
         rep = report(glp, context, "steering.json")
         r_raw = sorted(r["r"] for r in rep["rows"] if r["mode"] == "raw")
+        modes = sorted({r["mode"] for r in rep["rows"]} - {"raw"})
         r_glp = sorted(r["r"] for r in rep["rows"] if r["mode"] == "glp")
+        same_r = "glp" in modes and all(sorted(r["r"] for r in rep["rows"] if r["mode"] == m) == r_raw for m in modes)
         n_rows = {len(x["tokens"]) for x in rep["settings"]}
-        ok = r_raw == r_glp and n_rows == {len(rep["prompts"])} and len(rep["settings"]) == 2 * len(r_raw)
+        ok = same_r and n_rows == {len(rep["prompts"])} and len(rep["settings"]) == (1 + len(modes)) * len(r_raw)
         return dg.AssetCheckResult(passed=bool(ok), metadata={"r_raw": str(r_raw), "r_glp": str(r_glp),
+                                                              "glp_modes": ", ".join(modes),
                                                               "prompts": len(rep["prompts"]),
                                                               "seed": rep["config"]["seed"]})
 

@@ -114,7 +114,7 @@ class StoreConfig(_Strict):
     """Documents per forward pass during extraction."""
     max_seq_len: int = Field(128, ge=8)
     """Documents are truncated to this many tokens (BOS included)."""
-    max_tokens: int | None = Field(200_000, ge=1)
+    max_tokens: int | None = Field(400_000, ge=1)
     """Cap on stored train activations (None = the whole corpus). Sized for the 2-core `make run`; the `gpu`
     profile raises it."""
     heldout_max_tokens: int = Field(10_000, ge=1)
@@ -148,7 +148,7 @@ class TrainConfig(_Strict):
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     grad_clip: float = Field(1.0, gt=0)
     epochs: int = Field(2, ge=1)
-    """Passes over the activations (paper: 1; the CPU default repeats its 200k rows twice, DATA.md)."""
+    """Passes over the activations (paper: 1; the CPU default repeats its 400k rows twice: 1,560 steps, ~6 min)."""
     zero_stage: Literal[0, 1, 2, 3] = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """`auto`: bf16 on a GPU that supports it, fp32 on CPU."""
@@ -192,6 +192,9 @@ class SteerConfig(_Strict):
     """Sampled continuations per prompt (greedy decoding always makes one)."""
     t_start: float = Field(0.5, ge=0, le=1)
     """SDEdit noise level the steered activation is noised to before denoising (paper: 0.5)."""
+    extra_t_starts: list[float] = Field(default_factory=lambda: [0.2])
+    """Further SDEdit levels reported as rows `glp@<t>` next to the main `glp` rows (paired with raw, same seeds):
+    how the fluency cost depends on how far the edit re-noises (a weaker prior may want a lower level)."""
     steps: int = Field(20, ge=1)
     """Schedule the denoising follows from t_start (20 steps from t=1: 10 passes from 0.5)."""
     solver: Literal["euler", "heun", "midpoint"] = "euler"

@@ -107,12 +107,16 @@ def results_markdown(settings, source) -> str:  # noqa: ANN001 (Settings, Source
         d, j = st["direction"], st["judge"]
         rows = {(r["mode"], r["r"]): r for r in st["rows"]}
         paired = {p["r"]: p for p in st["paired"]}
+        extra = {m: {p["r"]: p for p in ps} for m, ps in st.get("paired_t_start", {}).items()}
+        t0 = st["config"]["t_start"]
         table = markdown_table(
-            ["r", "concept raw [CI]", "concept GLP", "VADER raw", "NLL raw [CI]", "NLL GLP", "ΔNLL GLP − raw [CI]",
+            ["r", "concept raw [CI]", "concept GLP", "VADER raw", "NLL raw [CI]", f"NLL GLP (t {t0:g})",
+             f"ΔNLL GLP − raw [CI] (t {t0:g})", *[f"ΔNLL GLP − raw [CI] (t {m.removeprefix('glp@')})" for m in extra],
              "distinct-2 raw / GLP"],
             [[r, f"{rows['raw', r]['concept']:.3f} {_ci(rows['raw', r]['concept_ci'])}", f"{rows['glp', r]['concept']:.3f}",
               f"{rows['raw', r]['vader']:+.3f}", f"{rows['raw', r]['nll']:.2f} {_ci(rows['raw', r]['nll_ci'], 2)}",
               f"{rows['glp', r]['nll']:.2f}", f"{paired[r]['d_nll']:+.2f} {_ci(paired[r]['d_nll_ci'], 2)}",
+              *[f"{e[r]['d_nll']:+.2f} {_ci(e[r]['d_nll_ci'], 2)}" for e in extra.values()],
               f"{rows['raw', r]['distinct2']:.2f} / {rows['glp', r]['distinct2']:.2f}"]
              for r in sorted(paired)])
         trend = st["concept_trend"]
@@ -124,7 +128,9 @@ def results_markdown(settings, source) -> str:  # noqa: ANN001 (Settings, Source
             f"{d['auc']:.3f} {_ci(d['auc_ci'])}. Concept = P(positive) of a judge trained on Amazon reviews + tweets "
             f"(held-out accuracy {j['accuracy']:.3f}); VADER compound as a second opinion.\n\n{table}\n\n"
             f"Spearman(r, raw concept) {trend['spearman_r_vs_concept_raw']:+.3f} {_ci(trend['spearman_ci'])}. "
-            + st["frontier"]["statement"])
+            + f"With t_start {t0:g}: " + st["frontier"]["statement"]
+            + "".join(f" With t_start {m.removeprefix('glp@')}: " + f["statement"]
+                      for m, f in st.get("frontier_t_start", {}).items()))
     if dl := load(root / "delta_lm.json"):
         m = dl["methods"]
         out.append(f"**ΔLM** (held-out, {dl['n_tokens']:,} tokens, clean CE {dl['clean_ce']:.3f} nats):\n\n" + markdown_table(

@@ -406,11 +406,13 @@ def steering_report(lm: SourceLM, layer: int, prior: Prior, w: Tensor, mean_norm
     pre = prefill(lm, prompt_ids)
     unsteered = generate(lm, prompt_ids, prefix=pre, **gen_kw)
     settings = []
-    for mode in ("raw", "glp"):
+    # `glp` = SDEdit from cfg.t_start (the paper's 0.5); `glp@t` = the same from each extra t_start (sensitivity)
+    t_of = {"raw": cfg.t_start, "glp": cfg.t_start, **{glp_mode(t): t for t in cfg.extra_t_starts}}
+    for mode in t_of:
         for r in cfg.r_values:
             t1 = time.perf_counter()
             g = torch.Generator(device=next(prior.denoiser.parameters()).device).manual_seed(cfg.seed + 1)
-            edit = steer_edit(w, r * mean_norm, prior if mode == "glp" else None, cfg.t_start, cfg.steps, cfg.solver, g)
+            edit = steer_edit(w, r * mean_norm, None if mode == "raw" else prior, t_of[mode], cfg.steps, cfg.solver, g)
             cont = generate(lm, prompt_ids, layer=layer, edit=edit, prefix=pre, **gen_kw)
             settings.append({"mode": mode, "r": r, "tokens": cont, "seconds": time.perf_counter() - t1})
             if log:
@@ -433,6 +435,7 @@ def steering_report(lm: SourceLM, layer: int, prior: Prior, w: Tensor, mean_norm
                  distinct1=d1.tolist(), distinct2=d2.tolist())
         rows.append({
             "mode": s["mode"], "r": s["r"], "alpha": s["r"] * mean_norm,
+            "t_start": None if s["mode"] == "raw" else t_of[s["mode"]],
             "concept": float(concept.mean()), "concept_ci": _ci(concept, groups, cfg),
             "vader": float(vader.mean()), "vader_ci": _ci(vader, groups, cfg),
             "nll": float(nll.mean()), "nll_ci": _ci(nll, groups, cfg),
@@ -445,13 +448,19 @@ def steering_report(lm: SourceLM, layer: int, prior: Prior, w: Tensor, mean_norm
                 f"distinct-2 {d2.mean():.3f}")
     # paired GLP − raw differences per r (same prompts, same sampling seed), CIs clustered by prompt
     by = {(s["mode"], s["r"]): s for s in settings}
-    paired = []
-    for r in cfg.r_values:
-        a, b = by[("raw", r)], by[("glp", r)]
-        dn = np.subtract(b["nll"], a["nll"])
-        dc = np.subtract(b["concept"], a["concept"])
-        paired.append({"r": r, "d_nll": float(dn.mean()), "d_nll_ci": _ci(dn, groups, cfg),
-                       "d_concept": float(dc.mean()), "d_concept_ci": _ci(dc, groups, cfg)})
+
+    def paired_with(mode: str) -> list[dict[str, Any]]:
+        out = []
+        for r in cfg.r_values:
+            a, b = by[("raw", r)], by[(mode, r)]
+            dn = np.subtract(b["nll"], a["nll"])
+            dc = np.subtract(b["concept"], a["concept"])
+            out.append({"r": r, "d_nll": float(dn.mean()), "d_nll_ci": _ci(dn, groups, cfg),
+                        "d_concept": float(dc.mean()), "d_concept_ci": _ci(dc, groups, cfg)})
+        return out
+
+    paired = paired_with("glp")
+    paired_t_start = {mode: paired_with(mode) for mode in t_of if mode.startswith("glp@")}
     # does raw steering move the concept? Spearman of r vs concept over all raw rows, resampling prompts
     raw = [s for s in settings if s["mode"] == "raw"]
     rho, rho_ci = spearman_ci(np.repeat([s["r"] for s in raw], len(texts)), np.concatenate([s["concept"] for s in raw]),
@@ -471,14 +480,20 @@ def steering_report(lm: SourceLM, layer: int, prior: Prior, w: Tensor, mean_norm
         "judge": judge.report,
         "unsteered_tokens": unsteered,
         "settings": settings,
-        "rows": rows, "paired": paired,
+        "rows": rows, "paired": paired, "paired_t_start": paired_t_start,
         "concept_trend": {"spearman_r_vs_concept_raw": rho, "spearman_ci": rho_ci, "raw_minus_r0": vs_r0,
                           **{f"concept_at_{k}_r": {"r": x["r"], "concept": x["concept"], "concept_ci": x["concept_ci"]}
                              for k, x in ends.items()}},
         "degeneration_point": point, "frontier": frontier(paired, point),
+        "frontier_t_start": {mode: frontier(p, point) for mode, p in paired_t_start.items()},
         "seconds": {"generation": sum(s["seconds"] for s in settings), "nll": seconds_nll, "judge": seconds_judge,
                     "report": time.perf_counter() - t0},
     }
+
+
+def glp_mode(t_start: float) -> str:
+    """Row label of GLP post-processing from an extra t_start (the main one is plain `glp`)."""
+    return f"glp@{t_start:g}"
 
 
 def concept_rises(report: dict[str, Any]) -> bool:
@@ -493,14 +508,16 @@ def pareto_png(report: dict[str, Any]) -> bytes:
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for mode, color in (("raw", "#d95f02"), ("glp", "#1b9e77")):
+    modes = list(dict.fromkeys(r["mode"] for r in report["rows"]))
+    colors = dict(zip(modes, ("#d95f02", "#1b9e77", "#7570b3", "#e7298a", "#66a61e")))
+    for mode, color in colors.items():
         rows = [r for r in report["rows"] if r["mode"] == mode]
         x = [r["nll"] for r in rows]
         y = [r["concept"] for r in rows]
         xerr = np.array([[r["nll"] - r["nll_ci"][0], r["nll_ci"][1] - r["nll"]] for r in rows]).T
         yerr = np.array([[r["concept"] - r["concept_ci"][0], r["concept_ci"][1] - r["concept"]] for r in rows]).T
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, color=color, marker="o", capsize=2, lw=1.4,
-                    label="with GLP" if mode == "glp" else "raw steering")
+                    label="raw steering" if mode == "raw" else f"with GLP, t_start {rows[0]['t_start']:g}")
         for r in rows:
             ax.annotate(f"r={r['r']:g}", (r["nll"], r["concept"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
@@ -540,7 +557,9 @@ def steering_markdown(report: dict[str, Any]) -> str:
     head.append(f"Degeneration point of raw steering (distinct-2 < {report['config']['degeneration_distinct2_ratio']}"
                 f"× or NLL > +{report['config']['degeneration_nll_rise']} nat vs r=0): positive side "
                 f"{p['positive']}, negative side {p['negative']}.")
-    head.append(report["frontier"]["statement"])
+    head.append(f"With the main SDEdit level (t_start {report['config']['t_start']}): " + report["frontier"]["statement"])
+    for mode, f in report.get("frontier_t_start", {}).items():
+        head.append(f"With t_start {mode.removeprefix('glp@')}: " + f["statement"])
     table = markdown_table(
         ["mode", "r", "alpha", "P(positive)", "95% CI", "VADER", "NLL", "95% CI", "distinct-1", "distinct-2"],
         [[r["mode"], r["r"], round(r["alpha"], 2), round(r["concept"], 3), ci(r["concept_ci"]), round(r["vader"], 3),

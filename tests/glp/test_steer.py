@@ -232,7 +232,10 @@ def test_steering_report_pairs_raw_and_glp_rows_and_judges_them(tiny_lm, labelle
     judge = fit_sentiment_judge(labelled, n_boot=50)
     w = torch.nn.functional.normalize(torch.randn(tiny_lm.d_model), dim=0)
     rep = steering_report(tiny_lm, LAYER, prior, w, 10.0, cfg, ["The cat", "Rain fell"], judge)
-    assert [(r["mode"], r["r"]) for r in rep["rows"]] == [(m, r) for m in ("raw", "glp") for r in (-1.0, 0.0, 1.0)]
+    modes = ("raw", "glp", "glp@0.2")  # glp@0.2: the default extra SDEdit level, paired with raw like glp
+    assert [(r["mode"], r["r"]) for r in rep["rows"]] == [(m, r) for m in modes for r in (-1.0, 0.0, 1.0)]
+    assert {r["t_start"] for r in rep["rows"]} == {None, 0.5, 0.2}
+    assert [p["r"] for p in rep["paired_t_start"]["glp@0.2"]] == [-1.0, 0.0, 1.0]
     assert rep["n_continuations"] == 4 and rep["groups"] == [0, 0, 1, 1] and r0_matches_unsteered(rep)
     assert rep["passes_per_token"] == 10 and rep["judge"] is judge.report
     for s in rep["settings"]:
@@ -248,6 +251,7 @@ def test_steering_report_pairs_raw_and_glp_rows_and_judges_them(tiny_lm, labelle
     assert set(rep["degeneration_point"]) == {"positive", "negative"} and "statement" in rep["frontier"]
     md = steering_markdown(rep)
     assert "Paired differences" in md and rep["frontier"]["statement"] in md and "Spearman" in md
+    assert "With t_start 0.2: " + rep["frontier_t_start"]["glp@0.2"]["statement"] in md
 
 
 def test_steer_config_requires_an_unsteered_row():

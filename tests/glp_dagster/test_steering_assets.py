@@ -30,7 +30,7 @@ def test_steering_and_delta_lm_materialize_after_the_chain_with_passing_checks(t
     assert 0 <= meta["direction_auc_heldout"].value <= 1 and meta["judge_accuracy_heldout"].value > 0.5
     root = pipeline.source_paths(settings, settings.sources[0]).root
     rep = json.loads((root / "steering.json").read_text())
-    assert {(r["mode"], r["r"]) for r in rep["rows"]} == {(m, r) for m in ("raw", "glp") for r in (-2.0, 0.0, 2.0)}
+    assert {(r["mode"], r["r"]) for r in rep["rows"]} == {(m, r) for m in ("raw", "glp", "glp@0.2") for r in (-2.0, 0.0, 2.0)}
     assert rep["frontier"]["statement"] == meta["frontier"].value and meta["frontier"].value in meta["report"].value
     assert rep["prompts"] == ["The cat", "The cat", "Rain fell on", "Rain fell on"]  # two samples each
     assert (root / "steering_pareto.png").read_bytes()[:4] == b"\x89PNG"
