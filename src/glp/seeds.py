@@ -92,9 +92,17 @@ def claims_of(root: Path) -> dict[str, float]:
     if st := _load(root / "steering.json"):
         for p in st.get("paired", []):
             out[f"steer_d_nll_glp_minus_raw_r{p['r']:g}"] = p["d_nll"]
+        for mode, paired in st.get("paired_t_start", {}).items():
+            for p in paired:
+                out[f"steer_d_nll_{mode}_minus_raw_r{p['r']:g}"] = p["d_nll"]
         for row in st.get("rows", []):
             if row["mode"] == "glp":
                 out[f"steer_glp_concept_r{row['r']:g}"] = row["concept"]
+        # 1.0 where GLP lowers NLL (CI below 0) at every r past raw steering's degeneration point, on every side
+        for mode, f in {"glp": st.get("frontier"), **st.get("frontier_t_start", {})}.items():
+            if f:
+                sides = [f[side]["glp_lowers_nll"] for side in ("positive", "negative") if f.get(side)]
+                out[f"steer_frontier_{mode}_lowers_nll"] = float(bool(sides) and all(x == "yes" for x in sides))
     if dl := _load(root / "delta_lm.json"):
         for name, m in dl["methods"].items():
             out[f"delta_lm_{name}"] = m["delta_ce"]
@@ -119,6 +127,8 @@ def summarize(per_seed: dict[int, dict[str, float]]) -> dict[str, Any]:
         if f"probe_auc_glp" in rows and f"probe_auc_{fam}" in rows:
             checks[f"glp_probe_auc_above_{fam}"] = sum(
                 g > b for g, b in zip(rows["probe_auc_glp"]["values"], rows[f"probe_auc_{fam}"]["values"]))
+    for k in (k for k in rows if k.startswith("steer_frontier_")):
+        checks[k.removeprefix("steer_")] = int(sum(rows[k]["values"]))
     if "delta_lm_glp" in rows and "delta_lm_pca" in rows:
         checks["glp_delta_lm_below_pca"] = sum(
             g < p for g, p in zip(rows["delta_lm_glp"]["values"], rows["delta_lm_pca"]["values"]))
