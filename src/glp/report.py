@@ -78,6 +78,16 @@ def _ci(c: Sequence[float], digits: int = 3) -> str:
     return f"[{c[0]:.{digits}f}, {c[1]:.{digits}f}]"
 
 
+def _n_params(prior_dir) -> int:  # noqa: ANN001
+    """Parameters of an exported prior, read from its safetensors header (no weights loaded)."""
+    import math
+
+    from safetensors import safe_open
+
+    with safe_open(str(prior_dir / "model.safetensors"), "np") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
 def results_markdown(settings, source) -> str:  # noqa: ANN001 (Settings, SourceConfig: kept import-light)
     """The README's results section for one source, generated from its artifacts (whatever exists)."""
     import json
@@ -97,11 +107,12 @@ def results_markdown(settings, source) -> str:  # noqa: ANN001 (Settings, Source
         rel = 1 - ev["heldout_loss_mean"] / ev["gaussian_baseline_loss_mean"]
         out.append(markdown_table(["prior", "value"], [
             ["held-out flow-matching loss (nats/dim, 16 fixed t)", f"GLP **{ev['heldout_loss_mean']:.4f}** vs optimal "
-             f"linear (Gaussian) baseline **{ev['gaussian_baseline_loss_mean']:.4f}** ({100 * rel:+.1f}% below)"],
+             f"linear (Gaussian) baseline **{ev['gaussian_baseline_loss_mean']:.4f}** ({100 * rel:.1f}% below)"],
             ["Fréchet distance to held-out", f"GLP {ev['fd_glp']:.2f}, diagonal Gaussian {ev['fd_diag_gaussian']:.2f}, "
              f"noise floor {ev['fd_heldout_floor']:.2f}"],
             ["denoiser", f"{prior_meta.get('denoiser', {}).get('n_blocks', '?')} blocks, width x"
-             f"{prior_meta.get('denoiser', {}).get('width_mult', '?')}, {prior_meta.get('steps', '?')} steps"],
+             f"{prior_meta.get('denoiser', {}).get('width_mult', '?')}, {_n_params(paths.prior) / 1e6:.1f} M parameters, "
+             f"{prior_meta.get('steps', '?')} steps"],
         ]))
     if st := load(root / "steering.json"):
         d, j = st["direction"], st["judge"]
