@@ -45,7 +45,7 @@ dev: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
-## seeds: after `make run`, train + evaluate priors with seeds 1 and 2 on the same activations (~35 min on 2 cores)
+## seeds: after `make run`, train + evaluate priors with seeds 1 and 2 on the same activations (~25 min on 2 cores)
 seeds: $(STAMP)
 	$(BIN)/python -m glp.cli seeds --partition '$(PARTITION)' --seeds 1 2
 
