@@ -127,11 +127,13 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
               code_version=f"{CODE_VERSION}-{config_hash(settings.store)}")
     def activations(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Residual-stream rows of the source's layer for the train and held-out splits (Zarr v3)."""
+        from glp.source_model import is_packaged
+
         s, src = glp.settings, glp.source(context)
         if src.model == "builtin":
             require_upstream(pipeline.builtin_lm_dir(s), "source_lm", "activations", context.partition_key)
         with user_errors():
-            if src.model in pipeline.uses_packaged(s):
+            if is_packaged(src.model):
                 require_upstream(pipeline.model_dir(s, src), "source_model", "activations", context.partition_key)
             out = pipeline.build_activations(s, src, log=context.log.info)
         tr, ho = out["train"], out["heldout"]

@@ -48,10 +48,7 @@ class SourceConfig(_Strict):
 
     @property
     def model_name(self) -> str:
-        if self.name:
-            return self.name
-        is_path = "/" in self.model or Path(self.model).is_dir()
-        return Path(self.model).name if is_path else self.model
+        return self.name or Path(self.model).name  # `builtin` and packaged names are their own last component
 
     @property
     def key(self) -> str:

@@ -639,27 +639,31 @@ def write_labelled(out: Path, tables: dict[str, list[dict]], counts: dict, seed:
     return manifest
 
 
-def load_labelled(path: Path, name: str) -> list[dict]:
-    """The rows of one labelled file (`movie_snippets.jsonl`, `amazon_reviews.jsonl` or `tweets.jsonl`)."""
+def _labelled_file(path: Path, name: str) -> Path:
+    """`path / name`, checked: a known labelled file that exists (else an error saying how to get it)."""
     if name not in LABELLED_FILES:
         raise ValueError(f"unknown labelled file {name!r}: choose one of {LABELLED_FILES}")
     file = Path(path) / name
     if not file.is_file():
         raise CorpusError(f"labelled data file {file} is missing: fetch it with `dvc pull` (or build it with "
                           f"`dvc repro labelled` / `python -m glp.corpus labelled --out {path}`)")
+    return file
+
+
+def load_labelled(path: Path, name: str) -> list[dict]:
+    """The rows of one labelled file (`movie_snippets.jsonl`, `amazon_reviews.jsonl` or `tweets.jsonl`); a missing
+    or empty file is an error that says how to rebuild it."""
+    file = _labelled_file(path, name)
     with file.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        rows = [json.loads(line) for line in f if line.strip()]
+    if not rows:
+        raise CorpusError(f"labelled dataset {file} is empty: rebuild it with `dvc repro labelled`")
+    return rows
 
 
 def labelled_hash(path: Path) -> str:
     """Content hash of the labelled sets: sha256 over the bytes of each labelled file (all must exist)."""
-    parts = {}
-    for name in LABELLED_FILES:
-        file = Path(path) / name
-        if not file.is_file():
-            raise CorpusError(f"labelled data file {file} is missing: fetch it with `dvc pull` (or build it with "
-                              f"`dvc repro labelled` / `python -m glp.corpus labelled --out {path}`)")
-        parts[name] = sha256_file(file)
+    parts = {name: sha256_file(_labelled_file(path, name)) for name in LABELLED_FILES}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from glp.corpus import load_labelled
 from glp.lm import SourceLM
 
 MOVIE_SNIPPETS = "movie_snippets.jsonl"
@@ -34,24 +35,14 @@ TWEETS = "tweets.jsonl"
 # ---------------------------------------------------------------- labelled data
 
 
-def read_labelled(folder: Path, name: str) -> list[dict[str, Any]]:
-    """The records of one labelled file of `folder` (glp.corpus reads it; a missing file says how to build it)."""
-    from glp.corpus import load_labelled
-
-    rows = load_labelled(Path(folder), name)
-    if not rows:
-        raise ValueError(f"labelled dataset {Path(folder) / name} is empty: rebuild it with `dvc repro labelled`")
-    return rows
-
-
 def judge_training_data(folder: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(texts, labels 1 = positive, source 0 = Amazon / 1 = tweet): Amazon reviews rated > +0.5 or < −0.5 and
     positive / negative tweets (neutral ones dropped), exact duplicate texts dropped (first kept)."""
     texts, labels, sources = [], [], []
-    for r in read_labelled(folder, AMAZON_REVIEWS):
+    for r in load_labelled(Path(folder), AMAZON_REVIEWS):
         if abs(float(r["rating"])) > 0.5:
             texts.append(r["text"]), labels.append(int(float(r["rating"]) > 0)), sources.append(0)
-    for r in read_labelled(folder, TWEETS):
+    for r in load_labelled(Path(folder), TWEETS):
         if r["label"] in ("positive", "negative"):
             texts.append(r["text"]), labels.append(int(r["label"] == "positive")), sources.append(1)
     seen: set[str] = set()

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from glp.artifacts import write_atomic
+from glp.report import read_json
 from glp.config import Settings, SourceConfig
 
 Log = Callable[[str], None]
@@ -78,21 +79,15 @@ def run_replicate(settings: Settings, source: SourceConfig, seed: int, log: Log 
     return pipeline.source_paths(rep, source).root
 
 
-def _load(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def claims_of(root: Path) -> dict[str, float]:
     """The headline numbers of one run (main or replicate) read from its artifacts."""
     out: dict[str, float] = {}
-    if ev := _load(root / "prior_eval.json"):
+    if ev := read_json(root / "prior_eval.json"):
         out["heldout_loss"] = ev["heldout_loss_mean"]
         out["gaussian_baseline_loss"] = ev["gaussian_baseline_loss_mean"]
         out["loss_minus_gaussian"] = ev["heldout_loss_mean"] - ev["gaussian_baseline_loss_mean"]
-    if st := _load(root / "steering.json"):
-        for p in st.get("paired", []):
-            out[f"steer_d_nll_glp_minus_raw_r{p['r']:g}"] = p["d_nll"]
-        for mode, paired in st.get("paired_t_start", {}).items():
+    if st := read_json(root / "steering.json"):
+        for mode, paired in {"glp": st.get("paired", []), **st.get("paired_t_start", {})}.items():
             for p in paired:
                 out[f"steer_d_nll_{mode}_minus_raw_r{p['r']:g}"] = p["d_nll"]
         for row in st.get("rows", []):
@@ -103,10 +98,10 @@ def claims_of(root: Path) -> dict[str, float]:
             if f:
                 sides = [f[side]["glp_lowers_nll"] for side in ("positive", "negative") if f.get(side)]
                 out[f"steer_frontier_{mode}_lowers_nll"] = float(bool(sides) and all(x == "yes" for x in sides))
-    if dl := _load(root / "delta_lm.json"):
+    if dl := read_json(root / "delta_lm.json"):
         for name, m in dl["methods"].items():
             out[f"delta_lm_{name}"] = m["delta_ce"]
-    if pr := _load(root / "probes" / "results.json"):
+    if pr := read_json(root / "probes" / "results.json"):
         for fam, v in pr["summary"]["one_d"].items():
             out[f"probe_auc_{fam}"] = v["mean"]
     return out

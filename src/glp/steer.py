@@ -33,7 +33,8 @@ from glp.config import SteerConfig
 from glp.evaluate import bootstrap_ci
 from glp.flow import euler_schedule, interpolate, project_on_manifold
 from glp.judges import (MOVIE_SNIPPETS, SentimentJudge, auc_ci, continuation_nll_sets, distinct_n,
-                        fit_sentiment_judge, left_pad, read_labelled, rewind_cache, vader_compound)
+                        fit_sentiment_judge, left_pad, rewind_cache, vader_compound)
+from glp.corpus import load_labelled
 from glp.lm import SourceLM
 from glp.prior import Prior
 
@@ -94,7 +95,7 @@ class Snippets:
 def movie_snippets(folder: Path, n_direction: int, n_probe: int, seed: int) -> Snippets:
     """Read `<folder>/movie_snippets.jsonl`; keep at most `n_direction` direction texts and `n_probe` probe texts
     per class (seeded choice, file order kept)."""
-    rows = [r for r in read_labelled(folder, MOVIE_SNIPPETS) if r["text"].strip() and abs(float(r["rating"])) >= 1]
+    rows = [r for r in load_labelled(Path(folder), MOVIE_SNIPPETS) if r["text"].strip() and abs(float(r["rating"])) >= 1]
     rng = np.random.default_rng(seed)
 
     def cap(texts: list[str], k: int) -> list[str]:

@@ -706,6 +706,9 @@ def test_a_missing_labelled_file_says_how_to_get_it(tmp_path):
         load_labelled(tmp_path, "movie_snippets.jsonl")
     with pytest.raises(ValueError, match="unknown labelled file"):
         load_labelled(tmp_path, "movies.jsonl")
+    (tmp_path / "tweets.jsonl").write_text("\n")
+    with pytest.raises(CorpusError, match=r"tweets\.jsonl is empty: rebuild it with `dvc repro labelled`"):
+        load_labelled(tmp_path, "tweets.jsonl")
 
 
 # ---------------------------------------------------------------- the real builds (download: slow, needs network)
