@@ -123,15 +123,38 @@ class StoreConfig(_Strict):
 
 
 class DenoiserConfig(_Strict):
-    """GLP denoiser size; widths default to the paper's ratios (D = 2d, H = 4d)."""
+    """GLP denoiser architecture: its sizes (paper: D = 2d, H = 4d) and how closely it follows the official code."""
 
     width_mult: float = Field(1.0, gt=0)
     """D = width_mult * d_model (paper: 2; 1 trains better per CPU-minute here, DATA.md; the gpu profile uses 2)."""
     hidden_mult: float = Field(4.0, gt=0)
     """H = hidden_mult * d_model (SwiGLU hidden width: the meta-neurons per block)."""
     n_blocks: int = Field(2, ge=1)
-    time_dim: int = Field(128, ge=8)
-    """Sinusoidal timestep embedding size."""
+    time_dim: int | Literal["D"] = 128
+    """Sinusoidal timestep embedding size (at least 8); `D` = the width D, as the official code."""
+    bias: bool = False
+    """Biases on every Linear of the blocks (W_gate, W_up, W_down too), as the official code; W_time always has one."""
+    init: Literal["glp", "torch"] = "glp"
+    """`glp`: W_down = 0 and W_time bias = 1, so blocks start as the identity (it trains better: the README's "What
+    differs from the official code"). `torch`: PyTorch's default Linear init everywhere, as the official code."""
+    preset: Literal["glp", "official"] | None = None
+    """`official` fills bias=True, time_dim="D": the official network, so parameter counts (and C = 6·N·D) compare
+    one to one with the paper's. The init stays `glp` and widths are untouched. Fields set explicitly win."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, values: object) -> object:
+        presets = {"glp": {}, "official": {"bias": True, "time_dim": "D"}}  # glp: the defaults above
+        if isinstance(values, dict) and values.get("preset") in presets:
+            return {**presets[values["preset"]], **values}
+        return values
+
+    @field_validator("time_dim")
+    @classmethod
+    def _time_dim_at_least_8(cls, time_dim: int | str) -> int | str:
+        if isinstance(time_dim, int) and time_dim < 8:
+            raise ValueError(f"time_dim {time_dim} is too small for a sinusoidal embedding: use at least 8, or 'D'")
+        return time_dim
 
 
 class TrainConfig(_Strict):

@@ -9,6 +9,11 @@ projection of a shared timestep embedding e(t):
 
 The post-SwiGLU hidden units (the input of W_down) of every block are the "meta-neurons".
 D = width_mult * d and H = hidden_mult * d (paper: 2d and 4d).
+
+By default W_gate, W_up and W_down have no bias, e(t) starts from a 128-wide sinusoid, and the init makes every
+block start as the identity. `DenoiserConfig(preset="official")` gives the official code's network (biases
+everywhere, a D-wide sinusoid) and `init="torch"` its init; the README's "What differs from the official code, and
+why" says what else differs.
 """
 
 from __future__ import annotations
@@ -41,13 +46,13 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Ten
 class GLPBlock(nn.Module):
     """Pre-LN SwiGLU residual block with the time embedding multiplying the gate pre-activation."""
 
-    def __init__(self, width: int, hidden: int, time_width: int):
+    def __init__(self, width: int, hidden: int, time_width: int, bias: bool = False):
         super().__init__()
         self.ln = nn.LayerNorm(width)
-        self.w_gate = nn.Linear(width, hidden, bias=False)
-        self.w_up = nn.Linear(width, hidden, bias=False)
+        self.w_gate = nn.Linear(width, hidden, bias=bias)
+        self.w_up = nn.Linear(width, hidden, bias=bias)
         self.w_time = nn.Linear(time_width, hidden)
-        self.w_down = nn.Linear(hidden, width, bias=False)
+        self.w_down = nn.Linear(hidden, width, bias=bias)
 
     def forward(self, x: Tensor, temb: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, D), temb (B, D_t) -> (x + update (B, D), meta-neurons (B, H))."""
@@ -71,22 +76,29 @@ class GLPDenoiser(nn.Module):
                 f"denoiser widths D={self.width}, H={self.hidden} for d_model={d_model}: "
                 "raise width_mult / hidden_mult so both are at least 1"
             )
+        self.time_dim = self.width if cfg.time_dim == "D" else cfg.time_dim  # sinusoid width
         self.time_mlp = nn.Sequential(  # e(t), shared by all blocks
-            nn.Linear(cfg.time_dim, self.width),
+            nn.Linear(self.time_dim, self.width),
             nn.SiLU(),
             nn.Linear(self.width, self.width),
         )
         self.in_proj = nn.Linear(d_model, self.width)
-        self.blocks = nn.ModuleList(GLPBlock(self.width, self.hidden, self.width) for _ in range(cfg.n_blocks))
+        self.blocks = nn.ModuleList(
+            GLPBlock(self.width, self.hidden, self.width, cfg.bias) for _ in range(cfg.n_blocks)
+        )
         self.ln_f = nn.LayerNorm(self.width)
         self.out_proj = nn.Linear(self.width, d_model)
 
-        # Init, in the spirit of DiT's adaLN-Zero: W_down = 0 makes every block the identity at start (the
-        # residual stream does not grow with depth), and W_time's bias = 1 makes the time multiplier start
-        # near 1, so each block starts as a plain SwiGLU rather than one with a near-zero gate.
-        for block in self.blocks:
-            nn.init.zeros_(block.w_down.weight)
-            nn.init.ones_(block.w_time.bias)
+        # init="glp", in the spirit of DiT's adaLN-Zero: W_down = 0 (and its bias) makes every block the identity
+        # at start (the residual stream does not grow with depth), and W_time's bias = 1 makes the time multiplier
+        # start near 1, so each block starts as a plain SwiGLU rather than one with a near-zero gate.
+        # init="torch" keeps nn.Linear's default init, as the official code does.
+        if cfg.init == "glp":
+            for block in self.blocks:
+                nn.init.zeros_(block.w_down.weight)
+                if block.w_down.bias is not None:
+                    nn.init.zeros_(block.w_down.bias)
+                nn.init.ones_(block.w_time.bias)
 
     @property
     def n_meta_neurons(self) -> int:
@@ -99,7 +111,7 @@ class GLPDenoiser(nn.Module):
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(B)
-        temb = self.time_mlp(timestep_embedding(t, self.cfg.time_dim).to(x.dtype))  # (B, D)
+        temb = self.time_mlp(timestep_embedding(t, self.time_dim).to(x.dtype))  # (B, D)
         h = self.in_proj(x)  # (B, D)
         metas = []
         for block in self.blocks:
@@ -111,12 +123,15 @@ class GLPDenoiser(nn.Module):
         return v
 
     def config_dict(self) -> dict[str, Any]:
-        """JSON-able description from which `from_config_dict` rebuilds the same architecture."""
+        """JSON-able description from which `from_config_dict` rebuilds the same architecture (and init)."""
         return {"d_model": self.d_model, **self.cfg.model_dump(mode="json")}
 
     @classmethod
     def from_config_dict(cls, d: dict[str, Any]) -> GLPDenoiser:
-        """Rebuild an (untrained) denoiser from `config_dict()` output; load weights separately."""
+        """Rebuild an (untrained) denoiser from `config_dict()` output; load weights separately.
+
+        Dicts saved before a config field existed get that field's default (the architecture they were trained as).
+        """
         d = dict(d)
         if "d_model" not in d:
             raise ValueError(f"denoiser config {d} has no 'd_model': was it written by GLPDenoiser.config_dict()?")
