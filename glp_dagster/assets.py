@@ -1,7 +1,7 @@
 """Software-defined assets: each calls one `glp.pipeline` step and describes the result.
 
 corpus ─► source_lm / source_model ─► activations[src] ─► norm_stats[src] ─► glp_prior[src] ─► prior_eval[src]
-(corpus also feeds activations directly). `src` is a static partition per configured source (LLM × layer).
+(corpus also feeds activations directly; prior_eval also reads sae[src], assets_probing.py, for its SAE rows). `src` is a static partition per configured source (LLM × layer).
 """
 
 
@@ -16,6 +16,7 @@ from glp.config import Settings, config_hash
 from glp_dagster.resources import GLPSettings
 
 CODE_VERSION = "1"  # bump when a step's code changes what it produces
+EVAL_VERSION = "2"  # 2: full-covariance Gaussian, SAE and PCA rows, raw-space FD, FD by n, C2ST, sampler sweep
 
 
 def _materialize_hint(asset: str, partition: str | None) -> str:
@@ -195,14 +196,19 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
             data_version=dg.DataVersion(out["version"]),
         )
 
-    @dg.asset(deps=[glp_prior], partitions_def=partitions, group_name="glp",
-              code_version=f"{CODE_VERSION}-{config_hash(settings.eval)}")
+    @dg.asset(deps=[glp_prior, dg.AssetKey("sae")], partitions_def=partitions, group_name="glp",
+              code_version=f"{CODE_VERSION}-{EVAL_VERSION}-{config_hash(settings.eval)}")
     def prior_eval(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
-        """Held-out loss vs the optimal-linear Gaussian baseline; sample FD vs a diagonal Gaussian."""
-        from glp.report import eval_table
+        """Held-out loss per t vs the optimal affine (Gaussian) predictor; FD (normalized and raw) and a classifier
+        two-sample test of GLP samples against the full-covariance Gaussian, SAE and PCA reconstructions and the
+        held-out noise floor."""
+        from glp.report import eval_table, loss_by_t_png, png_markdown
+        from glp.sae import sae_dir
 
         s, src = glp.settings, glp.source(context)
-        require_upstream(pipeline.source_paths(s, src).prior, "glp_prior", "prior_eval", context.partition_key)
+        paths = pipeline.source_paths(s, src)
+        require_upstream(paths.prior, "glp_prior", "prior_eval", context.partition_key)
+        require_upstream(sae_dir(paths.root), "sae", "prior_eval", context.partition_key)
         with user_errors():
             rep = pipeline.evaluate(s, src)
         return dg.MaterializeResult(
@@ -210,13 +216,18 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
                 "heldout_loss": rep["heldout_loss_mean"],
                 "gaussian_baseline_loss": rep["gaussian_baseline_loss_mean"],
                 "loss_ratio_vs_gaussian": rep["loss_ratio_vs_gaussian"],
+                "c2st_auc_glp": rep["c2st_auc_glp"],
+                "c2st_auc_full_gaussian": rep["c2st_auc_full_gaussian"],
+                "c2st_auc_floor": rep["c2st_auc_floor"],
                 "fd_glp": rep["fd_glp"],
-                "fd_diag_gaussian": rep["fd_diag_gaussian"],
+                "fd_full_gaussian": rep["fd_full_gaussian"],
                 "fd_heldout_floor": rep["fd_heldout_floor"],
+                "beats_gaussian": rep["beats_gaussian"],
                 "report": dg.MetadataValue.md(eval_table(rep)),
-                "path": str(pipeline.source_paths(s, src).prior_eval),
+                "loss_by_t": dg.MetadataValue.md(png_markdown(loss_by_t_png(rep), "held-out loss by t")),
+                "path": str(paths.prior_eval),
             },
-            data_version=dg.DataVersion(pipeline.short_sha256(pipeline.source_paths(s, src).prior_eval)),
+            data_version=dg.DataVersion(pipeline.short_sha256(paths.prior_eval)),
         )
 
     return [corpus, labelled, source_lm, source_model, activations, norm_stats, glp_prior, prior_eval]

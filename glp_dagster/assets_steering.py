@@ -1,7 +1,7 @@
 """Steering assets: `steering[src]` (concept–fluency Pareto report, raw vs GLP) and `delta_lm[src]` (ΔLM loss).
 
 glp_prior[src] ─┬─► steering[src] ◄─ labelled   (movie snippets: direction; Amazon reviews + tweets: judge)
-                └─► prior_eval[src] ─► delta_lm[src]   (delta_lm reports the prior's held-out loss next to ΔCE)
+                └─► prior_eval[src] ─► delta_lm[src] ◄─ sae[src]   (GLP vs SAE / PCA / mean reconstructions)
 """
 
 
@@ -16,7 +16,7 @@ from glp.config import Settings, config_hash
 from glp_dagster.assets import require_upstream, user_errors
 from glp_dagster.resources import GLPSettings
 
-CODE_VERSION = "1"
+DELTA_LM_VERSION = "2"  # 2: SAE arm, PCA-k chosen on selection documents, CIs over documents
 STEERING_VERSION = "2"  # 2: movie-snippet direction, trained judge, BBC prompts, signed r, clustered CIs
 
 
@@ -57,14 +57,16 @@ def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinitio
             data_version=dg.DataVersion(pipeline.short_sha256(Path(rep["path"]))),
         )
 
-    @dg.asset(deps=["glp_prior", "prior_eval"], partitions_def=partitions, group_name="glp_uses",
-              code_version=f"{CODE_VERSION}-{config_hash(settings.delta_lm)}")
+    @dg.asset(deps=["glp_prior", "prior_eval", "sae"], partitions_def=partitions, group_name="glp_uses",
+              code_version=f"{DELTA_LM_VERSION}-{config_hash(settings.delta_lm)}")
     def delta_lm(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
-        """Next-token CE increase when the layer is replaced by GLP / PCA-k / mean reconstructions."""
+        """Next-token CE increase when the layer is replaced by GLP / SAE / PCA-k / mean reconstructions."""
         from glp.delta_lm import build_delta_lm, delta_lm_markdown
+        from glp.sae import sae_dir
 
         s, src = glp.settings, glp.source(context)
         require_upstream(pipeline.source_paths(s, src).prior, "glp_prior", "delta_lm", context.partition_key)
+        require_upstream(sae_dir(pipeline.source_paths(s, src).root), "sae", "delta_lm", context.partition_key)
         with user_errors():
             rep = build_delta_lm(s, src)
         m = rep["methods"]
@@ -74,7 +76,9 @@ def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinitio
                 "report": dg.MetadataValue.md(delta_lm_markdown(rep)),
                 "clean_ce": rep["clean_ce"],
                 "delta_ce_glp": m["glp"]["delta_ce"],
+                "delta_ce_sae": m["sae"]["delta_ce"],
                 "delta_ce_pca": m["pca"]["delta_ce"],
+                "delta_ce_glp_minus_sae": rep["paired"]["glp_minus_sae"]["d"],
                 "pca_k": m["pca"]["k"],
                 "delta_ce_mean_ablation": m["mean_ablation"]["delta_ce"],
                 "prior_heldout_loss": rep["prior_heldout_loss"],

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -30,8 +30,16 @@ class _Strict(BaseModel):
 
 
 def config_hash(model: BaseModel, length: int = 12) -> str:
-    """Stable short hash of a config model's values (used for caching and Dagster code versions)."""
-    blob = json.dumps(model.model_dump(mode="json"), sort_keys=True)
+    """Stable short hash of a config model's values (used for caching and Dagster code versions).
+
+    Fields a class lists in `HASH_OMIT_AT_DEFAULT` (options added after artifacts were built with the hash) are
+    left out while at their defaults, so adding an option does not invalidate what was built without it.
+    """
+    values = model.model_dump(mode="json")
+    for name in getattr(type(model), "HASH_OMIT_AT_DEFAULT", ()):
+        if values.get(name) == type(model).model_fields[name].default:
+            values.pop(name)
+    blob = json.dumps(values, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
@@ -141,6 +149,8 @@ class DenoiserConfig(_Strict):
     """`official` fills bias=True, time_dim="D": the official network, so parameter counts (and C = 6·N·D) compare
     one to one with the paper's. The init stays `glp` and widths are untouched. Fields set explicitly win."""
 
+    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("bias", "init", "preset")
+
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, values: object) -> object:
@@ -185,8 +195,24 @@ class EvalConfig(_Strict):
     n_samples: int = Field(4096, ge=64)
     """GLP samples (and held-out rows) used for the Frechet distance."""
     sample_steps: int = Field(100, ge=1)
-    """Euler steps for sampling (paper: 20 default, 100 for quality)."""
+    """Euler steps for sampling (paper: 20 default, 100 for quality; the official FD script uses 1000)."""
+    sweep_steps: list[int] = Field(default_factory=lambda: [20, 50])
+    """Fewer step counts re-sampled from the same noise, to show whether FD and the C2ST have stopped changing
+    with the sampler's steps (empty = no sweep)."""
+    c2st_hidden: int = Field(256, ge=1)
+    """Width of the two hidden layers of the two-sample-test classifier."""
+    c2st_steps: int = Field(500, ge=1)
+    """Adam steps (batches of 256) of the two-sample-test classifier on its half of the rows."""
+    n_bootstrap: int = Field(1000, ge=10)
+    """Bootstrap resamples for the C2ST AUC's CI."""
     seed: int = 0
+
+    @field_validator("sweep_steps")
+    @classmethod
+    def _positive_steps(cls, steps: list[int]) -> list[int]:
+        if any(s < 1 for s in steps):
+            raise ValueError(f"sweep_steps {steps}: every step count must be at least 1")
+        return steps
 
 
 class SteerConfig(_Strict):
@@ -250,8 +276,11 @@ class DeltaLMConfig(_Strict):
     t_start: float = Field(0.5, ge=0, le=1)
     """GLP noise-and-denoise level (paper: 0.5)."""
     steps: int = Field(20, ge=1)
+    select_tokens: int = Field(2000, ge=16)
+    """Held-out tokens, from the documents after the scored ones, on which PCA-k is matched to the GLP's error."""
     pca_k: int | Literal["match"] = "match"
-    """PCA components; `match` = the smallest k whose held-out reconstruction MSE is at most the GLP's."""
+    """PCA components; `match` = the smallest k whose reconstruction MSE on the selection documents is at most
+    the GLP's there (never chosen on the scored rows)."""
     pca_rows: int = Field(50_000, ge=16)
     """Train rows the PCA is fitted on."""
     n_bootstrap: int = Field(1000, ge=10)
@@ -409,7 +438,7 @@ GPU_PROFILE: dict[str, dict[str, object]] = {
     "store": {"max_tokens": 20_000_000, "heldout_max_tokens": 100_000, "batch_size": 128, "max_seq_len": 256},
     "denoiser": {"width_mult": 2.0, "n_blocks": 6},
     "train": {"batch_size": 4096, "lr": 5e-4, "epochs": 1},
-    "eval": {"n_samples": 16_384},
+    "eval": {"n_samples": 16_384, "sample_steps": 1000, "sweep_steps": [20, 100, 250]},
     "sae": {"batch_size": 4096},
     "delta_lm": {"max_tokens": 20_000},
 }

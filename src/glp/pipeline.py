@@ -251,14 +251,26 @@ def build_prior(settings: Settings, source: SourceConfig, log: Log = _nolog) -> 
 
 # ---------------------------------------------------------------- evaluation
 
+SELECT_ROWS = 8192
+"""Train rows on which the PCA baseline's k is matched to the SAE's reconstruction error."""
+
 
 def evaluate(settings: Settings, source: SourceConfig) -> dict[str, Any]:
-    """Held-out flow-matching loss vs the Gaussian baseline, and Frechet distances; saved as JSON."""
+    """Held-out loss vs the affine baseline; FD and C2ST of GLP samples, Gaussians and SAE / PCA reconstructions
+    against held-out rows; saved as JSON.
+
+    The PCA reconstruction keeps the top-k principal axes of the train covariance, k the smallest whose
+    reconstruction error on train rows is at most the SAE's there (an equal-error linear baseline, chosen on
+    rows that are never scored).
+    """
+    import numpy as np
     import torch
 
+    from glp.delta_lm import pca_mse_by_k
     from glp.evaluate import evaluate_prior
     from glp.lm import resolve_device
     from glp.prior import load_prior
+    from glp.sae import load_sae, sae_dir
     from glp.stats import NormStats
     from glp.store import ActivationStore
 
@@ -269,9 +281,32 @@ def evaluate(settings: Settings, source: SourceConfig) -> dict[str, Any]:
     if heldout.d_model != prior.d_model:
         raise ValueError(f"prior input dim {prior.d_model} != held-out store dim {heldout.d_model}: "
                          "re-materialize `glp_prior` for this source")
+    if not (sae_dir(paths.root) / "config.json").is_file():
+        raise FileNotFoundError(f"no SAE at {sae_dir(paths.root)}: prior_eval compares GLP samples with SAE "
+                                "reconstructions; materialize `sae` for this source first")
+    sae, _, sae_cfg = load_sae(sae_dir(paths.root), "cpu")
+    if sae.d_model != prior.d_model:
+        raise ValueError(f"SAE width {sae.d_model} != prior width {prior.d_model}: re-materialize `sae` for this source")
     stats = NormStats.load(paths.norm_stats)
+    norm = prior.normalizer.to("cpu")
     with torch.no_grad():
-        x = prior.normalizer.normalize(torch.from_numpy(heldout.acts[:]).to(device))
-    report = evaluate_prior(prior.denoiser, x, stats.cov_normalized, settings.eval, device)
+        x = norm.normalize(torch.from_numpy(heldout.acts[:]))
+        train = ActivationStore(paths.store("train"))
+        z_train = norm.normalize(torch.from_numpy(train.acts[: min(SELECT_ROWS, train.n_rows)]))
+        sae_mse = float(((sae(z_train)[0] - z_train) ** 2).mean())
+    lam, vecs = np.linalg.eigh(stats.cov_normalized.astype(np.float64))
+    axes = torch.from_numpy(vecs[:, ::-1].copy()).float()  # columns by decreasing variance
+    mse_k = pca_mse_by_k(z_train, torch.zeros(prior.d_model), axes)
+    k = int(np.argmax(mse_k <= sae_mse)) if (mse_k <= sae_mse).any() else prior.d_model
+    top = axes[:, :k]
+    recon = {
+        "sae": (f"SAE reconstructions (TopK k={sae_cfg['k']}, {sae_cfg['n_latents']} latents)",
+                lambda z: sae(z.float())[0]),
+        "pca": (f"PCA-{k} reconstructions (the SAE's train error)", lambda z: (z.float() @ top) @ top.T),
+    }
+    mean, std = norm.mean.double().numpy(), norm.std.double().numpy()
+    report = evaluate_prior(prior.denoiser, x, stats.cov_normalized, settings.eval, device, recon,
+                            denormalize=lambda z: z * std + mean)
+    report["pca_k"], report["sae_train_mse"], report["pca_train_mse"] = k, sae_mse, float(mse_k[k])
     write_atomic(paths.prior_eval, json.dumps(report, indent=2))
     return report

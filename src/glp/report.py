@@ -59,21 +59,43 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 
 
 def eval_table(report: dict) -> str:
-    """The prior_eval report as markdown: summary, then loss per t against the Gaussian baseline."""
+    """The prior_eval report as markdown: the loss summary, the candidates (FD, raw FD, FD by n, C2ST AUC), the
+    sampler sweep, then loss per t against the Gaussian baseline."""
     summary = markdown_table(
         ["metric", "GLP", "baseline", "baseline kind"],
-        [
-            ["held-out flow-matching loss", report["heldout_loss_mean"], report["gaussian_baseline_loss_mean"],
-             "optimal linear denoiser (data covariance)"],
-            ["Frechet distance to held-out", report["fd_glp"], report["fd_diag_gaussian"], "diagonal Gaussian"],
-            ["FD noise floor (held-out vs held-out)", report["fd_heldout_floor"], "", ""],
-        ],
+        [["held-out flow-matching loss", report["heldout_loss_mean"], report["gaussian_baseline_loss_mean"],
+          "optimal affine predictor (= the full-covariance Gaussian)"]],
     )
+    sizes = list(next(iter(report["candidates"].values()))["fd_by_n"])
+    cands = markdown_table(
+        ["candidate vs held-out rows", "FD (normalized)", "FD (raw)", *[f"FD at n={m}" for m in sizes],
+         "C2ST AUC [95% CI]", "max row norm"],
+        [[c["label"], round(c["fd"], 2), "" if c["fd_raw"] is None else round(c["fd_raw"], 1),
+          *[round(c["fd_by_n"][m], 1) for m in sizes],
+          f"{c['c2st']['auc']:.3f} [{c['c2st']['auc_ci'][0]:.3f}, {c['c2st']['auc_ci'][1]:.3f}]",
+          round(c["row_norm"]["max"], 1)] for c in report["candidates"].values()],
+    )
+    sweep = markdown_table(["GLP sampler steps", "FD (normalized)", "C2ST AUC"],
+                           [[r["steps"], round(r["fd"], 2), round(r["c2st_auc"], 3)] for r in report["sampler_sweep"]])
+    verdict = ("**Beats the full-covariance Gaussian**" if report["beats_gaussian"]
+               else "**Does not beat the full-covariance Gaussian**: " + "; ".join(report["beats_gaussian_reasons"]))
     per_t = markdown_table(
         ["t", "GLP loss", "Gaussian-baseline loss"],
         [[round(t, 4), a, b] for t, a, b in zip(report["t"], report["heldout_loss"], report["gaussian_baseline_loss"])],
     )
-    return summary + "\n\n" + per_t
+    return "\n\n".join([summary, verdict + f" (held-out loss, and C2ST on {report['n_fd']} rows per set; the "
+                          f"reference row norm reaches {report['reference_row_norm']['max']:.0f})", cands, sweep, per_t])
+
+
+def loss_by_t_png(report: dict) -> bytes:
+    """Held-out flow-matching loss per noise level t: GLP against the optimal affine (Gaussian) predictor."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.plot(report["t"], report["gaussian_baseline_loss"], "o--", color="#888888", label="optimal affine (Gaussian)")
+    ax.plot(report["t"], report["heldout_loss"], "o-", color="#08519c", label="GLP")
+    ax.set(xlabel="noise level t", ylabel="loss per dim", title="held-out flow-matching loss by t")
+    ax.legend()
+    return to_png(fig)
 
 
 def read_json(path: Path) -> dict | None:
@@ -109,8 +131,13 @@ def results_markdown(settings, source) -> str:  # noqa: ANN001 (Settings, Source
         out.append(markdown_table(["prior", "value"], [
             ["held-out flow-matching loss (nats/dim, 16 fixed t)", f"GLP **{ev['heldout_loss_mean']:.4f}** vs optimal "
              f"linear (Gaussian) baseline **{ev['gaussian_baseline_loss_mean']:.4f}** ({100 * rel:.1f}% below)"],
-            ["Fréchet distance to held-out", f"GLP {ev['fd_glp']:.2f}, diagonal Gaussian {ev['fd_diag_gaussian']:.2f}, "
-             f"noise floor {ev['fd_heldout_floor']:.2f}"],
+            ["classifier two-sample test (AUC, 0.5 = indistinguishable from held-out rows)",
+             f"GLP samples **{ev['c2st_auc_glp']:.3f}** {_ci(ev['c2st']['glp']['auc_ci'])} vs full-covariance Gaussian "
+             f"**{ev['c2st_auc_full_gaussian']:.3f}** {_ci(ev['c2st']['gaussian_full']['auc_ci'])}; SAE reconstructions "
+             f"{ev['c2st']['sae']['auc']:.3f}, PCA-{ev['pca_k']} {ev['c2st']['pca']['auc']:.3f}, held-out floor "
+             f"{ev['c2st_auc_floor']:.3f}"],
+            ["Fréchet distance to held-out (normalized / raw)",
+             "; ".join(f"{c['label'].split(' (')[0]} {c['fd']:.1f} / {c['fd_raw']:.0f}" for c in ev["candidates"].values())],
             ["denoiser", f"{prior_meta.get('denoiser', {}).get('n_blocks', '?')} blocks, width x"
              f"{prior_meta.get('denoiser', {}).get('width_mult', '?')}, {_n_params(paths.prior) / 1e6:.1f} M parameters, "
              f"{prior_meta.get('steps', '?')} steps"],
@@ -144,15 +171,10 @@ def results_markdown(settings, source) -> str:  # noqa: ANN001 (Settings, Source
             + "".join(f" With t_start {m.removeprefix('glp@')}: " + f["statement"]
                       for m, f in st.get("frontier_t_start", {}).items()))
     if dl := read_json(root / "delta_lm.json"):
-        m = dl["methods"]
-        out.append(f"**ΔLM** (held-out, {dl['n_tokens']:,} tokens, clean CE {dl['clean_ce']:.3f} nats):\n\n" + markdown_table(
-            ["replacement", "ΔCE nats [95% CI]", "recon MSE (normalized)"],
-            [[f"GLP SDEdit t = {dl['config']['t_start']} ({dl['glp_passes']} passes)",
-              f"{m['glp']['delta_ce']:.3f} {_ci(m['glp']['delta_ce_ci'])}", f"{m['glp']['recon_mse_normalized']:.3f}"],
-             [f"PCA-{m['pca']['k']} (MSE-matched)", f"{m['pca']['delta_ce']:.3f} {_ci(m['pca']['delta_ce_ci'])}",
-              f"{m['pca']['recon_mse_normalized']:.3f}"],
-             ["mean-ablation", f"{m['mean_ablation']['delta_ce']:.3f} {_ci(m['mean_ablation']['delta_ce_ci'])}",
-              f"{m['mean_ablation']['recon_mse_normalized']:.3f}"]]))
+        from glp.delta_lm import delta_lm_markdown
+
+        out.append("**ΔLM** (held-out; the layer's activations replaced at every non-BOS position):\n\n"
+                   + delta_lm_markdown({**dl, "prior_heldout_loss": None}))
     table_md = root / "probes" / "table.md"
     if (pr := read_json(root / "probes" / "results.json")) and table_md.is_file():
         out.append(f"**1-D probing** ({len(pr['tasks'])} tasks, {pr['n_texts']:,} texts):\n\n" + table_md.read_text().strip())

@@ -86,6 +86,12 @@ def claims_of(root: Path) -> dict[str, float]:
         out["heldout_loss"] = ev["heldout_loss_mean"]
         out["gaussian_baseline_loss"] = ev["gaussian_baseline_loss_mean"]
         out["loss_minus_gaussian"] = ev["heldout_loss_mean"] - ev["gaussian_baseline_loss_mean"]
+        if "c2st" in ev:  # evaluations since the two-sample test
+            out["c2st_auc_glp"], out["c2st_auc_full_gaussian"] = ev["c2st_auc_glp"], ev["c2st_auc_full_gaussian"]
+            out["c2st_auc_glp_minus_gaussian"] = ev["c2st_auc_glp"] - ev["c2st_auc_full_gaussian"]
+            out["fd_glp"], out["fd_full_gaussian"], out["fd_floor"] = (ev["fd_glp"], ev["fd_full_gaussian"],
+                                                                       ev["fd_heldout_floor"])
+            out["beats_gaussian"] = float(ev["beats_gaussian"])
     if st := read_json(root / "steering.json"):
         for mode, paired in {"glp": st.get("paired", []), **st.get("paired_t_start", {})}.items():
             for p in paired:
@@ -118,15 +124,21 @@ def summarize(per_seed: dict[int, dict[str, float]]) -> dict[str, Any]:
     checks = {}
     if "loss_minus_gaussian" in rows:
         checks["glp_beats_gaussian_loss"] = sum(v < 0 for v in rows["loss_minus_gaussian"]["values"])
+    if "beats_gaussian" in rows:  # loss and C2ST (CIs apart), as the prior_eval check
+        checks["glp_beats_gaussian_loss_and_c2st"] = int(sum(rows["beats_gaussian"]["values"]))
+    if "fd_glp" in rows:
+        checks["glp_fd_below_full_gaussian"] = sum(
+            g < b for g, b in zip(rows["fd_glp"]["values"], rows["fd_full_gaussian"]["values"]))
     for fam in ("layer", "mlp", "sae"):
         if f"probe_auc_glp" in rows and f"probe_auc_{fam}" in rows:
             checks[f"glp_probe_auc_above_{fam}"] = sum(
                 g > b for g, b in zip(rows["probe_auc_glp"]["values"], rows[f"probe_auc_{fam}"]["values"]))
     for k in (k for k in rows if k.startswith("steer_frontier_")):
         checks[k.removeprefix("steer_")] = int(sum(rows[k]["values"]))
-    if "delta_lm_glp" in rows and "delta_lm_pca" in rows:
-        checks["glp_delta_lm_below_pca"] = sum(
-            g < p for g, p in zip(rows["delta_lm_glp"]["values"], rows["delta_lm_pca"]["values"]))
+    for base in ("pca", "sae"):
+        if "delta_lm_glp" in rows and f"delta_lm_{base}" in rows:
+            checks[f"glp_delta_lm_below_{base}"] = sum(
+                g < p for g, p in zip(rows["delta_lm_glp"]["values"], rows[f"delta_lm_{base}"]["values"]))
     return {"seeds": sorted(per_seed), "claims": rows, "seeds_supporting": checks}
 
 

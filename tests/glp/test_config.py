@@ -64,3 +64,12 @@ def test_toml_file_is_read_and_env_wins(tmp_path, monkeypatch):
     monkeypatch.setenv("GLP_TRAIN__BATCH_SIZE", "64")
     s = Settings()
     assert s.train.lr == 0.02 and s.train.batch_size == 64
+
+
+def test_options_added_at_their_defaults_leave_the_denoiser_hash_as_priors_were_built_with():
+    """Priors trained before bias / init / preset existed keep their checkpoint key and Dagster code version."""
+    from glp.config import DenoiserConfig, config_hash
+
+    assert config_hash(DenoiserConfig()) == "615fa257d84a"
+    assert config_hash(DenoiserConfig(preset="official")) != config_hash(DenoiserConfig())
+    assert config_hash(DenoiserConfig(init="torch")) != config_hash(DenoiserConfig())

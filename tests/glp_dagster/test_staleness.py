@@ -7,7 +7,7 @@ from dagster._core.loader import LoadingContextForTest
 from glp_dagster.definitions import build_definitions
 from tests.glp_dagster.conftest import tiny_settings
 
-NAMES = ["corpus", "source_lm", "activations", "norm_stats", "glp_prior", "prior_eval"]
+NAMES = ["corpus", "source_lm", "activations", "norm_stats", "sae", "glp_prior", "prior_eval"]
 
 
 def _status(defs: dg.Definitions, instance: dg.DagsterInstance, partition: str) -> dict[str, StaleStatus]:
