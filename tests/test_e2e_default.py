@@ -30,6 +30,11 @@ def test_default_source_chain_beats_the_gaussian_and_steers(tmp_path):
     root = ROOT / "assets/store" / key
     rep = json.loads((root / "prior_eval.json").read_text())
     assert rep["heldout_loss_mean"] < rep["gaussian_baseline_loss_mean"]
+    # loss and two-sample test beat the full-covariance Gaussian (a Gaussian prior fails this; FD is not asked)
+    assert rep["beats_gaussian"], rep["beats_gaussian_reasons"]
+    assert rep["c2st_auc_floor"] < 0.55 < rep["c2st_auc_glp"]  # the test can tell; the GLP is not the data yet
+    delta = json.loads((root / "delta_lm.json").read_text())
+    assert {"glp", "sae", "pca", "mean_ablation"} <= set(delta["methods"])
     steer = json.loads((root / "steering.json").read_text())
     raw = sorted((row["r"], row["concept"]) for row in steer["rows"] if row["mode"] == "raw")
     assert raw[-1][1] > raw[0][1]  # the most positive r reads more positive than the most negative r

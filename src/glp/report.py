@@ -69,19 +69,20 @@ def eval_table(report: dict) -> str:
     sizes = list(next(iter(report["candidates"].values()))["fd_by_n"])
     cands = markdown_table(
         ["candidate vs held-out rows", "FD (normalized)", "FD (raw)", *[f"FD at n={m}" for m in sizes],
-         "C2ST AUC [95% CI]", "max row norm"],
-        [[c["label"], round(c["fd"], 2), "" if c["fd_raw"] is None else round(c["fd_raw"], 1),
-          *[round(c["fd_by_n"][m], 1) for m in sizes],
+         "C2ST AUC [95% CI]", "max row norm (normalized)"],
+        [[c["label"], f"{c['fd']:,.1f}", "" if c["fd_raw"] is None else f"{c['fd_raw']:,.0f}",
+          *[f"{c['fd_by_n'][m]:,.1f}" for m in sizes],
           f"{c['c2st']['auc']:.3f} [{c['c2st']['auc_ci'][0]:.3f}, {c['c2st']['auc_ci'][1]:.3f}]",
-          round(c["row_norm"]["max"], 1)] for c in report["candidates"].values()],
+          f"{c['row_norm']['max']:,.0f}"] for c in report["candidates"].values()],
     )
     sweep = markdown_table(["GLP sampler steps", "FD (normalized)", "C2ST AUC"],
-                           [[r["steps"], round(r["fd"], 2), round(r["c2st_auc"], 3)] for r in report["sampler_sweep"]])
+                           [[r["steps"], f"{r['fd']:,.1f}", f"{r['c2st_auc']:.3f}"] for r in report["sampler_sweep"]])
     verdict = ("**Beats the full-covariance Gaussian**" if report["beats_gaussian"]
                else "**Does not beat the full-covariance Gaussian**: " + "; ".join(report["beats_gaussian_reasons"]))
     per_t = markdown_table(
-        ["t", "GLP loss", "Gaussian-baseline loss"],
-        [[round(t, 4), a, b] for t, a, b in zip(report["t"], report["heldout_loss"], report["gaussian_baseline_loss"])],
+        ["t (0 = data, 1 = noise)", "GLP loss (per dim)", "optimal affine loss", "GLP − affine"],
+        [[f"{t:.3f}", f"{a:.4f}", f"{b:.4f}", f"{a - b:+.4f}"]
+         for t, a, b in zip(report["t"], report["heldout_loss"], report["gaussian_baseline_loss"])],
     )
     return "\n\n".join([summary, verdict + f" (held-out loss, and C2ST on {report['n_fd']} rows per set; the "
                           f"reference row norm reaches {report['reference_row_norm']['max']:.0f})", cands, sweep, per_t])
@@ -137,7 +138,7 @@ def results_markdown(settings, source) -> str:  # noqa: ANN001 (Settings, Source
              f"{ev['c2st']['sae']['auc']:.3f}, PCA-{ev['pca_k']} {ev['c2st']['pca']['auc']:.3f}, held-out floor "
              f"{ev['c2st_auc_floor']:.3f}"],
             ["Fréchet distance to held-out (normalized / raw)",
-             "; ".join(f"{c['label'].split(' (')[0]} {c['fd']:.1f} / {c['fd_raw']:.0f}" for c in ev["candidates"].values())],
+             "; ".join(f"{c['label'].split(' (')[0]} {c['fd']:.1f} / {c['fd_raw']:,.0f}" for c in ev["candidates"].values())],
             ["denoiser", f"{prior_meta.get('denoiser', {}).get('n_blocks', '?')} blocks, width x"
              f"{prior_meta.get('denoiser', {}).get('width_mult', '?')}, {_n_params(paths.prior) / 1e6:.1f} M parameters, "
              f"{prior_meta.get('steps', '?')} steps"],
