@@ -185,7 +185,7 @@ def measure(lm: SourceLM, layers: list[int], texts: list[str], cfg: StoreConfig,
 def rows_of(store: Path):
     from glp.store import ActivationStore
 
-    return torch.from_numpy(ActivationStore(store).acts[:])
+    return torch.from_numpy(ActivationStore(store).rows())
 
 
 def main() -> None:

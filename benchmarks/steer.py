@@ -45,7 +45,7 @@ def main() -> None:
     paths = pipeline.source_paths(settings, source)
     lm = load_source_lm(pipeline.model_dir(settings, source), settings.device)
     prior = load_prior(paths.prior, lm.device)
-    mean_norm = mean_activation_norm(ActivationStore(paths.store("heldout")).acts[:])
+    mean_norm = mean_activation_norm(ActivationStore(paths.store("heldout")).rows())
     snippets = movie_snippets(cfg.labelled, cfg.n_direction_texts, cfg.n_probe_texts, cfg.seed)
     w = sentiment_direction(lm, source.layer, snippets, cfg.direction_max_tokens)
     prompt_texts = list(cfg.prompts) if cfg.prompts else default_prompts(settings.corpus.path, cfg.n_prompts,

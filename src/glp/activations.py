@@ -114,5 +114,5 @@ def extract_activations(
             log(f"{out.name}: {writer.n_rows} rows from {writer.n_docs} docs")
     seconds = time.perf_counter() - t0
     n_new = writer.n_rows - start_rows
-    writer.close({"n_docs_seen": writer.n_docs})
+    writer.close({"n_docs_seen": writer.n_docs, "tokens_per_s": n_new / max(seconds, 1e-9)})
     return ExtractResult(out, writer.n_rows, writer.n_docs, lm.d_model, seconds, n_new / max(seconds, 1e-9))

@@ -80,7 +80,7 @@ def _steer(args: argparse.Namespace) -> int:
             return 1
     lm = load_source_lm(pipeline.model_dir(settings, source), settings.device, "float32", settings.trust_remote_code)
     prior = load_prior(paths.prior, lm.device)
-    mean_norm = mean_activation_norm(ActivationStore(paths.store("heldout")).acts[:])
+    mean_norm = mean_activation_norm(ActivationStore(paths.store("heldout")).rows())
     snippets = movie_snippets(cfg.labelled, cfg.n_direction_texts, cfg.n_probe_texts, cfg.seed)
     w = sentiment_direction(lm, source.layer, snippets, cfg.direction_max_tokens)
     decoding = "greedy" if args.greedy else cfg.decoding

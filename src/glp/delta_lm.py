@@ -257,7 +257,7 @@ def build_delta_lm(settings: Any, source: Any) -> dict[str, Any]:
     lm = load_source_lm(pipeline.model_dir(settings, source), settings.device, "float32", settings.trust_remote_code)
     prior = load_prior(paths.prior, lm.device)
     store = ActivationStore(paths.store("train"))
-    train_rows = store.acts[: min(cfg.pca_rows, store.n_rows)]
+    train_rows = store.rows(0, cfg.pca_rows)
     texts = [d["text"] for d in load_documents(settings.corpus.path, "heldout", settings.corpus)]
     from glp.sae import load_sae, sae_dir
 

@@ -172,12 +172,39 @@ def build_activations(settings: Settings, source: SourceConfig, log: Log = _nolo
     out: dict[str, Any] = {"version": version, "model_path": str(mdir), "layer": source.layer, "d_model": lm.d_model,
                            "n_layers": lm.n_layers}
     for split, cap in (("train", settings.store.max_tokens), ("heldout", settings.store.heldout_max_tokens)):
+        if (done := finished_store(paths.store(split), version, split, log)) is not None:
+            out[split] = done  # e.g. the run was killed during held-out extraction: train is not redone
+            continue
         texts = (d["text"] for d in iter_documents(settings.corpus.path, split, settings.corpus))  # streamed: bounded memory
         res = extract_activations(lm, source.layer, texts, paths.store(split), settings.store, cap,
                                   {**attrs, "split": split}, log=log)
         out[split] = {"path": str(res.path), "rows": res.n_rows, "docs": res.n_docs, "tokens_per_s": res.tokens_per_s,
                       "seconds": res.seconds}
     return out
+
+
+def finished_store(path: Path, version: str, split: str, log: Log = _nolog) -> dict[str, Any] | None:
+    """The summary of a published store of this exact `version` whose every chunk verifies, or None (extract it).
+
+    Extraction is deterministic, so such a store is what extracting again would write; a store of another
+    version, an unverifiable or a corrupt one is extracted again (the new store replaces it atomically)."""
+    from glp.store import ActivationStore, StoreError
+
+    if not path.exists():
+        return None
+    try:
+        store = ActivationStore(path)
+        if store.attrs.get("version") != version or store.attrs.get("split") != split:
+            return None
+        problems = store.verify()
+    except StoreError:
+        return None
+    if problems:
+        log(f"{path.name}: {len(problems)} chunk problem(s) ({problems[0]['problem']}); extracting it again")
+        return None
+    log(f"{path.name}: already extracted for this version ({store.n_rows} rows, every chunk verified); kept")
+    return {"path": str(path), "rows": store.n_rows, "docs": int(store.attrs["n_docs"]),
+            "tokens_per_s": float(store.attrs.get("tokens_per_s", 0.0)), "seconds": 0.0}
 
 
 def count_tokens(settings: Settings, source: SourceConfig, split: str) -> int:
@@ -290,9 +317,9 @@ def evaluate(settings: Settings, source: SourceConfig) -> dict[str, Any]:
     stats = NormStats.load(paths.norm_stats)
     norm = prior.normalizer.to("cpu")
     with torch.no_grad():
-        x = norm.normalize(torch.from_numpy(heldout.acts[:]))
+        x = norm.normalize(torch.from_numpy(heldout.rows()))
         train = ActivationStore(paths.store("train"))
-        z_train = norm.normalize(torch.from_numpy(train.acts[: min(SELECT_ROWS, train.n_rows)]))
+        z_train = norm.normalize(torch.from_numpy(train.rows(0, SELECT_ROWS)))
         sae_mse = float(((sae(z_train)[0] - z_train) ** 2).mean())
     lam, vecs = np.linalg.eigh(stats.cov_normalized.astype(np.float64))
     axes = torch.from_numpy(vecs[:, ::-1].copy()).float()  # columns by decreasing variance

@@ -394,7 +394,7 @@ def meta_neuron_dashboards(prior: Any, store: Any, tokenizer: Any, units: dict[s
     on the first `dashboard_rows` rows of the store; the activating token is in **bold**.
     """
     n = min(cfg.dashboard_rows, store.n_rows)
-    acts = store.acts[:n]
+    acts = store.rows(0, n)
     doc, pos, tok = (store.provenance(k)[:n] for k in ("doc_id", "position", "token_id"))
     wanted = sorted({u for u, _ in units.values()})
     meta = glp_meta_neurons(prior, acts, cfg.t, cfg.seed + 1)[:, wanted]  # (n, n_wanted)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glp.config import SAEConfig
-from glp.stats import Normalizer
+from glp.stats import ArtifactCorrupt, Normalizer, tensors_sha256
 from glp.artifacts import fresh_temp_dir, publish_dir
 from glp.store import ActivationStore, iter_shuffled_batches, n_batches
 
@@ -152,7 +152,7 @@ def train_sae(
 def heldout_fvu(sae: TopKSAE, normalizer: Normalizer, store: ActivationStore, device: torch.device,
                 max_rows: int = 20_000) -> float:
     """FVU of the SAE on (up to `max_rows`) held-out rows."""
-    x = normalizer.to(device).normalize(torch.from_numpy(store.acts[:max_rows]).to(device))
+    x = normalizer.to(device).normalize(torch.from_numpy(store.rows(0, max_rows)).to(device))
     return float(fvu(x, sae(x)[0]))
 
 
@@ -173,7 +173,7 @@ def save_sae(path: Path, sae: TopKSAE, normalizer: Normalizer, meta: dict[str, A
     tmp = fresh_temp_dir(path)
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in sae.state_dict().items()}
     tensors |= {"norm.mean": normalizer.mean.float().cpu().contiguous(), "norm.std": normalizer.std.float().cpu().contiguous()}
-    save_file(tensors, str(tmp / WEIGHTS))
+    save_file(tensors, str(tmp / WEIGHTS), metadata={"sha256": tensors_sha256({k: v.numpy() for k, v in tensors.items()})})
     config = {"format": "glp-sae/1", "d_model": sae.d_model, "n_latents": sae.n_latents, "k": sae.k, **meta}
     (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
     publish_dir(tmp, path)
@@ -182,13 +182,22 @@ def save_sae(path: Path, sae: TopKSAE, normalizer: Normalizer, meta: dict[str, A
 
 def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[TopKSAE, Normalizer, dict[str, Any]]:
     """Load an exported SAE (safetensors + JSON; no pickle): (model, its input normalizer, config)."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
     if not (path / CONFIG).is_file():
         raise FileNotFoundError(f"no exported SAE at {path}: materialize `sae` first")
-    config = json.loads((path / CONFIG).read_text())
-    tensors = load_file(str(path / WEIGHTS))
+    fix = "delete the folder and re-materialize `sae` (dagster asset materialize ... --select sae)"
+    try:
+        config = json.loads((path / CONFIG).read_text())
+        tensors = load_file(str(path / WEIGHTS))
+        with safe_open(str(path / WEIGHTS), "pt") as f:
+            recorded = (f.metadata() or {}).get("sha256")
+    except Exception as e:  # truncated weights, malformed JSON
+        raise ArtifactCorrupt(f"the SAE at {path} is truncated or corrupt ({type(e).__name__}: {e}): {fix}") from e
+    if recorded and tensors_sha256({k: v.numpy() for k, v in tensors.items()}) != recorded:
+        raise ArtifactCorrupt(f"{path / WEIGHTS} does not match its recorded checksum: {fix}")
     sae = TopKSAE(config["d_model"], config["n_latents"], config["k"])
     sae.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("norm.")})
     return sae.to(device).eval(), Normalizer(tensors["norm.mean"], tensors["norm.std"]), config

@@ -9,6 +9,8 @@ moment about the running mean and corrected at the end).
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +59,21 @@ class RunningMoments:
         return self.m2 / max(self.n, 1)
 
 
+def tensors_sha256(tensors: Mapping[str, np.ndarray]) -> str:
+    """sha256 over named arrays (name, dtype, shape and values, in name order): the checksum an exported
+    safetensors file records in its own metadata, so a flipped bit in its data is caught on load."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+class ArtifactCorrupt(ValueError):
+    """An exported artifact is truncated, unreadable or does not match its recorded checksum."""
+
+
 @dataclass
 class NormStats:
     """What `norm_stats` stores: per-dim mean/var and the covariance of normalized rows."""
@@ -71,7 +88,7 @@ class NormStats:
 
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"mean": self.mean, "var": self.var, "cov_normalized": self.cov_normalized}
-        write_atomic(path, save(tensors, metadata={"n": str(self.n)}))
+        write_atomic(path, save(tensors, metadata={"n": str(self.n), "sha256": tensors_sha256(tensors)}))
 
     @classmethod
     def load(cls, path: Path) -> NormStats:
@@ -79,12 +96,32 @@ class NormStats:
 
         if not Path(path).is_file():
             raise FileNotFoundError(f"no normalization stats at {path}: materialize `norm_stats` first")
-        with safe_open(str(path), framework="numpy") as f:
-            n = int(f.metadata()["n"])
-            return cls(n, f.get_tensor("mean"), f.get_tensor("var"), f.get_tensor("cov_normalized"))
+        fix = "delete it and re-materialize `norm_stats` (dagster asset materialize ... --select norm_stats)"
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in ("mean", "var", "cov_normalized")}
+                n = int(meta["n"])
+        except Exception as e:  # truncated file, bad header, missing tensor
+            raise ArtifactCorrupt(f"{path} is truncated or corrupt ({type(e).__name__}: {e}): {fix}") from e
+        if "sha256" in meta and tensors_sha256(tensors) != meta["sha256"]:
+            raise ArtifactCorrupt(f"{path} does not match its recorded checksum: {fix}")
+        return cls(n, tensors["mean"], tensors["var"], tensors["cov_normalized"])
 
     def normalizer(self) -> Normalizer:
         return Normalizer(torch.from_numpy(self.mean).float(), torch.from_numpy(np.sqrt(self.var + EPS)).float())
+
+
+def std_outliers(var: np.ndarray, ref_var: np.ndarray, max_ratio: float = 3.0) -> list[dict[str, float]]:
+    """Dimensions whose std differs from a reference's by more than `max_ratio` either way, worst first.
+
+    The reference is an independent sample of the same law (the held-out store for the train stats): on the
+    default source every dimension's train/held-out std ratio lies in 0.67..1.04, while one corrupted value
+    (e.g. -165,582 from a flipped exponent bit) multiplies a dimension's std by hundreds."""
+    ratio = np.sqrt(np.asarray(var, np.float64) / np.maximum(np.asarray(ref_var, np.float64), 1e-30))
+    off = np.abs(np.log(np.maximum(ratio, 1e-30)))
+    bad = np.flatnonzero(off > np.log(max_ratio))
+    return [{"dim": int(i), "std_ratio": float(ratio[i])} for i in bad[np.argsort(-off[bad])]]
 
 
 def compute_stats(store: ActivationStore, with_cov: bool = True) -> NormStats:

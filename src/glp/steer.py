@@ -603,7 +603,7 @@ def build_steering(settings: Any, source: Any, log: Callable[[str], None] | None
     judge = fit_sentiment_judge(cfg.labelled, cfg.seed, cfg.judge_test_fraction, cfg.n_bootstrap)
     lm = load_source_lm(pipeline.model_dir(settings, source), settings.device, "float32", settings.trust_remote_code)
     prior = load_prior(paths.prior, lm.device)
-    mean_norm = mean_activation_norm(ActivationStore(paths.store("heldout")).acts[:])
+    mean_norm = mean_activation_norm(ActivationStore(paths.store("heldout")).rows())
     t1 = time.perf_counter()
     w = sentiment_direction(lm, source.layer, snippets, cfg.direction_max_tokens)
     direction = direction_auc(lm, source.layer, w, snippets, cfg.direction_max_tokens, cfg.n_bootstrap, cfg.seed)

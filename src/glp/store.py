@@ -5,7 +5,13 @@ Layout of `<name>.zarr`:
     doc_id    (n,)    int64     index of the document in its corpus split
     position  (n,)    int32     token position in the document (BOS = 0 is never stored)
     token_id  (n,)    int32     the token at that position
-    attrs: model, layer, d_model, dtype, corpus_hash, split, n_rows, n_docs, complete, ...
+    attrs: model, layer, d_model, dtype, corpus_hash, split, n_rows, n_docs, complete, checksums, ...
+
+Every chunk of every array has a CRC-32 of its decoded values in `attrs["checksums"]`, recorded when the store
+is published (read back from the partial store just before the rename). Reads through `ActivationStore.chunk`
+/ `rows` verify them, so a flipped bit that still decodes, a truncated chunk file or two swapped chunk files
+fail with the array, chunk index and row range named, instead of flowing silently into training;
+`ActivationStore.verify()` checks a whole store without raising (the blocking asset check).
 
 Writing goes to `<name>.zarr.partial` and is renamed into place only when complete, so a reader never sees
 a half-written store and a good store is never replaced by a broken one. The partial store records how
@@ -18,6 +24,7 @@ from __future__ import annotations
 import shutil
 import threading
 import queue
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +38,26 @@ PROVENANCE = {"doc_id": "int64", "position": "int32", "token_id": "int32"}
 
 class StoreError(RuntimeError):
     """The activation store is missing, incomplete or inconsistent."""
+
+
+class StoreCorrupt(StoreError):
+    """A stored chunk does not decode, or decodes to values whose checksum differs from the recorded one."""
+
+
+CHECKSUM_ALGORITHM = "crc32"
+
+
+def chunk_checksum(values: np.ndarray) -> int:
+    """CRC-32 of an array's decoded values (C order, its own dtype): what `attrs["checksums"]` records per chunk."""
+    return zlib.crc32(memoryview(np.ascontiguousarray(values)).cast("B"))
+
+
+def _chunk_checksums(group: Any, chunk_rows: int) -> dict[str, Any]:
+    arrays = {}
+    for name in ("acts", *PROVENANCE):
+        arr, n = group[name], group[name].shape[0]
+        arrays[name] = [chunk_checksum(arr[i : i + chunk_rows]) for i in range(0, n, chunk_rows)]
+    return {"algorithm": CHECKSUM_ALGORITHM, "chunk_rows": chunk_rows, "arrays": arrays}
 
 
 def _compressors() -> Any:
@@ -124,25 +151,35 @@ class StoreWriter:
             raise StoreError("uncommitted rows at close: call commit(n_docs) first")
         if self.n_rows == 0:
             raise StoreError(f"no activation rows were written to {self.path}: is the corpus empty?")
-        self.group.attrs.update({**(extra_attrs or {}), "complete": True})
+        checksums = _chunk_checksums(self.group, self.chunk_rows)
+        self.group.attrs.update({**(extra_attrs or {}), "checksums": checksums, "complete": True})
         publish_dir(self.tmp, self.path)
         return self.path
 
 
 class ActivationStore:
-    """Read side of a complete store."""
+    """Read side of a complete store. `verify=True` checks each chunk read through `chunk` / `rows` against its
+    recorded checksum (stores written before checksums existed are read unverified; `verify()` flags them)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, verify: bool = True) -> None:
         import zarr
 
         self.path = Path(path)
         if not self.path.exists():
             hint = " (a partial store exists: re-run to resume)" if self.path.with_name(self.path.name + ".partial").exists() else ""
             raise StoreError(f"no activation store at {self.path}{hint}: materialize the `activations` asset first")
-        self.group = zarr.open_group(self.path, mode="r")
-        if not self.group.attrs.get("complete"):
+        try:
+            self.group = zarr.open_group(self.path, mode="r")
+            complete = self.group.attrs.get("complete")
+            self.acts = self.group["acts"]
+        except Exception as e:  # unreadable metadata (zarr.json) or a missing array
+            raise StoreCorrupt(f"activation store {self.path} cannot be opened ({type(e).__name__}: {e}): delete it "
+                               "and re-materialize `activations`") from e
+        if not complete:
             raise StoreError(f"activation store {self.path} is incomplete: re-materialize `activations`")
-        self.acts = self.group["acts"]
+        sums = self.group.attrs.get("checksums")
+        self.checksums: dict[str, list[int]] | None = sums["arrays"] if sums else None
+        self.verify_reads = verify and self.checksums is not None
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -164,16 +201,71 @@ class ActivationStore:
     def n_chunks(self) -> int:
         return -(-self.n_rows // self.chunk_rows)
 
+    def _where(self, name: str, i: int) -> str:
+        lo = i * self.chunk_rows
+        return f"{self.path}/{name} chunk {i} (rows {lo}..{min(lo + self.chunk_rows, self.n_rows) - 1})"
+
+    def read_chunk(self, name: str, i: int, verify: bool | None = None) -> np.ndarray:
+        """Chunk i of array `name` ("acts" or a provenance array), decoded and (by default) verified."""
+        lo = i * self.chunk_rows
+        try:
+            values = self.group[name][lo : lo + self.chunk_rows]
+        except Exception as e:  # codec errors (e.g. blosc decompression) name nothing: say where and what to do
+            raise StoreCorrupt(f"{self._where(name, i)} cannot be decoded ({type(e).__name__}: {e}): the store is "
+                               "corrupt; delete it and re-materialize `activations`") from e
+        if (self.verify_reads if verify is None else verify and self.checksums is not None):
+            expected = self.checksums[name][i] if i < len(self.checksums.get(name, [])) else None
+            if expected is None or chunk_checksum(values) != expected:
+                raise StoreCorrupt(f"{self._where(name, i)} does not match its recorded checksum: the store is "
+                                   "corrupt; delete it and re-materialize `activations`")
+        return values
+
     def chunk(self, i: int) -> np.ndarray:
-        """Rows of chunk i, (≤chunk_rows, d) float32."""
-        return self.acts[i * self.chunk_rows : (i + 1) * self.chunk_rows]
+        """Rows of chunk i, (≤chunk_rows, d) float32 (verified unless the store was opened with verify=False)."""
+        return self.read_chunk("acts", i)
+
+    def rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Activation rows [start, stop) (n, d) float32, read chunk by chunk (so verified like `chunk`)."""
+        stop = self.n_rows if stop is None else min(stop, self.n_rows)
+        if stop <= start:
+            return np.empty((0, self.d_model), np.float32)
+        first, last = start // self.chunk_rows, (stop - 1) // self.chunk_rows
+        block = np.concatenate([self.chunk(i) for i in range(first, last + 1)])
+        off = first * self.chunk_rows
+        return block[start - off : stop - off]
+
+    def verify(self) -> list[dict[str, Any]]:
+        """Decode every chunk of every array and compare it with its checksum; the problems found (empty = sound).
+
+        Never raises for a bad chunk: each problem names the array, the chunk index, the row range and what is
+        wrong (undecodable, checksum mismatch, or no checksums recorded at all)."""
+        if self.checksums is None:
+            return [{"array": "*", "chunk": None, "rows": None,
+                     "problem": "no checksums recorded (a store written before checksums existed): re-materialize "
+                                "`activations` to record them"}]
+        problems = []
+        for name in ("acts", *PROVENANCE):
+            n = self.group[name].shape[0]
+            if n != self.n_rows:
+                problems.append({"array": name, "chunk": None, "rows": None,
+                                 "problem": f"{n} rows where acts has {self.n_rows}"})
+            for i in range(-(-n // self.chunk_rows)):
+                try:
+                    self.read_chunk(name, i, verify=True)
+                except StoreCorrupt as e:
+                    lo = i * self.chunk_rows
+                    problems.append({"array": name, "chunk": i, "rows": [lo, min(lo + self.chunk_rows, n) - 1],
+                                     "problem": str(e)})
+        return problems
 
     def iter_chunks(self) -> Iterator[np.ndarray]:
         for i in range(self.n_chunks):
             yield self.chunk(i)
 
     def provenance(self, name: str) -> np.ndarray:
-        return self.group[name][:]
+        """A provenance array (n,), read chunk by chunk and verified like the activations."""
+        parts = [self.read_chunk(name, i) for i in range(-(-self.group[name].shape[0] // self.chunk_rows))]
+        return np.concatenate(parts) if parts else np.empty(0, PROVENANCE[name])
 
     def nbytes_stored(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())

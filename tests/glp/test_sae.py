@@ -48,3 +48,24 @@ def test_training_lowers_the_unexplained_variance_deterministically(tmp_path):
     x = torch.randn(8, 16)
     assert torch.equal(loaded.encode(lnorm.normalize(x)), sae.encode(norm.normalize(x)))
     assert cfg_json["k"] == 4 and cfg_json["n_latents"] == 64
+
+
+def test_a_corrupt_or_truncated_sae_export_is_refused_naming_the_fix(tmp_path):
+    import pytest
+    import torch
+
+    from glp.sae import TopKSAE, load_sae, save_sae
+    from glp.stats import ArtifactCorrupt, Normalizer
+
+    torch.manual_seed(0)
+    path = save_sae(tmp_path / "sae", TopKSAE(8, 16, 2), Normalizer(torch.zeros(8), torch.ones(8)), {})
+    load_sae(path)
+    weights = path / "sae.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x40
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactCorrupt, match="recorded checksum: delete the folder and re-materialize `sae`"):
+        load_sae(path)
+    weights.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(ArtifactCorrupt, match="truncated or corrupt"):
+        load_sae(path)

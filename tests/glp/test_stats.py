@@ -37,3 +37,34 @@ def test_normalizer_round_trips_and_saved_stats_reload(tmp_path):
     assert abs(float(z.mean())) < 1e-4 and abs(float(z.std()) - 1) < 1e-2
     torch.testing.assert_close(norm.denormalize(z), x, atol=1e-5, rtol=1e-5)
     assert isinstance(norm, Normalizer)
+
+
+def test_one_corrupted_value_is_caught_as_a_one_dimension_std_outlier(tmp_path):
+    from glp.stats import std_outliers
+
+    rng = np.random.default_rng(0)
+    rows, held = rng.normal(size=(5000, 16)).astype(np.float32), rng.normal(size=(1000, 16)).astype(np.float32)
+    ref = compute_stats(_store(tmp_path / "h.zarr", held), with_cov=False)
+    assert std_outliers(compute_stats(_store(tmp_path / "a.zarr", rows), with_cov=False).var, ref.var) == []
+    rows[1234, 7] = -165_582.0  # one flipped exponent bit's worth
+    out = std_outliers(compute_stats(_store(tmp_path / "b.zarr", rows), with_cov=False).var, ref.var)
+    assert [o["dim"] for o in out] == [7] and out[0]["std_ratio"] > 100
+
+
+def test_norm_stats_record_a_checksum_and_a_flipped_bit_is_refused(tmp_path):
+    import pytest
+
+    from glp.stats import ArtifactCorrupt
+
+    stats = compute_stats(_store(tmp_path / "a.zarr", np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32)))
+    path = tmp_path / "norm_stats.safetensors"
+    stats.save(path)
+    np.testing.assert_array_equal(NormStats.load(path).var, stats.var)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01  # inside the last tensor's values
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactCorrupt, match="does not match its recorded checksum: delete it and re-materialize"):
+        NormStats.load(path)
+    path.write_bytes(bytes(data[:100]))
+    with pytest.raises(ArtifactCorrupt, match="truncated or corrupt"):
+        NormStats.load(path)
