@@ -848,8 +848,20 @@ def _read_text(file: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise CorpusError(f"corpus file {file} is not UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r}): "
+        line = raw[: e.start].count(b"\n") + 1
+        raise CorpusError(f"{file}:{line}: not UTF-8 (byte {e.start} of the file: {raw[e.start:e.start + 1]!r}): "
                           "convert it to UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or remove it") from None
+
+
+def _check_encodable(text: str, where: str) -> str:
+    """`text` unchanged, or a CorpusError naming `where` when it holds a lone surrogate (a JSON escape such as
+    "\\ud800" without its pair): no UTF-8 text can carry one, and the tokenizer would fail on it much later."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise CorpusError(f"{where}: the text holds a lone surrogate {text[e.start]!r} at character {e.start} (a "
+                          "broken \\uXXXX escape); fix or remove that record") from None
+    return text
 
 
 def _iter_jsonl_records(file: Path, rel: str) -> Iterator[dict]:
@@ -877,7 +889,7 @@ def _iter_jsonl_records(file: Path, rel: str) -> Iterator[dict]:
                 got = type(record.get("text")).__name__ if isinstance(record, dict) else type(record).__name__
                 raise CorpusError(f"{file}:{lineno}: record has no string \"text\" field (got {got}); each line must "
                                   "be a JSON object such as {\"id\": \"doc-1\", \"text\": \"...\"}")
-            if not record["text"].strip():
+            if not _check_encodable(record["text"], f"{file}:{lineno}").strip():
                 continue
             doc_id = record.get("id")
             doc_id = f"{rel}:{lineno}" if doc_id is None or doc_id == "" else str(doc_id)
@@ -912,14 +924,18 @@ def _iter_prepared(path: Path, split: Split) -> Iterator[dict]:
     if not file.is_file():
         raise CorpusError(f"corpus file {file} is missing: {_missing_hint(path)}")
     n = 0
-    with file.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with file.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
             try:
-                doc = json.loads(line)
+                doc = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise CorpusError(f"{file}:{lineno}: not UTF-8 (byte {e.start} of the line); rebuild the corpus: "
+                                  f"{_missing_hint(path)}") from None
             except json.JSONDecodeError as e:
                 raise CorpusError(f"{file}:{lineno}: malformed JSON ({e.msg}); rebuild the corpus: {_missing_hint(path)}") from None
             if not isinstance(doc, dict) or not isinstance(doc.get("text"), str) or not doc["text"].strip():
                 raise CorpusError(f"{file}:{lineno}: record has no non-empty \"text\"; rebuild the corpus: {_missing_hint(path)}")
+            _check_encodable(doc["text"], f"{file}:{lineno}")
             n += 1
             yield doc
     if not n:

@@ -577,8 +577,8 @@ def test_only_empty_files_means_no_documents(tmp_path):
 
 def test_a_txt_file_that_is_not_utf8_is_named(tmp_path):
     root = _txt_folder(tmp_path, 4)
-    (root / "b/latin1.txt").write_bytes("Caf\xe9 cr\xe8me".encode("latin-1"))
-    with pytest.raises(CorpusError, match=r"latin1\.txt is not UTF-8 .*convert it"):
+    (root / "b/latin1.txt").write_bytes("Fine first line\nCaf\xe9 cr\xe8me".encode("latin-1"))
+    with pytest.raises(CorpusError, match=r"latin1\.txt:2: not UTF-8 .*convert it"):
         load_documents(root, "train")
 
 
@@ -587,6 +587,25 @@ def test_a_jsonl_line_that_is_not_utf8_is_named_with_its_line(tmp_path):
     path.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
     with pytest.raises(CorpusError, match=r"c\.jsonl:2: not UTF-8"):
         load_documents(path, "train")
+
+
+def test_a_lone_surrogate_is_rejected_at_the_corpus_step_naming_file_and_line(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": "broken \\ud800 escape"}\n')
+    with pytest.raises(CorpusError, match=r"c\.jsonl:2: the text holds a lone surrogate"):
+        load_documents(path, "train")
+
+
+def test_a_prepared_corpus_line_that_is_not_utf8_is_named(tmp_path):
+    from glp.corpus import iter_documents
+
+    root = tmp_path / "prepared"
+    root.mkdir()
+    (root / "manifest.json").write_text("{}")
+    (root / "train.jsonl").write_bytes(b'{"text": "fine", "id": "a", "source": "s"}\n{"text": "caf\xe9"}\n')
+    (root / "heldout.jsonl").write_bytes(b'{"text": "fine", "id": "b", "source": "s"}\n')
+    with pytest.raises(CorpusError, match=r"train\.jsonl:2: not UTF-8"):
+        list(iter_documents(root, "train"))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
