@@ -26,9 +26,13 @@ data: $(STAMP)
 	$(BIN)/dvc repro
 	-$(BIN)/dvc push -q
 
-## run: set up, prepare data, materialize the whole default chain for $(PARTITION)
-run: data
+## the instance config (run monitoring): dagster.yaml copied into $(DAGSTER_HOME) once, so local edits there stay
+$(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+## run: set up, prepare data, materialize the whole default chain for $(PARTITION)
+run: data $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster asset materialize -m glp_dagster.definitions --select '*' --partition '$(PARTITION)'
 	@$(BIN)/python -m glp.cli summary --partition '$(PARTITION)'
 	@echo "Open the UI with: make dev   (then http://127.0.0.1:3000)"
@@ -41,8 +45,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 ## dev: the Dagster UI on 127.0.0.1:3000 with workspace.yaml
-dev: $(STAMP)
-	mkdir -p $(DAGSTER_HOME)
+dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 ## seeds: after `make run`, train + evaluate priors with seeds 1 and 2 on the same activations (~25 min on 2 cores)

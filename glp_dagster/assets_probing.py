@@ -14,7 +14,8 @@ import numpy as np
 
 from glp import pipeline
 from glp.config import Settings, config_hash
-from glp_dagster.assets import _materialize_hint, user_errors
+from glp_dagster.assets import _materialize_hint, user_errors, writing
+from glp_dagster.checks import reports_errors
 from glp_dagster.resources import GLPSettings
 
 CODE_VERSION = "1"  # bump when a step's code changes what it produces
@@ -78,7 +79,7 @@ def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition
         paths = pipeline.source_paths(s, src)
         require(paths.store("train"), "activations", "sae", context.partition_key)
         require(paths.norm_stats, "norm_stats", "sae", context.partition_key)
-        with user_errors():
+        with user_errors(), writing(context, _sae_dir(s, src)):
             from glp.sae import build_sae
 
             out = build_sae(s, src, log=context.log.info)
@@ -109,7 +110,7 @@ def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition
             require(paths.prior, "glp_prior", "probes", part)
         if "sae" in s.probe.families:
             require(_sae_dir(s, src), "sae", "probes", part)
-        with user_errors():
+        with user_errors(), writing(context, _probes_dir(s, src)):
             from glp.probe import build_probes
 
             rep = build_probes(s, src, log=context.log.info)
@@ -135,6 +136,7 @@ def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition
 
 def build_probing_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
     @dg.asset_check(asset="probe_tasks", blocking=True)
+    @reports_errors
     def probe_tasks_both_classes_in_each_split(context: dg.AssetCheckExecutionContext, glp: GLPSettings
                                                ) -> dg.AssetCheckResult:
         """Every task has positives and negatives in both train and test."""
@@ -144,6 +146,7 @@ def build_probing_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetCh
         return dg.AssetCheckResult(passed=not bad, metadata={"tasks_missing_a_class": ", ".join(bad) or "none"})
 
     @dg.asset_check(asset="probe_tasks", blocking=True)
+    @reports_errors
     def probe_tasks_balanced_and_large_enough(context: dg.AssetCheckExecutionContext, glp: GLPSettings
                                               ) -> dg.AssetCheckResult:
         """Every task is balanced (equal class sizes) and has at least `probe_tasks.min_examples` examples."""
@@ -160,6 +163,7 @@ def build_probing_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetCh
                                                              "min_examples": cfg.min_examples})
 
     @dg.asset_check(asset="sae", blocking=True, partitions_def=partitions)
+    @reports_errors
     def sae_reconstructs(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Weights finite and held-out fraction of variance unexplained below 1 (beats the mean)."""
         from glp.sae import load_sae
@@ -172,6 +176,7 @@ def build_probing_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetCh
         return dg.AssetCheckResult(passed=finite and fvu < 1.0, metadata={"finite": finite, "fvu": float(fvu)})
 
     @dg.asset_check(asset="probes", blocking=True, partitions_def=partitions)
+    @reports_errors
     def probes_auc_in_unit_interval(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Every reported AUC (1-D and dense, CV and test) is a number in [0, 1]."""
         rep = json.loads((_probes_dir(glp.settings, glp.source(context)) / "results.json").read_text())
@@ -184,6 +189,7 @@ def build_probing_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetCh
                                                               "min": float(v.min()), "max": float(v.max())})
 
     @dg.asset_check(asset="probes", blocking=True, partitions_def=partitions)
+    @reports_errors
     def probes_every_task_reported(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """The report covers every task of the current dataset with every family: no task silently dropped."""
         from glp.probe_tasks import load_tasks, tasks_hash

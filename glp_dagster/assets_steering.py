@@ -13,7 +13,8 @@ import numpy as np
 
 from glp import pipeline
 from glp.config import Settings, config_hash
-from glp_dagster.assets import require_upstream, user_errors
+from glp_dagster.assets import require_upstream, user_errors, writing
+from glp_dagster.checks import reports_errors
 from glp_dagster.resources import GLPSettings
 
 DELTA_LM_VERSION = "2"  # 2: SAE arm, PCA-k chosen on selection documents, CIs over documents
@@ -30,7 +31,7 @@ def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinitio
 
         s, src = glp.settings, glp.source(context)
         require_upstream(pipeline.source_paths(s, src).prior, "glp_prior", "steering", context.partition_key)
-        with user_errors():
+        with user_errors(), writing(context, pipeline.source_paths(s, src).root / "steering.json"):
             rep = build_steering(s, src, log=context.log.info)
         by = {(r["mode"], r["r"]): r for r in rep["rows"]}
         r_max = max(s.steer.r_values)
@@ -67,7 +68,7 @@ def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinitio
         s, src = glp.settings, glp.source(context)
         require_upstream(pipeline.source_paths(s, src).prior, "glp_prior", "delta_lm", context.partition_key)
         require_upstream(sae_dir(pipeline.source_paths(s, src).root), "sae", "delta_lm", context.partition_key)
-        with user_errors():
+        with user_errors(), writing(context, pipeline.source_paths(s, src).root / "delta_lm.json"):
             rep = build_delta_lm(s, src)
         m = rep["methods"]
         return dg.MaterializeResult(
@@ -100,6 +101,7 @@ def build_steering_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetC
         return json.loads((pipeline.source_paths(glp.settings, glp.source(context)).root / name).read_text())
 
     @dg.asset_check(asset="steering", blocking=True, partitions_def=partitions)
+    @reports_errors
     def steering_scores_finite(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Every score, CI and paired difference in the steering report is finite."""
         rep = report(glp, context, "steering.json")
@@ -112,6 +114,7 @@ def build_steering_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetC
         return dg.AssetCheckResult(passed=bad == 0, metadata={"values": n, "nonfinite": bad})
 
     @dg.asset_check(asset="steering", blocking=True, partitions_def=partitions)
+    @reports_errors
     def steering_r0_is_unsteered(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """The raw r=0 row equals plain generation (no hook), regenerated here, token for token."""
         from glp.lm import load_source_lm
@@ -129,6 +132,7 @@ def build_steering_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetC
                                    metadata={"rows": len(plain), "identical_rows": same})
 
     @dg.asset_check(asset="steering", blocking=True, partitions_def=partitions)
+    @reports_errors
     def steering_paired_prompts_and_seeds(context: dg.AssetCheckExecutionContext,
                                           glp: GLPSettings) -> dg.AssetCheckResult:
         """Every GLP mode (the main t_start and each extra one) covers the raw rows' r values, and every setting
@@ -146,6 +150,7 @@ def build_steering_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetC
                                                               "seed": rep["config"]["seed"]})
 
     @dg.asset_check(asset="steering", blocking=False, partitions_def=partitions)
+    @reports_errors
     def steering_direction_reads_sentiment(context: dg.AssetCheckExecutionContext,
                                            glp: GLPSettings) -> dg.AssetCheckResult:
         """The DiffMean direction separates held-out (probe-half) movie snippets by rating: the ROC-AUC of the
@@ -157,6 +162,7 @@ def build_steering_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetC
                                              "probe_snippets": sum(d["n_probe"])})
 
     @dg.asset_check(asset="steering", blocking=False, partitions_def=partitions)
+    @reports_errors
     def steering_concept_rises_with_r(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Raw steering moves the judge: Spearman rho of r vs P(positive) over raw rows > 0, its CI (prompts
         resampled) above 0 (warning only)."""
@@ -174,6 +180,7 @@ def build_steering_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetC
             "concept_at_max_r": at(t["concept_at_max_r"])})
 
     @dg.asset_check(asset="delta_lm", blocking=True, partitions_def=partitions)
+    @reports_errors
     def delta_lm_finite(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Clean CE and every method's ΔCE, CI and reconstruction MSE are finite."""
         rep = report(glp, context, "delta_lm.json")

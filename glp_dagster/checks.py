@@ -1,8 +1,14 @@
-"""Asset checks: one property each, evidence in metadata; blocking where downstream consumes the asset."""
+"""Asset checks: one property each, evidence in metadata; blocking where downstream consumes the asset.
+
+A check never errors: `reports_errors` turns an exception in its body (a corrupt chunk, a missing file) into a failed
+check with the error as evidence and what to do, so the UI shows a red check rather than a crashed step.
+"""
 
 
+import functools
 import json
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -22,6 +28,38 @@ def _numbers(obj: object) -> Iterator[float]:
             yield from _numbers(v)
     elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
         yield float(obj)
+
+
+def error_result(context: dg.AssetCheckExecutionContext, check: str, e: Exception) -> dg.AssetCheckResult:
+    """A failed check whose evidence is the exception its body raised."""
+    asset = context.check_specs[0].asset_key.to_user_string()
+    part = context.partition_key if context.has_partition_key else None
+    select = f"--select '{asset}'" + (f" --partition '{part}'" if part else "")
+    error = f"{type(e).__name__}: {e}"
+    return dg.AssetCheckResult(
+        passed=False,
+        description=f"`{check}` could not evaluate `{asset}`{f' for `{part}`' if part else ''} ({error[:300]}). "
+                    f"The artifact (or an input the check reads) is missing, unreadable or corrupt: re-materialize it "
+                    f"(dagster asset materialize -m glp_dagster.definitions {select}); if the check fails the same "
+                    "way on a fresh artifact, the traceback in this result's metadata shows where.",
+        metadata={"error": error[:2000],
+                  "traceback": dg.MetadataValue.text("".join(traceback.format_exception(e))[-4000:])},
+    )
+
+
+def reports_errors(check: Callable[..., dg.AssetCheckResult]) -> Callable[..., dg.AssetCheckResult]:
+    """Wrap a check body (under `@dg.asset_check`) so that an exception becomes a failed result, never an error."""
+
+    @functools.wraps(check)
+    def body(context: dg.AssetCheckExecutionContext, **resources: object) -> dg.AssetCheckResult:
+        try:
+            return check(context, **resources)
+        except Exception as e:  # noqa: BLE001 (the point: any failure to evaluate is reported as a failed check)
+            return error_result(context, check.__name__, e)
+
+    body.reports_errors = True  # type: ignore[attr-defined]  # tests assert every check carries it
+    return body
+
 
 def norm_stats_suite_result(mean: np.ndarray, std: np.ndarray, n_rows: int, store_rows: int) -> tuple[bool, dict]:
     """Validate the normalization stats with a great-expectations suite (ephemeral context, nothing written)."""
@@ -55,6 +93,7 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
         return pipeline.source_paths(glp.settings, glp.source(context))
 
     @dg.asset_check(asset="activations", blocking=True, partitions_def=partitions)
+    @reports_errors
     def activations_finite(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Every stored activation (train and held-out) is finite."""
         from glp.store import ActivationStore
@@ -69,6 +108,7 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
         return dg.AssetCheckResult(passed=ok, metadata=meta)
 
     @dg.asset_check(asset="activations", blocking=True, partitions_def=partitions)
+    @reports_errors
     def activations_row_count(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Rows = non-BOS tokens of the covered documents (re-tokenized independently); no BOS row."""
         from glp.store import ActivationStore
@@ -84,6 +124,7 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
         return dg.AssetCheckResult(passed=ok, metadata=meta)
 
     @dg.asset_check(asset="norm_stats", blocking=True, partitions_def=partitions)
+    @reports_errors
     def norm_stats_expectations(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Great-expectations suite: finite mean, std > 0 on every dim, row count = store rows."""
         from glp.stats import NormStats
@@ -95,6 +136,7 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
         return dg.AssetCheckResult(passed=ok, metadata={**meta, "min_std": float(np.sqrt(stats.var).min())})
 
     @dg.asset_check(asset="glp_prior", blocking=True, partitions_def=partitions)
+    @reports_errors
     def prior_loss_decreased(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Mean training loss over the last 10% of steps is below that of the first 10%."""
         cfg = json.loads((paths(glp, context).prior / "config.json").read_text())
@@ -104,6 +146,7 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
         return dg.AssetCheckResult(passed=last < first, metadata={"loss_first_10pct": first, "loss_last_10pct": last})
 
     @dg.asset_check(asset="glp_prior", blocking=True, partitions_def=partitions)
+    @reports_errors
     def prior_input_dim_matches_store(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """The prior's input width equals the activation store's width."""
         from glp.store import ActivationStore
@@ -114,6 +157,7 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
         return dg.AssetCheckResult(passed=d_prior == d_store, metadata={"prior_d": d_prior, "store_d": d_store})
 
     @dg.asset_check(asset="prior_eval", blocking=True, partitions_def=partitions)
+    @reports_errors
     def prior_eval_finite(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Every number in the evaluation report (nested tables included) is finite."""
         rep = json.loads(Path(paths(glp, context).prior_eval).read_text())
@@ -122,6 +166,7 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
         return dg.AssetCheckResult(passed=bad == 0, metadata={"values": len(values), "nonfinite": bad})
 
     @dg.asset_check(asset="prior_eval", partitions_def=partitions)
+    @reports_errors
     def prior_beats_gaussian_baseline(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """The prior beats the full-covariance Gaussian: held-out loss below the optimal affine predictor's, and
         GLP samples harder to tell from held-out rows (C2ST AUC, CIs apart) than the Gaussian's samples."""

@@ -2,13 +2,19 @@
 
 A good artifact is never replaced by a half-written one: files are written under a temporary sibling name,
 fsynced and renamed; folders are built in a fresh sibling folder and renamed into place (DESIGN.md).
+Two writers of one artifact are kept apart by `artifact_lock`: the second fails at once, naming the first.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 
@@ -65,3 +71,100 @@ def publish_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
     if old.exists():
         shutil.rmtree(old)
+
+
+# ---------------------------------------------------------------- one writer per artifact
+
+
+class ArtifactBusy(RuntimeError):
+    """Another process holds the write lock of the artifact: it is being written right now."""
+
+
+def lock_path(path: Path) -> Path:
+    """`<artifact>.lock`, beside the artifact (not inside it: hashes and sizes of the artifact never see it)."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+def holder_path(path: Path) -> Path:
+    """`<artifact>.lock.json`: who holds the lock of `path` (run id, pid, host, start time), while they hold it."""
+    lock = lock_path(path)
+    return lock.with_name(lock.name + ".json")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def recorded_holder(path: Path) -> dict | None:
+    """The holder record of `path`'s lock, or None when there is none or it is stale: a writer killed with SIGKILL
+    leaves its record behind (the OS frees its lock), so a record whose pid is gone on this host is ignored."""
+    try:
+        holder = json.loads(holder_path(path).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    pid = holder.get("pid") if isinstance(holder, dict) else None
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    if holder.get("host") == socket.gethostname() and not _pid_alive(pid):
+        return None
+    return holder  # on another host the pid cannot be probed: the record is the best we know
+
+
+def _since(iso: object) -> str:
+    try:
+        t = datetime.fromisoformat(str(iso))
+    except ValueError:
+        return str(iso)
+    same_day = t.date() == datetime.now(timezone.utc).date()
+    return t.strftime("%H:%M:%S UTC" if same_day else "%Y-%m-%d %H:%M:%S UTC")
+
+
+def _busy_message(path: Path, asset: str, partition: str | None, wait_s: float) -> str:
+    what = f"`{asset}`" + (f" for `{partition}`" if partition else "")
+    h = recorded_holder(path)
+    if h is None:
+        who = f"another process (no live holder recorded in {holder_path(path).name}; lock file {lock_path(path)})"
+    else:
+        where = f"pid {h['pid']} on {h.get('host')}, since {_since(h.get('since'))}"
+        who = f"run {h['run_id']} ({where})" if h.get("run_id") else where
+    waited = f" (waited {wait_s:g} s)" if wait_s > 0 else ""
+    return f"{what} is being written by {who}{waited}; wait for it or stop it"
+
+
+@contextmanager
+def artifact_lock(path: Path, asset: str, partition: str | None = None, wait_s: float = 0,
+                  run_id: str | None = None) -> Iterator[None]:
+    """Hold the write lock of the artifact at `path` (file or folder) while writing it.
+
+    The lock is `fcntl.flock` on `<path>.lock` (filelock), which the OS releases when the holder dies, even by
+    SIGKILL: a killed writer never blocks the next one. Held elsewhere: raise ArtifactBusy naming the holder at once,
+    or after waiting up to `wait_s` seconds.
+    """
+    from filelock import FileLock, Timeout
+
+    if not wait_s >= 0:
+        raise ValueError(f"wait_s={wait_s!r}: give the seconds to wait for another writer, 0 or more")
+    lock = FileLock(lock_path(path))
+    try:
+        lock.acquire(timeout=wait_s, poll_interval=min(0.5, max(wait_s / 10, 0.05)))
+    except Timeout:
+        raise ArtifactBusy(_busy_message(path, asset, partition, wait_s)) from None
+    record = holder_path(path)
+    try:
+        write_atomic(record, json.dumps({
+            "run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(),
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"), "asset": asset, "partition": partition,
+        }))
+        yield
+    finally:
+        try:
+            record.unlink(missing_ok=True)  # while still holding the lock: the next holder writes its own
+        finally:
+            lock.release()
