@@ -1,7 +1,9 @@
 """The code location: `dagster dev` (workspace.yaml) and `dagster asset materialize -m glp_dagster.definitions`.
 
-Settings are read once here (env `GLP_*`, `glp.toml`); an invalid value stops the load with a message
-naming the field. The partitions are the configured sources, so adding a layer adds a partition.
+Settings are read once here (env `GLP_*`, `glp.toml`) through `load_settings`: an invalid value, an unknown `GLP_*`
+variable, malformed JSON or TOML, a missing `GLP_CONFIG_FILE` or a layer beyond the source model's blocks stops the
+load with a `ConfigError` naming the field, variable or file, before any asset runs. The partitions are the
+configured sources, so adding a layer adds a partition.
 """
 
 from __future__ import annotations

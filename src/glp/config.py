@@ -3,18 +3,27 @@
 Values come, highest priority first, from: constructor kwargs, `GLP_*` environment variables
 (e.g. `GLP_TRAIN__LR=1e-3`, `GLP_SOURCES='[{"model": "smollm2-135m", "layer": 15}]'`), the TOML file named by
 `GLP_CONFIG_FILE` (default `glp.toml` in the working directory, if present), then the defaults below.
-Every model forbids unknown keys, so a typo fails at start naming the field.
+Every model forbids unknown keys, so a typo fails at start naming the field. The same holds for the places values
+come from: an unknown `GLP_*` variable, malformed JSON in one, a missing `GLP_CONFIG_FILE` or malformed TOML,
+a non-finite number, and (in `load_settings`) a layer beyond the source model's blocks each raise `ConfigError`
+naming the variable, field or file and what to do.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
+import tomllib
+import types
+from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 BUILTIN_MODEL = "builtin"
@@ -25,8 +34,23 @@ DEFAULT_LAYER = 15
 """Its middlemost block (of 30), as the paper reads the middle layer."""
 
 
+ENV_PREFIX = "GLP_"
+OTHER_ENV = ("GLP_CONFIG_FILE",)
+"""`GLP_*` variables that are not settings fields but are read directly (os.environ): the TOML file's path. Every
+other `GLP_*` variable must name a field (`GLP_PROFILE`) or a section's field (`GLP_TRAIN__LR`), else loading fails."""
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names each bad field, variable or file and what to do."""
+
+
+def _config_error(problems: list[str]) -> ConfigError:
+    return ConfigError("invalid glp configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `inf` / `nan` (env, TOML or JSON `Infinity` / `NaN`) are rejected in every float
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def config_hash(model: BaseModel, length: int = 12) -> str:
@@ -371,7 +395,8 @@ class Settings(BaseSettings):
     """Root of the project configuration."""
 
     model_config = SettingsConfigDict(
-        env_prefix="GLP_", env_nested_delimiter="__", extra="forbid", frozen=True, validate_default=True
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True, validate_default=True,
+        allow_inf_nan=False,
     )
 
     sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig()])
@@ -427,11 +452,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml = Path(os.environ.get("GLP_CONFIG_FILE", "glp.toml"))
-        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
-        if toml.is_file():
-            sources += (TomlConfigSettingsSource(settings_cls, toml_file=toml),)
-        return sources
+        # pydantic-settings ignores unknown env names and a missing TOML file: check both here, before any is read
+        check_environment(os.environ)
+        toml = _toml_source(settings_cls)
+        return (init_settings, env_settings) + ((toml,) if toml else ())
 
 
 GPU_PROFILE: dict[str, dict[str, object]] = {
@@ -455,16 +479,143 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Build and validate the settings; raise a readable error naming the bad field."""
+    """Build and validate the settings, then check each source's layer against its model; raise a ConfigError
+    naming the bad field, variable or file."""
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as e:
-        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in e.errors()]
-        raise ConfigError("invalid glp configuration:\n" + "\n".join(lines)) from None
+        raise _config_error(
+            [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in e.errors()]
+        ) from None
+    except SettingsError as e:  # a value pydantic-settings could not decode that check_environment let through
+        raise _config_error([f"{e}: {e.__cause__}"]) from None
+    check_layers(settings)
+    return settings
 
 
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names each bad field."""
+# ---- the environment and the TOML file ------------------------------------------------------------------------
 
+
+@cache
+def env_fields() -> dict[str, FieldInfo]:
+    """Every settings variable (upper case) and its field: `GLP_<FIELD>` and `GLP_<SECTION>__<FIELD>`."""
+
+    def walk(model: type[BaseModel], prefix: str) -> dict[str, FieldInfo]:
+        out: dict[str, FieldInfo] = {}
+        for name, field in model.model_fields.items():
+            out[prefix + name.upper()] = field
+            if _is_section(field):
+                out |= walk(field.annotation, f"{prefix}{name.upper()}__")
+        return out
+
+    return walk(Settings, ENV_PREFIX)
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Fail on a `GLP_*` variable that names no setting (suggesting the closest one), or whose value must be JSON
+    (a section, a list) and is not (naming line and column)."""
+    fields = env_fields()
+    problems = []
+    for name, value in sorted(environ.items()):
+        if not name.upper().startswith(ENV_PREFIX) or name in OTHER_ENV:
+            continue
+        field = fields.get(name.upper())  # pydantic-settings matches field names in any case
+        if field is None:
+            # a field that is no section, followed by more (`GLP_SOURCES__0__LAYER`): that field; else the closest
+            known = [f for f, info in fields.items() if name.upper().startswith(f + "__") and not _is_section(info)]
+            close = [max(known, key=len)] if known else difflib.get_close_matches(
+                name.upper(), [*fields, *OTHER_ENV], n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else "no setting has a similar name (glp.config.Settings)."
+            problems.append(f"{name}: no such setting; {hint} Every {ENV_PREFIX}* variable must name a setting "
+                            "(sections nest with a double underscore: GLP_TRAIN__LR): rename or unset it")
+        elif _wants_json(field.annotation):
+            try:
+                json.loads(value)
+            except json.JSONDecodeError as e:
+                problems.append(f"{name}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg}); write it "
+                                f"as JSON with double-quoted strings, e.g. {name}='{_json_example(field)}'")
+    if problems:
+        raise _config_error(problems)
+
+
+def _is_section(field: FieldInfo) -> bool:
+    return isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+
+
+def _wants_json(annotation: object) -> bool:
+    """Whether an env value for this type is read as JSON: a section, a list or a dict (or a union with one)."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return any(_wants_json(a) for a in get_args(annotation))
+    origin = get_origin(annotation) or annotation
+    return isinstance(origin, type) and issubclass(origin, (BaseModel, list, tuple, set, dict))
+
+
+def _json_example(field: FieldInfo) -> str:
+    """The field's default as JSON (a section's first field only), to show the expected shape."""
+    from pydantic import TypeAdapter
+
+    value = TypeAdapter(field.annotation).dump_python(field.get_default(call_default_factory=True), mode="json")
+    if isinstance(value, dict):
+        value = dict(list(value.items())[:1])
+    return json.dumps(value) if value is not None else '["..."]'
+
+
+def _toml_source(settings_cls: type[BaseSettings]) -> TomlConfigSettingsSource | None:
+    """The TOML file: `GLP_CONFIG_FILE` (which must exist), else `glp.toml` in the working directory if present."""
+    named = os.environ.get("GLP_CONFIG_FILE")
+    path = Path(named if named is not None else "glp.toml").expanduser()
+    if named is not None and not path.is_file():
+        raise _config_error([f"GLP_CONFIG_FILE={named}: no such file (looked for {path.absolute()}); point it at "
+                             "an existing TOML file or unset it"])
+    if not path.is_file():
+        return None
+    try:
+        return TomlConfigSettingsSource(settings_cls, toml_file=path)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:  # the message carries the line and column
+        raise _config_error([f"{path}: not valid TOML: {e}; fix the file (https://toml.io)"]) from None
+    except OSError as e:
+        raise _config_error([f"{path}: cannot be read ({e})"]) from None
+
+
+# ---- each source's layer against its model --------------------------------------------------------------------
+
+
+def check_layers(settings: Settings) -> None:
+    """Fail before any asset runs when a source's layer is beyond its model's decoder blocks, where the count is
+    cheap to know: `builtin` (source_lm.n_layer), a packaged model (glp.source_model.PACKAGED), or a local folder's
+    config.json. Anything else (no readable config) is left to the model load, which checks again."""
+    problems = []
+    for i, source in enumerate(settings.sources):
+        count = _n_blocks(source.model, settings.source_lm)
+        if count is None:
+            continue
+        n, origin = count
+        if source.layer >= n:
+            more = " or raise source_lm.n_layer" if source.model == BUILTIN_MODEL else ""
+            problems.append(f"sources[{i}].layer {source.layer} is out of range for {source.model} ({n} decoder "
+                            f"blocks{origin}: 0..{n - 1}): choose a layer in 0..{n - 1}{more}")
+    if problems:
+        raise _config_error(problems)
+
+
+def _n_blocks(model: str, source_lm: SourceLMConfig) -> tuple[int, str] | None:
+    """(decoder blocks, where that number comes from) without loading the model, or None if unknown."""
+    from glp.source_model import PACKAGED
+
+    if model == BUILTIN_MODEL:
+        return source_lm.n_layer, ", source_lm.n_layer"
+    if model in PACKAGED:
+        return PACKAGED[model].n_layers, ""
+    path = Path(model).expanduser() / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    for cfg in (config, config.get("text_config") if isinstance(config, dict) else None):
+        for key in ("num_hidden_layers", "n_layer"):
+            if isinstance(cfg, dict) and type(cfg.get(key)) is int and cfg[key] > 0:
+                return cfg[key], f", {key} in {path}"
+    return None
