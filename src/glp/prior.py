@@ -2,7 +2,8 @@
 
     <dir>/model.safetensors   denoiser weights (float32)
     <dir>/norm.safetensors    mean, std of the activations it was trained on
-    <dir>/config.json         denoiser config (d_model + DenoiserConfig), source, training summary
+    <dir>/config.json         denoiser config (d_model + DenoiserConfig), source, training summary and the sha256
+                              of both weight files (`weights_sha256`, `norm_sha256`), checked by load_prior
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ from typing import Any
 
 import torch
 
+from glp.artifacts import fresh_temp_dir, publish_dir, sha256_file
 from glp.denoiser import GLPDenoiser
 from glp.stats import Normalizer
-from glp.artifacts import fresh_temp_dir, publish_dir
+
+CHECKSUMS = {"model.safetensors": "weights_sha256", "norm.safetensors": "norm_sha256"}  # file -> config.json key
+
+
+class PriorCorrupt(ValueError):
+    """A file of an exported prior is truncated, corrupt or differs from the checksum recorded at export."""
 
 
 @dataclass
@@ -48,22 +55,51 @@ def save_prior(path: Path, denoiser: GLPDenoiser, normalizer: Normalizer, meta: 
     save_file(state, str(tmp / "model.safetensors"))
     save_file({"mean": normalizer.mean.float().cpu().contiguous(), "std": normalizer.std.float().cpu().contiguous()},
               str(tmp / "norm.safetensors"))
-    config = {"format": "glp-prior/1", "denoiser": denoiser.config_dict(), **meta}
+    config = {"format": "glp-prior/1", "denoiser": denoiser.config_dict(), **meta,
+              **{key: sha256_file(tmp / name) for name, key in CHECKSUMS.items()}}
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     publish_dir(tmp, path)
     return path
 
 
 def load_prior(path: str | os.PathLike, device: str | torch.device = "cpu") -> Prior:
-    """Load an exported prior with plain torch + safetensors (no DeepSpeed, no pickle)."""
-    from safetensors.torch import load_file
+    """Load an exported prior with plain torch + safetensors (no DeepSpeed, no pickle).
 
+    A truncated or corrupt file, or one whose sha256 differs from config.json's (exports without the checksums
+    still load), raises PriorCorrupt: one line naming the file and the command that rebuilds it.
+    """
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no exported prior at {path}: materialize `glp_prior` first")
-    config = json.loads((path / "config.json").read_text())
-    denoiser = GLPDenoiser.from_config_dict(config["denoiser"])
-    denoiser.load_state_dict(load_file(str(path / "model.safetensors")))
-    norm = load_file(str(path / "norm.safetensors"))
+    try:
+        config = json.loads((path / "config.json").read_text())
+        denoiser = GLPDenoiser.from_config_dict(config["denoiser"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise _corrupt(path / "config.json", e, None) from e
+    for name, key in CHECKSUMS.items():
+        if key in config and (path / name).is_file() and (seen := sha256_file(path / name)) != config[key]:
+            raise _corrupt(path / name, f"sha256 {seen[:12]}… differs from {key} {str(config[key])[:12]}… in "
+                           "config.json", config)
+    weights, norm = (_read_safetensors(path / name, config) for name in CHECKSUMS)
+    denoiser.load_state_dict(weights)
     prior = Prior(denoiser.eval(), Normalizer(norm["mean"], norm["std"]), config)
     return prior.to(device)
+
+
+def _read_safetensors(file: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except Exception as e:  # safetensors raises its own SafetensorError (header, offsets) or an OSError
+        raise _corrupt(file, e, config) from e
+
+
+def _corrupt(file: Path, error: BaseException | str, config: dict[str, Any] | None) -> PriorCorrupt:
+    """What is broken and the command that rebuilds it (the partition is the prior's recorded source, if known)."""
+    detail = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
+    detail = " ".join(detail.split())  # one line, whatever the library's message looks like
+    source = config.get("source") if isinstance(config, dict) else None
+    part = f" --partition '{source}'" if isinstance(source, str) else ""
+    return PriorCorrupt(f"{file} is truncated or corrupt ({detail}): delete {file.parent} and re-materialize: "
+                        f"dagster asset materialize -m glp_dagster.definitions --select glp_prior{part}")

@@ -4,13 +4,25 @@ One process by default (the engine is initialised with a gloo/nccl group of size
 `deepspeed`/`torchrun` for more). Batches stream shuffled from the Zarr store; every random choice of step
 s (t and ε) comes from a generator seeded by (seed, s) and batch s is fixed by (seed, epoch, index), so a
 run resumed from a checkpoint takes exactly the same steps as an uninterrupted one.
+
+Checkpoints are trusted only after checks (docs/reliability_checkpoints.md): each tag folder gets a manifest of
+its files' sha256, written last and atomically, so a torn save (killed mid-write, a truncated or missing file) is
+skipped for the previous good tag (the last two are kept) or a fresh start, said in the log; and DeepSpeed's
+`torch.load` runs with `weights_only=True` and only the globals in SAFE_CHECKPOINT_GLOBALS, so a crafted pickle
+is refused, never executed.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import json
+import logging
 import math
 import os
+import pickle
+import re
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -21,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from glp.artifacts import sha256_file, write_atomic
 from glp.config import DenoiserConfig, TrainConfig
 from glp.denoiser import GLPDenoiser
 from glp.flow import flow_matching_loss
@@ -30,6 +43,26 @@ from glp.store import ActivationStore, iter_shuffled_batches, n_batches
 
 class TrainingInterrupted(RuntimeError):
     """Raised when `interrupt_after` steps are done (tests use it to simulate a killed run)."""
+
+
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint file that passed its manifest holds a pickled object outside SAFE_CHECKPOINT_GLOBALS."""
+
+
+MANIFEST = "manifest.json"
+KEEP_CHECKPOINTS = 2  # the newest good tag and one before it, so a torn newest save still has a fallback
+
+# Globals a DeepSpeed 0.19 checkpoint of this trainer pickles beyond what torch's weights_only loader allows by
+# default (tensors, dtypes, torch.Size, plain containers); measured with
+# torch.serialization.get_unsafe_globals_in_checkpoint on ZeRO 0-3, fp32 and bf16 (tests/glp/test_checkpoint_safety.py
+# keeps the list complete). Plain data classes only: nothing here runs code when rebuilt.
+SAFE_CHECKPOINT_GLOBALS = (
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",  # ZeRO/bf16 optimizer states: the (static) loss scaler
+    "deepspeed.runtime.zero.config.ZeroStageEnum",  # an IntEnum
+    "deepspeed.utils.tensor_fragment.fragment_address",  # a dataclass (numel, start) per parameter slice
+)
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,7 +142,8 @@ def train_prior(
     log: Callable[[str], None] | None = None,
     interrupt_after: int | None = None,
 ) -> tuple[GLPDenoiser, TrainResult]:
-    """Train a denoiser on the store's rows; resumes from `ckpt_dir` if it holds a checkpoint of this run."""
+    """Train a denoiser on the store's rows; resumes from the newest good checkpoint of this run in `ckpt_dir`."""
+    ckpt_dir = Path(ckpt_dir)
     init_distributed_env()
     import deepspeed
 
@@ -130,15 +164,18 @@ def train_prior(
     in_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     norm = normalizer.to(engine.device)
 
+    engine.checkpoint_engine = _weights_only_checkpoint_engine()(engine._config)
+    say = log or _log.warning  # what happened to a checkpoint must not go unsaid
+
     losses: list[float] = []
     start = 0
-    if (ckpt_dir / "latest").is_file():
-        _, client = engine.load_checkpoint(str(ckpt_dir))
+    tag = resume_tag(ckpt_dir, say, engine.device)
+    if tag is not None:
+        _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
         start, losses = int(client["step"]), list(client["losses"])
-        if log:
-            log(f"resumed from checkpoint at step {start}/{total}")
+        say(f"resumed from checkpoint {ckpt_dir / tag} at step {start}/{total}")
 
-    rank = int(os.environ.get("RANK", "0"))
+    rank = _rank()
     micro = tcfg.batch_size // world
     engine.train()
     t0 = time.perf_counter()
@@ -161,8 +198,7 @@ def train_prior(
             if log and (step % 100 == 0 or step == total):
                 log(f"step {step}/{total} loss {np.mean(losses[-100:]):.4f} lr {scheduler.get_last_lr()[0]:.2e}")
             if step % tcfg.checkpoint_every == 0 or step == total:
-                engine.save_checkpoint(str(ckpt_dir), tag=f"step{step}", client_state={"step": step, "losses": losses})
-                _prune_checkpoints(ckpt_dir, keep=f"step{step}")
+                save_checkpoint(engine, ckpt_dir, step, {"step": step, "losses": losses})
             if interrupt_after is not None and step >= interrupt_after:
                 raise TrainingInterrupted(f"stopped after step {step} as asked")
     seconds = time.perf_counter() - t0
@@ -185,10 +221,160 @@ def _full_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().cpu() for k, v in state.items()}
 
 
-def _prune_checkpoints(ckpt_dir: Path, keep: str) -> None:
-    """Keep only the newest checkpoint tag (the `latest` file points at it)."""
-    import shutil
+# ---------------------------------------------------------------- checkpoints
 
-    for p in ckpt_dir.iterdir():
-        if p.is_dir() and p.name.startswith("step") and p.name != keep:
-            shutil.rmtree(p, ignore_errors=True)
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _all_ranks_min(value: int, device: torch.device) -> int:
+    """The smallest `value` over all ranks (itself in a single process): how ranks agree on a resume point."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def checkpoint_tags(ckpt_dir: Path) -> list[tuple[int, str]]:
+    """(step, tag) of every `step<N>` folder in `ckpt_dir`, newest first."""
+    if not Path(ckpt_dir).is_dir():
+        return []
+    found = [(int(m.group(1)), p.name) for p in Path(ckpt_dir).iterdir()
+             if p.is_dir() and (m := re.fullmatch(r"step(\d+)", p.name))]
+    return sorted(found, reverse=True)
+
+
+def _checkpoint_files(tag_dir: Path) -> list[str]:
+    return sorted(str(p.relative_to(tag_dir)) for p in tag_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_checkpoint_manifest(tag_dir: Path, step: int) -> Path:
+    """Record size and sha256 of every file of a finished save, then the manifest itself (atomically, last)."""
+    files = {}
+    for name in _checkpoint_files(tag_dir):
+        fd = os.open(tag_dir / name, os.O_RDONLY)  # on disk before the manifest that vouches for it
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        files[name] = {"bytes": (tag_dir / name).stat().st_size, "sha256": sha256_file(tag_dir / name)}
+    manifest = {"format": "glp-checkpoint/1", "step": step, "files": files}
+    return write_atomic(tag_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def verify_checkpoint(tag_dir: Path) -> str | None:
+    """None if every file of the tag matches its manifest (nothing missing, added or changed); else why not."""
+    tag_dir = Path(tag_dir)
+    try:
+        manifest = json.loads((tag_dir / MANIFEST).read_text())
+        files = {str(n): (int(w["bytes"]), str(w["sha256"])) for n, w in manifest["files"].items()}
+    except FileNotFoundError:
+        return f"it has no {MANIFEST} (the save did not finish: killed mid-save?)"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"its {MANIFEST} is unreadable ({type(e).__name__}: {e})"
+    present = set(_checkpoint_files(tag_dir))
+    for name in sorted(present - files.keys()):
+        return f"{tag_dir / name} is not in its {MANIFEST} (a file added after the save)"
+    for name in sorted(files.keys() - present):
+        return f"{tag_dir / name} is missing"
+    for name, (size, sha) in sorted(files.items()):
+        path = tag_dir / name
+        if path.stat().st_size != size:
+            return f"{path} has {path.stat().st_size} bytes where its {MANIFEST} records {size} (truncated or replaced)"
+        if sha256_file(path) != sha:
+            return f"{path} does not match the sha256 in its {MANIFEST} (corrupted or replaced after the save)"
+    return None
+
+
+def resume_tag(ckpt_dir: Path, say: Callable[[str], None], device: torch.device) -> str | None:
+    """The newest checkpoint tag whose files all match their manifest (on every rank), or None to start afresh.
+
+    Nothing is unpickled here: a tag is only read by DeepSpeed once it passed. Every skipped tag is said.
+    """
+    tags = checkpoint_tags(ckpt_dir)
+    step = -1
+    for s, tag in tags:
+        why = verify_checkpoint(ckpt_dir / tag)
+        if why is None:
+            step = s
+            break
+        say(f"checkpoint {ckpt_dir / tag} refused: {why}; trying the one before it")
+    agreed = _all_ranks_min(step, device)  # ranks that disagree take the oldest choice, if all of them can use it
+    if agreed >= 0:
+        usable = agreed == step or verify_checkpoint(ckpt_dir / f"step{agreed}") is None
+        agreed = agreed if _all_ranks_min(int(usable), device) else -1
+    if agreed < 0:
+        if tags:
+            say(f"no usable checkpoint in {ckpt_dir}: training restarts from step 0")
+        return None
+    return f"step{agreed}"
+
+
+def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any]) -> None:
+    """Save tag `step<N>` through DeepSpeed, seal it with its manifest, keep the newest KEEP_CHECKPOINTS sealed tags."""
+    tag = f"step{step}"
+    if _rank() == 0 and (ckpt_dir / tag).exists():
+        shutil.rmtree(ckpt_dir / tag)  # a torn save of this step from a killed run: write it afresh
+    _barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state)  # ends with a barrier of all ranks
+    if _rank() == 0:
+        write_checkpoint_manifest(ckpt_dir / tag, step)
+        _prune_checkpoints(ckpt_dir, KEEP_CHECKPOINTS)
+
+
+def _prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
+    """Delete all but the newest `keep` sealed tags (torn ones too); the manifest goes first, so a half-deleted
+    tag reads as unfinished."""
+    sealed = 0
+    for _, tag in checkpoint_tags(ckpt_dir):
+        if (ckpt_dir / tag / MANIFEST).is_file() and sealed < keep:
+            sealed += 1
+            continue
+        (ckpt_dir / tag / MANIFEST).unlink(missing_ok=True)
+        shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
+
+
+def _allowed_globals() -> list[Any]:
+    out = []
+    for name in SAFE_CHECKPOINT_GLOBALS:
+        module, _, attr = name.rpartition(".")
+        out.append(getattr(importlib.import_module(module), attr))
+    return out
+
+
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = None) -> Any:
+    """`torch.load` of one DeepSpeed checkpoint file with weights_only=True and only SAFE_CHECKPOINT_GLOBALS."""
+    with torch.serialization.safe_globals(_allowed_globals()):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:  # torch stops at the first global outside the list, before calling it
+            m = re.search(r"GLOBAL (\S+)", str(e))
+            what = f"a reference to {m.group(1)}" if m else " ".join(str(e).split())[:200]
+            raise UnsafeCheckpoint(
+                f"{path} holds {what}, which is not in glp.train.SAFE_CHECKPOINT_GLOBALS: refused, nothing in it was "
+                f"run. Delete {Path(path).parent} to resume from the checkpoint before it (or, if a DeepSpeed upgrade "
+                "added a plain data type, review it and add it to the list)") from e
+
+
+@functools.cache
+def _weights_only_checkpoint_engine() -> type:
+    """DeepSpeed's torch checkpoint engine whose `load` is load_checkpoint_file (every load of our resume path
+    goes through `engine.checkpoint_engine.load`)."""
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location: Any = None) -> Any:
+            return load_checkpoint_file(path, map_location)
+
+    return WeightsOnlyCheckpointEngine

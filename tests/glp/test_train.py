@@ -11,21 +11,27 @@ from glp.train import TrainingInterrupted, train_prior
 DCFG = DenoiserConfig(n_blocks=2, time_dim=16)
 
 
-@pytest.fixture()
-def store(tmp_path):
+def tiny_store(path):
+    """2048 rows of 4 clusters in 8 dims."""
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(4, 8)) * 3
     rows = (centers[rng.integers(0, 4, 2048)] + rng.normal(size=(2048, 8)) * 0.3).astype(np.float32)
-    w = StoreWriter(tmp_path / "a.zarr", 8, 256, {})
+    w = StoreWriter(path, 8, 256, {})
     w.append(rows, np.arange(2048), np.ones(2048, np.int32), np.zeros(2048, np.int32))
     w.commit(2048)
     return ActivationStore(w.close())
 
 
-def _train(store, ckpt, **kw):
-    cfg = TrainConfig(batch_size=64, lr=3e-3, checkpoint_every=8, epochs=2)
+@pytest.fixture()
+def store(tmp_path):
+    return tiny_store(tmp_path / "a.zarr")
+
+
+def _train(store, ckpt, interrupt_after=None, log=None, **overrides):
+    """64 steps (2 epochs of 32 batches of 64 rows), a checkpoint every 8; `overrides` change TrainConfig."""
+    cfg = TrainConfig(**{"batch_size": 64, "lr": 3e-3, "checkpoint_every": 8, "epochs": 2, **overrides})
     norm = compute_stats(store, with_cov=False).normalizer()
-    return train_prior(store, norm, DCFG, cfg, ckpt, torch.device("cpu"), **kw)
+    return train_prior(store, norm, DCFG, cfg, ckpt, torch.device("cpu"), log=log, interrupt_after=interrupt_after)
 
 
 def test_deepspeed_training_lowers_the_loss(store, tmp_path):
