@@ -177,6 +177,16 @@ def build_probing_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetCh
 
     @dg.asset_check(asset="probes", blocking=True, partitions_def=partitions)
     @reports_errors
+    def probes_files_intact(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
+        """Every file of the probes folder matches the sha256 recorded in its SHA256SUMS when it was written."""
+        from glp.artifacts import verify_manifest
+
+        problems = verify_manifest(_probes_dir(glp.settings, glp.source(context)))
+        return dg.AssetCheckResult(passed=not problems, metadata={"problems": len(problems)},
+                                   description="; ".join(problems[:3]) + " — re-materialize `probes`" if problems else None)
+
+    @dg.asset_check(asset="probes", blocking=True, partitions_def=partitions)
+    @reports_errors
     def probes_auc_in_unit_interval(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Every reported AUC (1-D and dense, CV and test) is a number in [0, 1]."""
         rep = json.loads((_probes_dir(glp.settings, glp.source(context)) / "results.json").read_text())
@@ -205,4 +215,4 @@ def build_probing_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetCh
                                              "missing": ", ".join(missing) or "none", "same_dataset": same_data})
 
     return [probe_tasks_both_classes_in_each_split, probe_tasks_balanced_and_large_enough, sae_reconstructs,
-            probes_auc_in_unit_interval, probes_every_task_reported]
+            probes_files_intact, probes_auc_in_unit_interval, probes_every_task_reported]

@@ -109,6 +109,26 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
 
     @dg.asset_check(asset="activations", blocking=True, partitions_def=partitions)
     @reports_errors
+    def activations_checksums(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
+        """Every chunk of every array (train and held-out) decodes and matches the checksum recorded at publish."""
+        from glp.store import ActivationStore
+
+        meta: dict = {}
+        problems: list[dict] = []
+        for split in ("train", "heldout"):
+            store = ActivationStore(paths(glp, context).store(split))
+            found = store.verify()
+            meta[f"chunks_{split}"] = store.n_chunks * 4
+            meta[f"problems_{split}"] = len(found)
+            problems += [{"split": split, **p} for p in found]
+        if problems:
+            meta["first_problems"] = dg.MetadataValue.json(problems[:5])
+        return dg.AssetCheckResult(
+            passed=not problems, metadata=meta,
+            description=None if not problems else f"{len(problems)} corrupt chunk(s), first: {problems[0]['problem']}")
+
+    @dg.asset_check(asset="activations", blocking=True, partitions_def=partitions)
+    @reports_errors
     def activations_row_count(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Rows = non-BOS tokens of the covered documents (re-tokenized independently); no BOS row."""
         from glp.store import ActivationStore
@@ -134,6 +154,29 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
         stats = NormStats.load(p.norm_stats)
         ok, meta = norm_stats_suite_result(stats.mean, np.sqrt(stats.var), stats.n, ActivationStore(p.store("train")).n_rows)
         return dg.AssetCheckResult(passed=ok, metadata={**meta, "min_std": float(np.sqrt(stats.var).min())})
+
+    @dg.asset_check(asset="norm_stats", blocking=True, partitions_def=partitions)
+    @reports_errors
+    def norm_stats_no_outlier_dims(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
+        """No dimension's train std is more than 3x off (either way) the held-out store's: one corrupted value
+        blows up one dimension's std, which the suite's per-dimension bounds cannot see."""
+        from glp.stats import NormStats, compute_stats, std_outliers
+        from glp.store import ActivationStore
+
+        p = paths(glp, context)
+        stats = NormStats.load(p.norm_stats)
+        ref = compute_stats(ActivationStore(p.store("heldout")), with_cov=False)
+        out = std_outliers(stats.var, ref.var)
+        ratio = np.sqrt(stats.var / np.maximum(ref.var, 1e-30))
+        return dg.AssetCheckResult(
+            passed=not out,
+            metadata={"outlier_dims": len(out), "std_ratio_min": round(float(ratio.min()), 3),
+                      "std_ratio_max": round(float(ratio.max()), 3),
+                      **({"worst": dg.MetadataValue.json(out[:5])} if out else {})},
+            description=None if not out else f"dimension {out[0]['dim']}: train std is {out[0]['std_ratio']:.3g}x the "
+                        "held-out store's: a corrupt value in the train store? verify it (activations_checksums) and "
+                        "re-materialize `activations`",
+        )
 
     @dg.asset_check(asset="glp_prior", blocking=True, partitions_def=partitions)
     @reports_errors
@@ -183,5 +226,6 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
                                           "fd_heldout_floor")},
         )
 
-    return [activations_finite, activations_row_count, norm_stats_expectations, prior_loss_decreased,
+    return [activations_finite, activations_checksums, activations_row_count, norm_stats_expectations,
+            norm_stats_no_outlier_dims, prior_loss_decreased,
             prior_input_dim_matches_store, prior_eval_finite, prior_beats_gaussian_baseline]

@@ -76,6 +76,36 @@ def publish_dir(tmp: Path, final: Path) -> None:
 # ---------------------------------------------------------------- one writer per artifact
 
 
+MANIFEST = "SHA256SUMS"
+"""Per-folder checksum list, in `sha256sum` format (`sha256sum -c SHA256SUMS` inside the folder checks it too)."""
+
+
+def write_manifest(folder: Path) -> Path:
+    """Record the sha256 of every file under `folder` (before it is published) in `folder/SHA256SUMS`."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    lines = [f"{sha256_file(p)}  {p.relative_to(folder).as_posix()}" for p in files]
+    return write_atomic(folder / MANIFEST, "\n".join(lines) + "\n")
+
+
+def verify_manifest(folder: Path) -> list[str]:
+    """What differs between `folder` and its SHA256SUMS: missing, changed or unlisted files (empty = intact)."""
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return [f"{manifest} is missing: the folder was written before checksums existed, or it was tampered with"]
+    listed = {}
+    for line in manifest.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        listed[name] = digest
+    problems = [f"{folder / n}: missing" for n in listed if not (folder / n).is_file()]
+    problems += [f"{folder / n}: changed since it was written (sha256 differs)" for n, d in listed.items()
+                 if (folder / n).is_file() and sha256_file(folder / n) != d]
+    problems += [f"{p}: not in {MANIFEST}" for p in sorted(folder.rglob("*"))
+                 if p.is_file() and p.name != MANIFEST and p.relative_to(folder).as_posix() not in listed]
+    return problems
+
+
 class ArtifactBusy(RuntimeError):
     """Another process holds the write lock of the artifact: it is being written right now."""
 

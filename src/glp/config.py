@@ -203,7 +203,7 @@ class TrainConfig(_Strict):
     grad_clip: float = Field(1.0, gt=0)
     epochs: int = Field(2, ge=1)
     """Passes over the activations (paper: 1; the CPU default repeats its 400k rows twice: 1,560 steps, ~6 min)."""
-    zero_stage: Literal[0, 1, 2, 3] = 0
+    zero_stage: int = Field(0, ge=0, le=3)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """`auto`: bf16 on a GPU that supports it, fp32 on CPU."""
     checkpoint_every: int = Field(200, ge=1)

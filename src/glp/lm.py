@@ -108,10 +108,21 @@ def load_source_lm(
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
-    except (OSError, ValueError) as e:
-        raise SourceModelError(f"could not load a causal LM from {path}: {e}") from e
+    except Exception as e:  # noqa: BLE001 (OSError, ValueError, safetensors' SafetensorError, torn JSON, ...)
+        raise SourceModelError(_load_error(path, e)) from e
     model.to(dev).eval()
     return SourceLM(model=model, tokenizer=tokenizer, path=str(path), device=dev)
+
+
+def _load_error(path: Path, e: Exception) -> str:
+    """One line: what is broken (the model folder, the weights file when the error is about it) and how to clear it."""
+    weights = sorted(path.glob("*.safetensors"))
+    what = f"{weights[0]} is truncated or corrupt" if weights and "safetensor" in f"{type(e).__name__} {e}".lower() \
+        else f"could not load a causal LM from {path}"
+    asset = next((a for a in ("source_model", "source_lm") if a in path.parts), None)
+    fix = (f"delete {path} and re-materialize `{asset}` (dagster asset materialize -m glp_dagster.definitions "
+           f"--select {asset})" if asset else f"re-save the model into {path} with save_pretrained")
+    return f"{what} ({type(e).__name__}: {str(e)[:200]}): {fix}"
 
 
 def find_module(root: nn.Module, candidates: tuple[str, ...], kind: type[nn.Module] = nn.Module) -> nn.Module | None:

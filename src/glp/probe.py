@@ -427,7 +427,7 @@ def build_probes(settings: Any, source: Any, log: Log | None = None) -> dict[str
     from glp.prior import load_prior
     from glp.probe_tasks import load_tasks, tasks_hash
     from glp.sae import load_sae, sae_dir
-    from glp.artifacts import fresh_temp_dir, publish_dir
+    from glp.artifacts import fresh_temp_dir, publish_dir, write_manifest
     from glp.store import ActivationStore
 
     cfg: ProbeConfig = settings.probe
@@ -465,5 +465,6 @@ def build_probes(settings: Any, source: Any, log: Log | None = None) -> dict[str
     (tmp / "table.md").write_text(table4_markdown(summary, cfg.families) + "\n")
     (tmp / "dashboards.md").write_text(dashboards + "\n")
     (tmp / "per_task.png").write_bytes(per_task_png(rows, cfg.families))
+    write_manifest(tmp)
     publish_dir(tmp, out)
     return {**report, "path": str(out)}

@@ -41,3 +41,20 @@ def test_wrong_layer_names_the_valid_range(tiny_lm):
 def test_missing_model_says_what_to_do(tmp_path):
     with pytest.raises(SourceModelError, match="missing config.json.*save_pretrained"):
         load_source_lm(tmp_path / "nope")
+
+
+def test_a_truncated_model_safetensors_gives_one_line_naming_file_and_fix(tmp_path, tiny_lm):
+    import pytest
+
+    from glp.lm import SourceModelError, load_source_lm
+
+    path = tmp_path / "source_model" / "abc"
+    tiny_lm.model.save_pretrained(path)
+    tiny_lm.tokenizer.save_pretrained(path)
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(SourceModelError) as e:
+        load_source_lm(path, "cpu", "float32")
+    msg = str(e.value)
+    assert "\n" not in msg and "model.safetensors is truncated or corrupt" in msg
+    assert f"delete {path} and re-materialize `source_model`" in msg

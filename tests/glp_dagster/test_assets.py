@@ -40,10 +40,17 @@ def test_downstream_alone_on_a_fresh_instance_names_the_plus_selection(settings)
 
 
 def test_wrong_layer_fails_with_the_valid_range(tmp_path):
-    s = tiny_settings(tmp_path, sources=[{"model": "builtin", "layer": 5}])
-    defs = build_definitions(s)
-    res = dg.materialize([a for a in defs.assets], selection="+activations", instance=dg.DagsterInstance.ephemeral(),
-                         partition_key="builtin/L5", resources=defs.resources, raise_on_error=False)
-    assert not res.success
-    msgs = " ".join(e.step_failure_data.error.message for e in res.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "layer 5 out of range" in msgs and "choose 0..1" in msgs
+    import pytest
+
+    from glp.config import ConfigError, Settings
+
+    # caught at load, before any asset runs, when the model's config is cheap to read
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.layer 5 is out of range for builtin .*0\.\.1"):
+        tiny_settings(tmp_path, sources=[{"model": "builtin", "layer": 5}])
+    # and the extraction step still refuses it when settings skip the load-time check (a model whose config is
+    # not readable up front): the same range, from the loaded model
+    good = tiny_settings(tmp_path)
+    s = Settings(**{**good.model_dump(), "sources": [{"model": "builtin", "layer": 5}]})
+    pipeline.build_source_lm(s)
+    with pytest.raises(Exception, match=r"layer 5 out of range.*choose 0\.\.1"):
+        pipeline.build_activations(s, s.sources[0])

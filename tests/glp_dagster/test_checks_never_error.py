@@ -63,8 +63,12 @@ def test_a_corrupt_artifact_fails_its_checks_with_the_error_as_evidence_and_no_c
     res = run_checks_only(s, "activations", "norm_stats")
 
     evals = {e.asset_check_key.name: e for e in res.get_asset_check_evaluations()}
-    assert set(evals) == {"activations_finite", "activations_row_count", "norm_stats_expectations"}
-    for name, cause in (("activations_finite", "blosc"), ("norm_stats_expectations", "header")):
+    assert set(evals) == {"activations_finite", "activations_checksums", "activations_row_count",
+                          "norm_stats_expectations", "norm_stats_no_outlier_dims"}
+    checksums = evals["activations_checksums"]  # a plain failure with evidence: the chunk, its rows, the decoder error
+    assert not checksums.passed and "cannot be decoded" in checksums.metadata["first_problems"].value[0]["problem"]
+    for name, cause in (("activations_finite", "blosc"), ("norm_stats_expectations", "header"),
+                        ("norm_stats_no_outlier_dims", "header")):
         ev = evals[name]
         assert not ev.passed
         error = ev.metadata["error"].value  # "<type>: <message>", the decoder's complaint in it
