@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/extract.py
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/steer.py
+	$(BIN)/python benchmarks/store_integrity.py
 
 clean:
 	rm -rf assets/store $(DAGSTER_HOME)

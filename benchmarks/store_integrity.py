@@ -31,7 +31,7 @@ def make_store(path: Path, n: int, d: int, chunk_rows: int) -> Path:
     w = StoreWriter(path, d, chunk_rows, {"model": "bench"})
     for i in range(0, n, 8192):
         k = min(8192, n - i)
-        w.append(rng.normal(size=(k, d)).astype(np.float32), np.arange(i, i + k), np.ones(k, np.int32),
+        w.append(rng.normal(size=(k, d)).astype(np.float32), np.arange(i, i + k), rng.integers(1, 512, k).astype(np.int32),
                  rng.integers(0, 50_000, k).astype(np.int32))
         w.commit(i + k)
     return w.close()
