@@ -52,8 +52,10 @@ def user_errors() -> Iterator[None]:
 
 
 def lock_wait_s(context: dg.AssetExecutionContext) -> float:
-    """The run's `glp/lock_wait_s` tag as seconds (0 when absent)."""
-    raw = context.run.tags.get(LOCK_WAIT_TAG, "0")
+    """The run's `glp/lock_wait_s` tag as seconds, else the `lock_wait_s` setting (`GLP_LOCK_WAIT_S`, default 0)."""
+    raw = context.run.tags.get(LOCK_WAIT_TAG)
+    if raw is None:
+        return float(context.resources.glp.settings.lock_wait_s)
     try:
         wait = float(raw)
     except ValueError:

@@ -416,6 +416,9 @@ class Settings(BaseSettings):
     (`GLP_PROFILE=gpu`): the sizes in `GPU_PROFILE` below (more activations, a wider and deeper prior, more prompts
     and probe texts). Any value set explicitly (env, TOML, kwargs) wins over the profile."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    lock_wait_s: float = Field(0.0, ge=0)
+    """Seconds a run waits when another run is writing the same artifact (0: fail at once, naming that run).
+    The run tag `glp/lock_wait_s` overrides it for one run."""
     trust_remote_code: bool = False
     """Passed to `from_pretrained`; off by default (security)."""
 

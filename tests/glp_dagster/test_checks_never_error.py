@@ -129,6 +129,11 @@ def test_a_run_tagged_to_wait_queues_behind_the_writer_and_a_bad_wait_is_a_reada
         assert run("120").success  # the lock came free within the wait
     (err,) = failures(run("soon"))
     assert "run tag glp/lock_wait_s='soon' is not a number of seconds" in err.message
+    # without the tag, the `lock_wait_s` setting (GLP_LOCK_WAIT_S) says how long to wait
+    patient = build_definitions(s.model_copy(update={"lock_wait_s": 120.0}))
+    with holding(paths.norm_stats, asset="norm_stats", hold_s=3.0):
+        assert dg.materialize(list(patient.assets), selection="norm_stats", instance=dg.DagsterInstance.ephemeral(),
+                              partition_key=KEY, resources=patient.resources).success
 
 
 # ---------------------------------------------------------------- the instance config `make run` / `make dev` install
