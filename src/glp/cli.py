@@ -113,6 +113,59 @@ def _seeds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from glp import pipeline
+    from glp.config import load_settings
+    from glp.prior import export_prior
+    from glp.report import model_card
+
+    settings = load_settings()
+    source = settings.source(args.partition) if args.partition else settings.sources[0]
+    paths = pipeline.source_paths(settings, source)
+    out = export_prior(paths.prior, args.out, model_card(settings, source), paths.norm_stats)
+    print(f"exported the prior of {source.key} to {out} (model.safetensors, norm.safetensors, norm_stats.safetensors, "
+          "config.json, README.md model card, SHA256SUMS); load it with glp.load_prior")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    path = Path(args.path)
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        from glp.artifacts import MANIFEST, verify_manifest
+        from glp.prior import load_prior
+
+        prior = load_prior(path)
+        n = sum(p.numel() for p in prior.denoiser.parameters())
+        c = prior.config
+        print(f"GLP prior at {path}: source {c.get('source', '?')}, d {prior.d_model}, {n:,} parameters, "
+              f"{c.get('steps', '?')} steps; weights verified against config.json")
+        if (path / MANIFEST).is_file():
+            problems = verify_manifest(path)
+            print(f"  {MANIFEST}: " + ("every file intact" if not problems else "; ".join(problems)))
+        return 0
+    if (path / "zarr.json").is_file():
+        from glp.store import ActivationStore
+
+        store = ActivationStore(path)
+        a = store.attrs
+        problems = store.verify()
+        print(f"activation store at {path}: {store.n_rows:,} rows x {store.d_model} ({a.get('model')}, layer "
+              f"{a.get('layer', '?')}, split {a.get('split')}), {store.n_chunks} chunks; "
+              + ("every chunk verified" if not problems else f"{len(problems)} problem(s): {problems[0]['problem']}"))
+        return 0 if not problems else 1
+    if (path / "sae.safetensors").is_file():
+        from glp.sae import load_sae
+
+        sae, _, cfg = load_sae(path)
+        print(f"TopK SAE at {path}: d {sae.d_model}, {sae.n_latents:,} latents, k {sae.k}, held-out FVU "
+              f"{cfg.get('heldout_fvu', float('nan')):.4f}; weights verified")
+        return 0
+    print(f"{path}: not a glp prior, activation store or SAE folder", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="glp", description="Generative Latent Priors over LLM activations")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partition", default=None, help="source key (default: the first source)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="extra training seeds (default: 1 2)")
     p.set_defaults(func=_seeds)
+    p = sub.add_parser("export", help="copy a source's trained prior, its norm stats and a generated model card "
+                                      "(README.md) into a folder a model hub accepts as is")
+    p.add_argument("out", help="the folder to write (replaced atomically if it exists)")
+    p.add_argument("--partition", default=None, help="source key (default: the first source)")
+    p.set_defaults(func=_export)
+    p = sub.add_parser("info", help="describe and verify an artifact folder: a prior (or export), an activation "
+                                    "store (.zarr) or an SAE")
+    p.add_argument("path", help="the artifact folder")
+    p.set_defaults(func=_info)
     p = sub.add_parser("steer", help="steer the source LM along a direction; print raw and GLP continuations")
     p.add_argument("--partition", default=None, help="source key, e.g. smollm2-135m/L15 (default: the first source)")
     p.add_argument("--direction", default="sentiment", choices=["sentiment"],

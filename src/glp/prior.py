@@ -103,3 +103,29 @@ def _corrupt(file: Path, error: BaseException | str, config: dict[str, Any] | No
     part = f" --partition '{source}'" if isinstance(source, str) else ""
     return PriorCorrupt(f"{file} is truncated or corrupt ({detail}): delete {file.parent} and re-materialize: "
                         f"dagster asset materialize -m glp_dagster.definitions --select glp_prior{part}")
+
+
+# ---------------------------------------------------------------- export for sharing
+
+
+def export_prior(prior_dir: Path, out: Path, card: str, norm_stats: Path | None = None) -> Path:
+    """Copy an exported prior into `out` for sharing: its safetensors weights, config.json and norm.safetensors,
+    the full normalization stats (with the covariance) if given, and `card` as README.md (the model card);
+    a SHA256SUMS of every file. Written to a temp sibling and renamed: `out` is complete or absent.
+
+    Loading `out` with `load_prior` gives the same network (the checksums in config.json are checked)."""
+    import shutil
+
+    from glp.artifacts import write_manifest
+
+    load_prior(prior_dir)  # refuse to export a corrupt prior
+    out = Path(out)
+    tmp = fresh_temp_dir(out)
+    for name in ("model.safetensors", "norm.safetensors", "config.json"):
+        shutil.copy2(Path(prior_dir) / name, tmp / name)
+    if norm_stats is not None:
+        shutil.copy2(norm_stats, tmp / "norm_stats.safetensors")
+    (tmp / "README.md").write_text(card)
+    write_manifest(tmp)
+    publish_dir(tmp, out)
+    return out

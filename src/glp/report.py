@@ -183,3 +183,70 @@ def results_markdown(settings, source) -> str:  # noqa: ANN001 (Settings, Source
     if seeds_md.is_file():
         out.append("**Over prior seeds** (`glp seeds`; the main run is seed 0):\n\n" + seeds_md.read_text().strip())
     return "\n\n".join(out) + "\n"
+
+
+def model_card(settings, source) -> str:  # noqa: ANN001 (Settings, SourceConfig: kept import-light)
+    """The README.md of an exported prior, from its artifacts: source LLM and layer, data and token counts, compute
+    (N, D, C = 6ND), held-out evaluation with CIs, licences. Hub-style YAML front matter on top."""
+    from glp import pipeline
+    from glp.config import config_hash
+    from glp.source_model import PACKAGED, is_packaged
+    from glp.store import ActivationStore
+
+    paths = pipeline.source_paths(settings, source)
+    cfg = read_json(paths.prior / "config.json") or {}
+    n_params = _n_params(paths.prior)
+    train = ActivationStore(paths.store("train"), verify=False)
+    held = ActivationStore(paths.store("heldout"), verify=False)
+    same_train_cfg = cfg.get("train_config") == config_hash(settings.train)
+    rows_seen = cfg.get("steps", 0) * settings.train.batch_size if same_train_cfg else None
+    licence = PACKAGED[source.model].license if is_packaged(source.model) else "see the source model's own card"
+    lines = ["---", "library_name: glp", "license: other",
+             "tags: [generative-latent-prior, flow-matching, interpretability, activations]", "---", "",
+             f"# GLP prior for `{source.model_name}`, decoder block {source.layer}", "",
+             f"A flow-matching prior (a *Generative Latent Prior*) over the residual-stream output of decoder block "
+             f"{source.layer} of `{source.model_name}`, trained with glp (flow matching through DeepSpeed) on "
+             f"{train.n_rows:,} activations. It models single-token activations in normalized space "
+             "(`norm.safetensors`: the per-dimension mean and std it was trained with).", "",
+             "## Use", "", "```python", "import glp", "from glp.flow import sample", 'prior = glp.load_prior("<this folder>")',
+             "z = sample(prior.denoiser, 8, prior.d_model, steps=20)        # normalized samples",
+             "acts = prior.normalizer.denormalize(z)                        # (8, d) activations", "```", "",
+             "## Source and data", "",
+             markdown_table(["item", "value"], [
+                 ["source model", f"`{source.model}` ({licence})"],
+                 ["layer", f"decoder block {source.layer} (residual-stream output; BOS rows excluded)"],
+                 ["width d", str(train.d_model)],
+                 ["train activations", f"{train.n_rows:,} tokens of {int(train.attrs.get('n_docs', 0)):,} documents"],
+                 ["held-out activations", f"{held.n_rows:,} tokens"],
+                 ["corpus (content hash)", f"`{str(train.attrs.get('corpus_hash', '?'))[:16]}`"],
+                 ["activation dtype", str(train.attrs.get("dtype", "?"))],
+             ]), "",
+             "## Training and compute", "",
+             markdown_table(["item", "value"], [
+                 ["denoiser", ", ".join(f"{k} {v}" for k, v in cfg.get("denoiser", {}).items())],
+                 ["parameters N", f"{n_params:,}"],
+                 ["steps", f"{cfg.get('steps', '?')} (precision {cfg.get('precision', '?')})"],
+                 ["activations seen D", f"{rows_seen:,}" if rows_seen else "unknown (train config changed since)"],
+                 ["compute C = 6·N·D", f"{6 * n_params * rows_seen:.3g} FLOP" if rows_seen else "unknown"],
+                 ["final training loss", f"{cfg.get('final_loss', float('nan')):.4f}"],
+             ]), ""]
+    if ev := read_json(paths.prior_eval):
+        c2 = ev.get("c2st", {})
+        rows = [["held-out flow-matching loss (per dim)", f"{ev['heldout_loss_mean']:.4f}",
+                 f"optimal affine (Gaussian) predictor {ev['gaussian_baseline_loss_mean']:.4f}"]]
+        if "glp" in c2:
+            rows.append(["two-sample test AUC (0.5 = indistinguishable from held-out)",
+                         f"{c2['glp']['auc']:.3f} {_ci(c2['glp']['auc_ci'])}",
+                         f"full-covariance Gaussian {c2['gaussian_full']['auc']:.3f} {_ci(c2['gaussian_full']['auc_ci'])}"])
+        rows.append(["Fréchet distance to held-out (normalized)", f"{ev['fd_glp']:.1f}",
+                     f"noise floor {ev['fd_heldout_floor']:.1f}"
+                     + (f", full-covariance Gaussian {ev['fd_full_gaussian']:.1f}" if "fd_full_gaussian" in ev else "")])
+        lines += ["## Evaluation (held-out)", "", markdown_table(["metric", "this prior", "baseline"], rows), ""]
+    datasheet = Path(settings.corpus.path).parent / "README.md"
+    text = datasheet.read_text() if datasheet.is_file() else ""
+    if "## Sources and licences" in text:
+        table = text.split("## Sources and licences", 1)[1].split("\n## ", 1)[0].strip()
+        lines += ["## Licences", "", f"Source model: {licence}. Training text (from the corpus datasheet):", "", table, ""]
+    else:
+        lines += ["## Licences", "", f"Source model: {licence}. Training text: see the corpus's own datasheet.", ""]
+    return "\n".join(lines)
