@@ -82,12 +82,6 @@ def batch_docs(lm: SourceLM, seqs: Sequence[Sequence[int]], batch_size: int = 32
     return out
 
 
-def heldout_batches(lm: SourceLM, texts: Sequence[str], max_seq_len: int, max_tokens: int,
-                    batch_size: int = 32) -> list[tuple[Tensor, Tensor]]:
-    """Right-padded (ids (B, T), mask (B, T)) batches of `[BOS] + tokens`, up to `max_tokens` non-BOS tokens."""
-    return batch_docs(lm, heldout_docs(lm, texts, max_seq_len, max_tokens)[0], batch_size)
-
-
 def token_doc_ids(batches: Sequence[tuple[Tensor, Tensor]]) -> np.ndarray:
     """The document index of every predicted token, (n_tokens,), in `token_ce`'s order (documents in batch order)."""
     ids, offset = [], 0

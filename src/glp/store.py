@@ -205,6 +205,11 @@ class ActivationStore:
         lo = i * self.chunk_rows
         return f"{self.path}/{name} chunk {i} (rows {lo}..{min(lo + self.chunk_rows, self.n_rows) - 1})"
 
+    def chunk_path(self, name: str, i: int) -> Path:
+        """The file holding chunk i of array `name` (zarr's chunk-key encoding: `acts/c/<i>/0`, `doc_id/c/<i>`)."""
+        arr = self.group[name]
+        return self.path / name / arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
+
     def read_chunk(self, name: str, i: int, verify: bool | None = None) -> np.ndarray:
         """Chunk i of array `name` ("acts" or a provenance array), decoded and (by default) verified."""
         lo = i * self.chunk_rows

@@ -2,10 +2,18 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from glp.config import ConfigError, Settings, load_settings
+
+
+def _use_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str) -> None:
+    """Write `text` as glp.toml in tmp_path and point GLP_CONFIG_FILE at it."""
+    f = tmp_path / "glp.toml"
+    f.write_text(text)
+    monkeypatch.setenv("GLP_CONFIG_FILE", str(f))
 
 
 def test_defaults_are_valid_and_name_the_packaged_smollm2_middle_layer():
@@ -63,9 +71,7 @@ def test_duplicate_sources_are_rejected():
 
 
 def test_toml_file_is_read_and_env_wins(tmp_path, monkeypatch):
-    f = tmp_path / "glp.toml"
-    f.write_text('[train]\nlr = 0.02\nbatch_size = 128\n')
-    monkeypatch.setenv("GLP_CONFIG_FILE", str(f))
+    _use_toml(monkeypatch, tmp_path, '[train]\nlr = 0.02\nbatch_size = 128\n')
     monkeypatch.setenv("GLP_TRAIN__BATCH_SIZE", "64")
     s = Settings()
     assert s.train.lr == 0.02 and s.train.batch_size == 64
@@ -154,17 +160,13 @@ def test_a_missing_config_file_fails_naming_it(monkeypatch, tmp_path):
 
 
 def test_malformed_toml_fails_naming_the_file_line_and_column(monkeypatch, tmp_path):
-    f = tmp_path / "glp.toml"
-    f.write_text('[train]\nlr = 0.02\nbatch_size = = 128\n')
-    monkeypatch.setenv("GLP_CONFIG_FILE", str(f))
+    _use_toml(monkeypatch, tmp_path, '[train]\nlr = 0.02\nbatch_size = = 128\n')
     with pytest.raises(ConfigError, match=r"glp\.toml: not valid TOML: .*line 3, column 14"):
         load_settings()
 
 
 def test_an_unknown_key_in_the_toml_file_is_rejected_naming_it(monkeypatch, tmp_path):
-    f = tmp_path / "glp.toml"
-    f.write_text('[trian]\nlr = 0.02\n')
-    monkeypatch.setenv("GLP_CONFIG_FILE", str(f))
+    _use_toml(monkeypatch, tmp_path, '[trian]\nlr = 0.02\n')
     with pytest.raises(ConfigError, match="trian: Extra inputs are not permitted"):
         load_settings()
 
@@ -205,9 +207,7 @@ def test_non_finite_numbers_are_rejected_naming_the_field(monkeypatch, name, val
 
 
 def test_non_finite_numbers_in_toml_are_rejected(monkeypatch, tmp_path):
-    f = tmp_path / "glp.toml"
-    f.write_text("[train]\nlr = inf\n[steer]\nr_values = [0.0, nan]\n")
-    monkeypatch.setenv("GLP_CONFIG_FILE", str(f))
+    _use_toml(monkeypatch, tmp_path, "[train]\nlr = inf\n[steer]\nr_values = [0.0, nan]\n")
     with pytest.raises(ConfigError, match=r"train\.lr: Input should be a finite number(.|\n)*steer\.r_values\.1"):
         load_settings()
 

@@ -8,7 +8,6 @@ from glp.delta_lm import (
     delta_lm_markdown,
     delta_lm_report,
     fit_pca,
-    heldout_batches,
     heldout_docs,
     pca_mse_by_k,
     token_ce,
@@ -21,7 +20,7 @@ LAYER = 1
 
 
 def test_identity_replacement_leaves_the_loss_unchanged_and_mean_ablation_raises_it(tiny_lm):
-    batches = heldout_batches(tiny_lm, TEXTS[:8], 32, 60)
+    batches = batch_docs(tiny_lm, heldout_docs(tiny_lm, TEXTS[:8], 32, 60)[0])
     clean = token_ce(tiny_lm, LAYER, batches, None)
     same = token_ce(tiny_lm, LAYER, batches, lambda a: a.clone())
     zero = token_ce(tiny_lm, LAYER, batches, lambda a: torch.zeros_like(a))
@@ -29,8 +28,8 @@ def test_identity_replacement_leaves_the_loss_unchanged_and_mean_ablation_raises
     assert not np.allclose(clean, zero)
 
 
-def test_heldout_batches_cap_the_predicted_tokens(tiny_lm):
-    batches = heldout_batches(tiny_lm, TEXTS, 32, 25)
+def test_heldout_docs_cap_the_predicted_tokens(tiny_lm):
+    batches = batch_docs(tiny_lm, heldout_docs(tiny_lm, TEXTS, 32, 25)[0])
     assert sum(int(m[:, 1:].sum()) for _, m in batches) == 25
 
 

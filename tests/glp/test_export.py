@@ -8,20 +8,13 @@ from glp import pipeline
 from glp.artifacts import verify_manifest
 from glp.cli import main
 from glp.prior import load_prior
-from tests.glp_dagster.conftest import tiny_settings
+from tests.glp_dagster.conftest import build_prior_chain, tiny_settings
 
 
 def test_export_round_trips_to_identical_outputs_with_a_model_card(tmp_path, monkeypatch, capsys):
-    from glp.sae import build_sae
-
     s = tiny_settings(tmp_path)
     src = s.sources[0]
-    pipeline.build_source_lm(s)
-    pipeline.build_activations(s, src)
-    pipeline.build_norm_stats(s, src)
-    pipeline.build_prior(s, src)
-    build_sae(s, src)
-    pipeline.evaluate(s, src)
+    build_prior_chain(s, src)
     out = tmp_path / "export"
     from glp.prior import export_prior
     from glp.report import model_card

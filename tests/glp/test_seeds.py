@@ -7,21 +7,15 @@ import json
 from glp import pipeline
 from glp.artifacts import sha256_file
 from glp.seeds import run_seeds, summarize
-from tests.glp_dagster.conftest import tiny_settings
+from tests.glp_dagster.conftest import build_prior_chain, tiny_settings
 
 
 def _main_chain(s, src) -> None:
     from glp.delta_lm import build_delta_lm
     from glp.probe import build_probes
-    from glp.sae import build_sae
     from glp.steer import build_steering
 
-    pipeline.build_source_lm(s)
-    pipeline.build_activations(s, src)
-    pipeline.build_norm_stats(s, src)
-    pipeline.build_prior(s, src)
-    build_sae(s, src)
-    pipeline.evaluate(s, src)
+    build_prior_chain(s, src)
     build_steering(s, src)
     build_delta_lm(s, src)
     build_probes(s, src)

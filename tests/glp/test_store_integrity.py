@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.store_integrity import flip_silently, inject
 from glp.store import PROVENANCE, ActivationStore, StoreCorrupt, StoreWriter, chunk_checksum, iter_shuffled_batches
 
 CHUNK = 32
@@ -18,14 +19,10 @@ def _store(path: Path, n: int = 320, d: int = 8) -> Path:
     w = StoreWriter(path, d, CHUNK, {"model": "m"})
     for i in range(0, n, 40):
         k = min(40, n - i)
-        w.append(rows[i : i + k], np.arange(i, i + k), np.arange(1, k + 1, dtype=np.int32),
+        w.append(rows[i : i + k], np.arange(i, i + k), np.arange(i + 1, i + k + 1, dtype=np.int32),  # no two chunks alike: every swap changes values
                  rng.integers(0, 300, k).astype(np.int32))
         w.commit(i + k)
     return w.close()
-
-
-def _chunk_file(store: Path, name: str, i: int) -> Path:
-    return store / name / "c" / str(i) / "0" if name == "acts" else store / name / "c" / str(i)
 
 
 def _decoded(store: Path) -> dict[str, np.ndarray]:
@@ -39,25 +36,10 @@ def test_a_published_store_records_one_checksum_per_chunk_and_verifies_clean(tmp
     assert sums["algorithm"] == "crc32" and sums["chunk_rows"] == CHUNK
     assert {k: len(v) for k, v in sums["arrays"].items()} == dict.fromkeys(("acts", *PROVENANCE), 10)
     assert sums["arrays"]["acts"][3] == chunk_checksum(store.acts[96:128])
+    assert store.chunk_path("acts", 3) == store.path / "acts" / "c" / "3" / "0"
+    assert store.chunk_path("doc_id", 3) == store.path / "doc_id" / "c" / "3"
     assert store.verify() == []
     np.testing.assert_array_equal(store.rows(50, 170), store.acts[50:170])
-
-
-def _inject(kind: str, store: Path, name: str, i: int, rng: np.random.Generator) -> None:
-    f = _chunk_file(store, name, i)
-    data = bytearray(f.read_bytes())
-    if kind == "bitflip":
-        pos = int(rng.integers(0, len(data)))
-        data[pos] ^= 1 << int(rng.integers(0, 8))
-        f.write_bytes(bytes(data))
-    elif kind == "truncate":
-        f.write_bytes(bytes(data[: int(rng.integers(0, len(data)))]))
-    elif kind == "swap":
-        j = (i + 1 + int(rng.integers(0, 8))) % 10
-        g = _chunk_file(store, name, j)
-        a, b = f.read_bytes(), g.read_bytes()
-        f.write_bytes(b)
-        g.write_bytes(a)
 
 
 @pytest.mark.parametrize("kind", ["bitflip", "truncate", "swap"])
@@ -73,7 +55,7 @@ def test_injected_corruptions_are_detected_and_named(tmp_path, kind):
         i = int(rng.integers(0, 10))
         bad = tmp_path / f"{kind}{trial}.zarr"
         shutil.copytree(clean, bad)
-        _inject(kind, bad, name, i, rng)
+        inject(kind, bad, name, i, rng)
         problems = ActivationStore(bad).verify()
         if problems:
             detected += 1
@@ -89,21 +71,7 @@ def test_injected_corruptions_are_detected_and_named(tmp_path, kind):
 
 def test_the_training_loader_stops_on_a_corrupt_chunk_naming_it(tmp_path):
     path = _store(tmp_path / "a.zarr")
-    f = _chunk_file(path, "acts", 4)
-    data = bytearray(f.read_bytes())
-    values = ActivationStore(path).chunk(4)
-    # flip bits until the chunk still decodes but to other values (the silent case the checksum is for)
-    for pos in range(len(data) - 1, 0, -1):
-        trial = bytearray(data)
-        trial[pos] ^= 0x10
-        f.write_bytes(bytes(trial))
-        try:
-            if not np.array_equal(ActivationStore(path, verify=False).chunk(4), values):
-                break
-        except StoreCorrupt:
-            continue
-    else:
-        pytest.fail("no silent-decoding flip found")
+    flip_silently(path, 4)  # still decodes, to other values: the silent case the checksum is for
     with pytest.raises(StoreCorrupt, match=r"acts chunk 4 \(rows 128\.\.159\) does not match its recorded checksum"):
         for _ in iter_shuffled_batches(ActivationStore(path), 16, seed=0):
             pass
@@ -113,7 +81,7 @@ def test_the_training_loader_stops_on_a_corrupt_chunk_naming_it(tmp_path):
 
 def test_an_undecodable_chunk_names_the_place_instead_of_the_codec_error(tmp_path):
     path = _store(tmp_path / "a.zarr")
-    _chunk_file(path, "doc_id", 2).write_bytes(b"\x00garbage")
+    ActivationStore(path).chunk_path("doc_id", 2).write_bytes(b"\x00garbage")
     with pytest.raises(StoreCorrupt, match=r"doc_id chunk 2 \(rows 64\.\.95\) cannot be decoded .* re-materialize"):
         ActivationStore(path).provenance("doc_id")
 

@@ -94,6 +94,20 @@ def tiny_settings(tmp: Path, **overrides) -> Settings:
     return load_settings(**values)
 
 
+def build_prior_chain(s: Settings, src) -> None:  # noqa: ANN001 (SourceConfig)
+    """Every library step up to the evaluated prior, in pipeline order: source LM, activations, norm stats, prior,
+    SAE (prior_eval compares with it), prior_eval."""
+    from glp import pipeline
+    from glp.sae import build_sae
+
+    pipeline.build_source_lm(s)
+    pipeline.build_activations(s, src)
+    pipeline.build_norm_stats(s, src)
+    pipeline.build_prior(s, src)
+    build_sae(s, src)
+    pipeline.evaluate(s, src)
+
+
 @pytest.fixture()
 def settings(tmp_path: Path) -> Settings:
     return tiny_settings(tmp_path)
