@@ -37,6 +37,15 @@ def test_gpu_profile_raises_sizes_but_explicit_values_win(monkeypatch):
     assert load_settings(profile="gpu", store={"max_tokens": 7}).store.max_tokens == 7
 
 
+def test_gpu_profile_is_paper_scale_in_bf16():
+    """What issue 12 asks of the profile: >= 10 M activations, the paper's widths (D = 2d, H = 4d), bf16 everywhere."""
+    s = load_settings(profile="gpu")
+    assert s.store.max_tokens >= 10_000_000
+    assert (s.denoiser.width_mult, s.denoiser.hidden_mult) == (2.0, 4.0) and s.denoiser.n_blocks >= 3
+    assert s.store.dtype == "bfloat16" and s.train.precision == "bf16"
+    assert s.train.batch_size == 4096 and s.train.epochs == 1  # the paper's batch, one pass over the activations
+
+
 def test_an_unknown_profile_is_rejected(monkeypatch):
     monkeypatch.setenv("GLP_PROFILE", "tpu")
     with pytest.raises(ConfigError, match="profile"):
