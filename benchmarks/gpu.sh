@@ -31,7 +31,7 @@ if "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'
   EXT_1B=(--docs 4096 --batch-size 128 --max-seq-len 256)
   TRAIN_SMOL=(--steps 300 --matmul-k 8192)  # steady state over steps 100->300; matmul (4096 x 8192) @ (8192 x 8192)
   TRAIN_1B=(--steps 120 --matmul-k 8192)
-  LIMIT=150  # seconds per part, so one slow part cannot take the others' time
+  LIMIT=${GPU_PART_LIMIT:-130}  # seconds per part, so one slow part cannot take the others' time
 else
   DEV=cpu
   EXT_SMOL=(--docs 16 --batch-size 8 --max-seq-len 64 --repeats 1)
