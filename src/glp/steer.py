@@ -508,10 +508,12 @@ def pareto_png(report: dict[str, Any]) -> bytes:
     from glp.report import pyplot, to_png
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(9.5, 6), dpi=100)
     modes = list(dict.fromkeys(r["mode"] for r in report["rows"]))
     colors = dict(zip(modes, ("#d95f02", "#1b9e77", "#7570b3", "#e7298a", "#66a61e")))
-    for mode, color in colors.items():
+    # each mode writes its r labels on its own side of the points, so labels of nearby points do not overlap
+    offsets = [(7, -13), (7, 7), (-40, 7), (-40, -13), (7, 17)]
+    for k, (mode, color) in enumerate(colors.items()):
         rows = [r for r in report["rows"] if r["mode"] == mode]
         x = [r["nll"] for r in rows]
         y = [r["concept"] for r in rows]
@@ -520,13 +522,29 @@ def pareto_png(report: dict[str, Any]) -> bytes:
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, color=color, marker="o", capsize=2, lw=1.4,
                     label="raw steering" if mode == "raw" else f"with GLP, t_start {rows[0]['t_start']:g}")
         for r in rows:
-            ax.annotate(f"r={r['r']:g}", (r["nll"], r["concept"]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(f"r={r['r']:g}", (r["nll"], r["concept"]), fontsize=8, color=color,
+                        xytext=offsets[k % len(offsets)], textcoords="offset points",
+                        bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
     ax.set(xlabel="continuation NLL under unsteered LM (nats, lower = more fluent)",
            ylabel="P(positive), judge trained on reviews + tweets",
            title="steering: concept vs fluency (95% CI, clustered by prompt)")
     ax.legend()
     return to_png(fig)
+
+
+def pareto_inline(report: dict[str, Any]) -> str:
+    """The headline of the Pareto plot as an inline chart (glp.report.inline_line_chart): concept vs NLL for r ≥ 0,
+    raw and with GLP at the main t_start, the largest r labelled."""
+    from glp.report import inline_line_chart
+
+    series, labels = [], []
+    for mode, name in (("raw", "raw"), ("glp", f"GLP t {report['config']['t_start']:g}")):
+        rows = sorted((r for r in report["rows"] if r["mode"] == mode and r["r"] >= 0), key=lambda r: r["r"])
+        series.append((name, [r["nll"] for r in rows], [r["concept"] for r in rows]))
+        labels += [(rows[-1]["nll"], rows[-1]["concept"], f"r={rows[-1]['r']:g}"),
+                   (rows[0]["nll"], rows[0]["concept"], f"r={rows[0]['r']:g}")]
+    return inline_line_chart(series, "P(positive) vs NLL, r ≥ 0", "NLL, nats/token (left = more fluent)",
+                             labels=labels, dots=True)
 
 
 def steering_markdown(report: dict[str, Any]) -> str:
@@ -573,11 +591,11 @@ def steering_markdown(report: dict[str, Any]) -> str:
          for p in report["paired"]],
     )
     ex = []
-    for r in report["rows"]:
-        ex.append(f"**{r['mode']} r={r['r']:g}**")
+    for r in report["rows"]:  # a blank line around each heading: markdown would run it into the last bullet
+        ex += ["", f"**{r['mode']} r={r['r']:g}**", ""]
         ex += [f"- *{e['prompt']}* → {e['continuation']!r}" for e in r["examples"]]
     return ("\n\n".join(head) + "\n\n" + table + "\n\nPaired differences (same prompts and seeds):\n\n" + paired
-            + "\n\nExamples:\n\n" + "\n".join(ex))
+            + "\n\nExamples:\n" + "\n".join(ex))
 
 
 def r0_matches_unsteered(report: dict[str, Any]) -> bool:

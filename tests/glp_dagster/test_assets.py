@@ -23,7 +23,7 @@ def test_whole_chain_materializes_with_passing_checks(settings):
     assert mats == {"corpus", "labelled", "source_lm", "source_model", "activations", "norm_stats", "glp_prior", "prior_eval",
                     "steering", "delta_lm", "probe_tasks", "sae", "probes"}
     meta = res.asset_materializations_for_node("activations")[0].metadata
-    assert meta["rows_train"].value >= 1500
+    assert meta["dagster/row_count"].value >= 1500 and "train documents" in meta["token_cap"].value
     src = settings.sources[0]
     report = json.loads(pipeline.source_paths(settings, src).prior_eval.read_text())
     assert report["n_heldout"] > 0 and report["heldout_loss_mean"] > 0

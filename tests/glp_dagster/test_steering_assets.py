@@ -26,7 +26,8 @@ def test_steering_and_delta_lm_materialize_after_the_chain_with_passing_checks(t
 
     meta = res.asset_materializations_for_node("steering")[0].metadata
     assert meta["continuations_per_setting"].value == 4 and meta["passes_per_token"].value == 2
-    assert "data:image/png;base64" in meta["pareto"].value and "| glp | 2 |" in meta["report"].value
+    assert "data:image/png;base64" in meta["pareto_full"].value and "| glp | 2 |" in meta["report"].value
+    assert meta["pareto"].value.startswith("![chart](<data:image/svg+xml,") and len(meta["pareto"].value) < 1000
     assert 0 <= meta["direction_auc_heldout"].value <= 1 and meta["judge_accuracy_heldout"].value > 0.5
     root = pipeline.source_paths(settings, settings.sources[0]).root
     rep = json.loads((root / "steering.json").read_text())
