@@ -66,8 +66,11 @@ def norm_stats_suite_result(mean: np.ndarray, std: np.ndarray, n_rows: int, stor
     import great_expectations as gx
     import pandas as pd
 
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     df = pd.DataFrame({"dim": np.arange(len(mean)), "mean": mean, "std": std, "n": n_rows})
     ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # its tqdm bars would litter the run's console
     batch = (
         ctx.data_sources.add_pandas("norm_stats")
         .add_dataframe_asset("per_dim")

@@ -8,14 +8,39 @@ configured sources, so adding a layer adds a partition.
 
 from __future__ import annotations
 
+import logging
+import os
+import warnings
+
 import dagster as dg
 
 from glp.config import Settings, load_settings
 from glp_dagster.assets import build_assets
 from glp_dagster.checks import build_checks
+from glp_dagster.console import console_logger
 from glp_dagster.assets_probing import build_probing_assets, build_probing_checks
 from glp_dagster.assets_steering import build_steering_assets, build_steering_checks
 from glp_dagster.resources import settings_resource
+
+# Two framework notices about features we chose knowingly, printed once per check or selection on every run:
+# partitioned asset checks (preview in 1.13) and the `--select` parser's include_sources (beta). Only these two.
+warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning)
+warnings.filterwarnings("ignore", message="Parameter `include_sources` of function `AssetSelection.all`",
+                        category=dg.BetaWarning)
+# The console shows our own progress lines (glp.progress); transformers' tqdm bars (loading weights, writing shards:
+# under a second each) would break into them. Read when transformers is imported, so set before any step runs.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+class _NoCpuFallbackNotice(logging.Filter):
+    """DeepSpeed warns on import that it found no GPU and uses the CPU; glp picks the device itself
+    (settings.device), so on a CPU machine the notice says nothing new."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Setting accelerator to CPU")
+
+
+logging.getLogger("DeepSpeed").addFilter(_NoCpuFallbackNotice())
 
 
 def source_partitions(settings: Settings) -> dg.StaticPartitionsDefinition:
@@ -34,6 +59,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=assets,
         asset_checks=checks,
         resources={"glp": settings_resource(settings)},
+        # a quiet console (glp_dagster.console): step start/end lines and progress; every event stays in the event log
+        loggers={"console": console_logger(a.node_def.name for a in assets if a.is_executable)},
         # one process: steps share the loaded torch/transformers imports (STACK.md: 4.6 s vs 14 s)
         executor=dg.in_process_executor,
     )

@@ -34,7 +34,9 @@ class ExtractResult:
 
 def tokenize_doc(lm: SourceLM, text: str, max_seq_len: int) -> list[int]:
     """`[BOS] + tokens`, truncated to max_seq_len ids."""
-    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    # verbose=False: the whole document is tokenized, then cut here, so transformers' "sequence length is longer than
+    # the maximum ... will result in indexing errors" would be a false alarm (no over-long sequence reaches the model)
+    ids = lm.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     return [lm.bos_id, *ids[: max_seq_len - 1]]
 
 

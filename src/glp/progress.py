@@ -1,0 +1,89 @@
+"""Progress of a long loop, as one line every few seconds with its rate and ETA.
+
+    prog = Progress("extract train", total=400_000, unit="tok", log=print)
+    for batch in batches:
+        ...
+        prog.update(len(batch))  # prints at most every `every_s` seconds:
+    # extract train: 41,230/400,000 tok (10%) 2,340 tok/s, ETA 2:33
+
+The library's loops take an optional `log` callable (Dagster assets pass `context.log.info`); without one the
+lines go to `logging.getLogger("glp.progress")` at INFO, so a notebook stays quiet unless it configures logging.
+`is_progress` recognizes these lines, so a console can draw them in place instead of one line each.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+
+Log = Callable[[str], None]
+
+_logger = logging.getLogger(__name__)
+_PROGRESS = re.compile(r", (ETA|elapsed) [\d?]+:[\d?]{2}(:\d\d)?(?=,|$)")
+
+
+def duration(seconds: float) -> str:
+    """`2:41` (minutes:seconds) or `1:02:41` past an hour."""
+    s = max(0, round(seconds))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _count(x: float) -> str:
+    return f"{x:,.0f}" if x == int(x) else f"{x:,.1f}"
+
+
+def _rate(per_s: float, unit: str) -> str:
+    u = unit or "it"
+    if per_s >= 100:
+        return f"{per_s:,.0f} {u}/s"
+    if per_s >= 1:
+        return f"{per_s:.1f} {u}/s"
+    return f"{1 / per_s:.1f} s/{u}" if per_s > 0 else f"- {u}/s"
+
+
+def is_progress(message: str) -> bool:
+    """Whether `message` is a `Progress` line (a console may redraw these in place)."""
+    return bool(_PROGRESS.search(message))
+
+
+class Progress:
+    """Counts work done towards `total` (None if unknown) and reports it through `log` at most every `every_s`
+    seconds: `label: done/total unit (pct%) rate, ETA m:ss[, note]`. The rate is the average since the start."""
+
+    def __init__(self, label: str, total: float | None, unit: str = "", log: Log | None = None,
+                 every_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.label, self.total, self.unit = label, total, unit
+        self.log: Log = log or _logger.info
+        self.every_s = every_s
+        self.clock = clock
+        self.done = 0.0
+        self.t0 = self._last = clock()
+
+    def update(self, n: float = 1, note: str = "") -> None:
+        """Add `n` units of work done; report if `every_s` has passed since the last report."""
+        self.set(self.done + n, note)
+
+    def set(self, done: float, note: str = "") -> None:
+        """Set the work done so far (for loops that know their position, e.g. a training step)."""
+        self.done = done
+        now = self.clock()
+        if now - self._last >= self.every_s:
+            self._last = now
+            self.log(self.message(now, note))
+
+    def message(self, now: float | None = None, note: str = "") -> str:
+        now = self.clock() if now is None else now
+        elapsed = max(now - self.t0, 1e-9)
+        rate = self.done / elapsed
+        unit = f" {self.unit}" if self.unit else ""
+        if self.total:
+            pct = min(100, int(100 * self.done / self.total))
+            left = (self.total - self.done) / rate if rate > 0 else float("inf")
+            eta = duration(left) if left != float("inf") else "?:??"
+            head = f"{self.label}: {_count(self.done)}/{_count(self.total)}{unit} ({pct}%) {_rate(rate, self.unit)}, ETA {eta}"
+        else:
+            head = f"{self.label}: {_count(self.done)}{unit} {_rate(rate, self.unit)}, elapsed {duration(elapsed)}"
+        return f"{head}, {note}" if note else head
