@@ -37,6 +37,7 @@ from glp.artifacts import sha256_file, write_atomic
 from glp.config import DenoiserConfig, TrainConfig
 from glp.denoiser import GLPDenoiser
 from glp.flow import flow_matching_loss
+from glp.progress import Progress
 from glp.stats import Normalizer
 from glp.store import ActivationStore, iter_shuffled_batches, n_batches
 
@@ -180,6 +181,7 @@ def train_prior(
     engine.train()
     t0 = time.perf_counter()
     step = start
+    progress = Progress("train", total, "step", log, done=start)
     for epoch in range(start // per_epoch, tcfg.epochs):
         first = step - epoch * per_epoch
         for batch in iter_shuffled_batches(store, tcfg.batch_size, tcfg.seed, epoch, start_batch=first):
@@ -195,8 +197,7 @@ def train_prior(
             engine.step()
             losses.append(float(loss.detach()))
             step += 1
-            if log and (step % 100 == 0 or step == total):
-                log(f"step {step}/{total} loss {np.mean(losses[-100:]):.4f} lr {scheduler.get_last_lr()[0]:.2e}")
+            progress.set(step, lambda: f"loss {np.mean(losses[-100:]):.4f} lr {scheduler.get_last_lr()[0]:.2e}")
             if step % tcfg.checkpoint_every == 0 or step == total:
                 save_checkpoint(engine, ckpt_dir, step, {"step": step, "losses": losses})
             if interrupt_after is not None and step >= interrupt_after:
