@@ -36,6 +36,7 @@ from glp.judges import (MOVIE_SNIPPETS, SentimentJudge, auc_ci, continuation_nll
                         fit_sentiment_judge, left_pad, rewind_cache, vader_compound)
 from glp.corpus import load_labelled
 from glp.lm import SourceLM
+from glp.progress import Progress
 from glp.prior import Prior
 
 Edit = Callable[[Tensor], Tensor]  # (B, d) newest-position activations -> edited (B, d)
@@ -409,6 +410,7 @@ def steering_report(lm: SourceLM, layer: int, prior: Prior, w: Tensor, mean_norm
     settings = []
     # `glp` = SDEdit from cfg.t_start (the paper's 0.5); `glp@t` = the same from each extra t_start (sensitivity)
     t_of = {"raw": cfg.t_start, "glp": cfg.t_start, **{glp_mode(t): t for t in cfg.extra_t_starts}}
+    progress = Progress("steer generate", len(t_of) * len(cfg.r_values), "setting", log)
     for mode in t_of:
         for r in cfg.r_values:
             t1 = time.perf_counter()
@@ -416,8 +418,7 @@ def steering_report(lm: SourceLM, layer: int, prior: Prior, w: Tensor, mean_norm
             edit = steer_edit(w, r * mean_norm, None if mode == "raw" else prior, t_of[mode], cfg.steps, cfg.solver, g)
             cont = generate(lm, prompt_ids, layer=layer, edit=edit, prefix=pre, **gen_kw)
             settings.append({"mode": mode, "r": r, "tokens": cont, "seconds": time.perf_counter() - t1})
-            if log:
-                log(f"steer {mode} r={r}: generated in {settings[-1]['seconds']:.1f} s")
+            progress.update(1, f"{mode} r={r} took {settings[-1]['seconds']:.1f} s")
     t1 = time.perf_counter()
     nlls = continuation_nll_sets(lm, prompt_ids, [s["tokens"] for s in settings])
     seconds_nll = time.perf_counter() - t1
@@ -427,6 +428,7 @@ def steering_report(lm: SourceLM, layer: int, prior: Prior, w: Tensor, mean_norm
     concept_all, vader_all = judge.p_positive(flat), vader_compound(flat)
     seconds_judge = time.perf_counter() - t1
     rows = []
+    judged = Progress("steer scores", len(settings), "setting", log, every_s=0)
     for k, (s, dec, nll) in enumerate(zip(settings, decoded, nlls)):
         sl = slice(k * len(texts), (k + 1) * len(texts))
         concept, vader = concept_all[sl], vader_all[sl]
@@ -444,9 +446,8 @@ def steering_report(lm: SourceLM, layer: int, prior: Prior, w: Tensor, mean_norm
             "seconds": s["seconds"],
             "examples": [{"prompt": p, "continuation": d} for p, d in list(zip(texts, dec))[::reps][:3]],
         })
-        if log:
-            log(f"steer {s['mode']} r={s['r']}: concept {concept.mean():.3f} nll {nll.mean():.3f} "
-                f"distinct-2 {d2.mean():.3f}")
+        judged.update(1, f"{s['mode']} r={s['r']}: concept {concept.mean():.3f} nll {nll.mean():.3f} "
+                         f"distinct-2 {d2.mean():.3f}")  # every setting: the event log keeps them all
     # paired GLP − raw differences per r (same prompts, same sampling seed), CIs clustered by prompt
     by = {(s["mode"], s["r"]): s for s in settings}
 
