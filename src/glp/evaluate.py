@@ -21,6 +21,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from glp.config import EvalConfig
+from glp.progress import Progress
 from glp.flow import flow_matching_loss, sample
 
 ArrayLike = np.ndarray | Tensor
@@ -270,6 +271,7 @@ def evaluate_prior(
     device: torch.device | str,
     reconstructions: Mapping[str, tuple[str, Reconstruct]] | None = None,
     denormalize: Callable[[np.ndarray], np.ndarray] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Held-out loss per t vs the affine baseline; FD and C2ST of every candidate against held-out rows.
 
@@ -289,8 +291,10 @@ def evaluate_prior(
         raise ValueError(f"{n} held-out rows: evaluation needs at least 32 (two sets of 16) for FD and the C2ST; "
                          "raise store.heldout_max_tokens")
 
+    progress = Progress("prior_eval", None, "stage", log)  # its total is set once the candidates are known
     loss = heldout_loss(model, heldout, cfg.n_t, cfg.seed)
     base = gaussian_baseline_loss(train_cov, loss["t"])
+    progress.update(1, "held-out loss")
 
     perm = np.random.default_rng(cfg.seed).permutation(n)
     ref, other = heldout[perm[:n_fd]], heldout[perm[n_fd : 2 * n_fd]]
@@ -311,6 +315,8 @@ def evaluate_prior(
             sets[key] = _np64(fn(torch.from_numpy(other)))
         labels[key] = label
     sets["heldout_floor"] = _np64(other)
+    sweep_steps = sorted(set(cfg.sweep_steps) - {cfg.sample_steps})
+    progress.total = 1 + len(sets) + len(sweep_steps)  # held-out loss, each candidate's FD + C2ST, the sweep
 
     raw_ref = denormalize(_np64(ref)) if denormalize is not None else None
     sizes = sorted({max(2, n_fd // 4), max(2, n_fd // 2), n_fd})
@@ -324,10 +330,12 @@ def evaluate_prior(
             "c2st": c2st(ref, rows, cfg, seed=cfg.seed + i),
             "row_norm": row_norm_quantiles(rows),
         }
+        progress.update(1, f"{key}: C2ST AUC {candidates[key]['c2st']['auc']:.3f}")
     sweep = []
-    for steps in sorted(set(cfg.sweep_steps) - {cfg.sample_steps}):
+    for steps in sweep_steps:
         rows = glp_samples(steps)
         sweep.append({"steps": steps, "fd": frechet_distance(rows, ref), "c2st_auc": c2st(ref, rows, cfg, cfg.seed)["auc"]})
+        progress.update(1, f"sampler sweep: {steps} steps")
     sweep.append({"steps": cfg.sample_steps, "fd": candidates["glp"]["fd"], "c2st_auc": candidates["glp"]["c2st"]["auc"]})
     sweep.sort(key=lambda r: r["steps"])
 
