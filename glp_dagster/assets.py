@@ -269,7 +269,7 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
         require_upstream(paths.prior, "glp_prior", "prior_eval", context.partition_key)
         require_upstream(sae_dir(paths.root), "sae", "prior_eval", context.partition_key)
         with user_errors(), writing(context, paths.prior_eval):
-            rep = pipeline.evaluate(s, src)
+            rep = pipeline.evaluate(s, src, log=context.log.info)
         return dg.MaterializeResult(
             metadata=readable({
                 "result": inline(eval_headline(rep)),

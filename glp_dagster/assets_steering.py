@@ -71,7 +71,7 @@ def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinitio
         require_upstream(pipeline.source_paths(s, src).prior, "glp_prior", "delta_lm", context.partition_key)
         require_upstream(sae_dir(pipeline.source_paths(s, src).root), "sae", "delta_lm", context.partition_key)
         with user_errors(), writing(context, pipeline.source_paths(s, src).root / "delta_lm.json"):
-            rep = build_delta_lm(s, src)
+            rep = build_delta_lm(s, src, log=context.log.info)
         m = rep["methods"]
         return dg.MaterializeResult(
             metadata=readable({

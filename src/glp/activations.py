@@ -19,6 +19,7 @@ import torch
 
 from glp.config import StoreConfig
 from glp.lm import SourceLM, capture_residual, run_until_captured
+from glp.progress import Progress
 from glp.store import StoreWriter
 
 
@@ -78,6 +79,7 @@ def extract_activations(
         log(f"resuming {out.name} after {start_docs} documents ({start_rows} rows)")
     t0 = time.perf_counter()
     cap = max_tokens if max_tokens is not None else float("inf")
+    progress = Progress(f"extract {out.stem}", max_tokens, "tok", log, done=start_rows)
     rows_total = writer.n_rows
     docs = iter(texts)
     for _ in range(writer.n_docs):  # resume: these documents are already in the store
@@ -112,9 +114,10 @@ def extract_activations(
         if window:
             writer.append(**{k: np.concatenate(v) for k, v in parts.items()})
         writer.commit(doc)  # the resume point: a whole window is on disk
-        if log:
-            log(f"{out.name}: {writer.n_rows} rows from {writer.n_docs} docs")
+        progress.set(writer.n_rows, lambda: f"{writer.n_docs:,} docs")
     seconds = time.perf_counter() - t0
     n_new = writer.n_rows - start_rows
+    if log:
+        log(f"{out.name}: {writer.n_rows:,} rows from {writer.n_docs:,} docs ({n_new / max(seconds, 1e-9):,.0f} tok/s)")
     writer.close({"n_docs_seen": writer.n_docs, "tokens_per_s": n_new / max(seconds, 1e-9)})
     return ExtractResult(out, writer.n_rows, writer.n_docs, lm.d_model, seconds, n_new / max(seconds, 1e-9))

@@ -29,6 +29,7 @@ from glp.artifacts import write_atomic
 from glp.evaluate import bootstrap_ci
 from glp.lm import SourceLM
 from glp.prior import Prior
+from glp.progress import Log, Progress
 
 Replace = Callable[[Tensor], Tensor]  # rows (n, d) -> reconstructions (n, d)
 
@@ -93,7 +94,8 @@ def token_doc_ids(batches: Sequence[tuple[Tensor, Tensor]]) -> np.ndarray:
 
 
 @torch.inference_mode()
-def token_ce(lm: SourceLM, layer: int, batches: Sequence[tuple[Tensor, Tensor]], fn: Replace | None) -> np.ndarray:
+def token_ce(lm: SourceLM, layer: int, batches: Sequence[tuple[Tensor, Tensor]], fn: Replace | None,
+             progress: Progress | None = None) -> np.ndarray:
     """Next-token CE (nats) of every predicted token, (n_tokens,), with block `layer` replaced by `fn` (None = clean)."""
     ces = []
     for ids, mask in batches:
@@ -105,6 +107,8 @@ def token_ce(lm: SourceLM, layer: int, batches: Sequence[tuple[Tensor, Tensor]],
             logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
         ces.append(ce[mask[:, 1:].bool()].cpu().numpy())
+        if progress is not None:
+            progress.update(1)
     return np.concatenate(ces).astype(np.float64)
 
 
@@ -145,7 +149,8 @@ def layer_rows(lm: SourceLM, layer: int, batches: Sequence[tuple[Tensor, Tensor]
 
 
 def delta_lm_report(lm: SourceLM, layer: int, prior: Prior, texts: Sequence[str], train_rows: np.ndarray,
-                    cfg: DeltaLMConfig, max_seq_len: int = 128, sae: Any = None) -> dict[str, Any]:
+                    cfg: DeltaLMConfig, max_seq_len: int = 128, sae: Any = None,
+                    log: Log | None = None) -> dict[str, Any]:
     """ΔCE of GLP, SAE (if given: a `glp.sae.TopKSAE` on normalized rows), PCA-k and mean-ablation reconstructions
     on held-out `texts`; train_rows (n, d) fit the PCA.
 
@@ -165,7 +170,8 @@ def delta_lm_report(lm: SourceLM, layer: int, prior: Prior, texts: Sequence[str]
                          "choose PCA-k on; lower delta_lm.max_tokens or give the corpus a larger held-out split")
     batches, sel_batches = batch_docs(lm, scored), batch_docs(lm, select)
     docs = token_doc_ids(batches)
-    clean = token_ce(lm, layer, batches, None)
+    progress = Progress("delta_lm", None, "batch", log)  # its total (clean + each arm) is set once the arms are
+    clean = token_ce(lm, layer, batches, None, progress)
     z, z_sel = norm.normalize(layer_rows(lm, layer, batches)), norm.normalize(layer_rows(lm, layer, sel_batches))
 
     g = torch.Generator(device=next(prior.denoiser.parameters()).device)
@@ -199,11 +205,12 @@ def delta_lm_report(lm: SourceLM, layer: int, prior: Prior, texts: Sequence[str]
 
     arms: list[tuple[str, Replace]] = [("glp", glp), *([("sae", sae_fn)] if sae is not None else []),
                                        ("pca", pca), ("mean_ablation", mean_ablate)]
+    progress.total = len(batches) * (1 + len(arms))
     methods: dict[str, dict[str, Any]] = {}
     deltas: dict[str, np.ndarray] = {}
     for name, fn in arms:
         g.manual_seed(cfg.seed)
-        deltas[name] = token_ce(lm, layer, batches, fn) - clean
+        deltas[name] = token_ce(lm, layer, batches, fn, progress) - clean
         methods[name] = {"delta_ce": float(deltas[name].mean()),
                          "delta_ce_ci": bootstrap_ci(deltas[name], cfg.n_bootstrap, cfg.seed, groups=docs),
                          "recon_mse_normalized": mse_of(fn, z)}
@@ -238,7 +245,7 @@ def delta_lm_markdown(report: dict[str, Any]) -> str:
     return head + markdown_table(["replacement", "ΔCE (nats)", "95% CI", "recon MSE (normalized)"], rows)
 
 
-def build_delta_lm(settings: Any, source: Any) -> dict[str, Any]:
+def build_delta_lm(settings: Any, source: Any, log: Log | None = None) -> dict[str, Any]:
     """Pipeline step: the ΔLM report on the held-out split, written atomically to `<source root>/delta_lm.json`."""
     from glp import pipeline
     from glp.corpus import load_documents
@@ -261,7 +268,8 @@ def build_delta_lm(settings: Any, source: Any) -> dict[str, Any]:
     sae = load_sae(sae_dir(paths.root), lm.device)[0]
     if sae.d_model != prior.d_model:
         raise ValueError(f"SAE width {sae.d_model} != prior width {prior.d_model}: re-materialize `sae` for this source")
-    report = delta_lm_report(lm, source.layer, prior, texts, train_rows, cfg, settings.store.max_seq_len, sae=sae)
+    report = delta_lm_report(lm, source.layer, prior, texts, train_rows, cfg, settings.store.max_seq_len, sae=sae,
+                             log=log)
     report["prior_heldout_loss"] = (json.loads(paths.prior_eval.read_text())["heldout_loss_mean"]
                                     if paths.prior_eval.is_file() else None)
     out = paths.root / "delta_lm.json"

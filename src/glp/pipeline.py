@@ -282,7 +282,7 @@ SELECT_ROWS = 8192
 """Train rows on which the PCA baseline's k is matched to the SAE's reconstruction error."""
 
 
-def evaluate(settings: Settings, source: SourceConfig) -> dict[str, Any]:
+def evaluate(settings: Settings, source: SourceConfig, log: Log = _nolog) -> dict[str, Any]:
     """Held-out loss vs the affine baseline; FD and C2ST of GLP samples, Gaussians and SAE / PCA reconstructions
     against held-out rows; saved as JSON.
 
@@ -333,7 +333,7 @@ def evaluate(settings: Settings, source: SourceConfig) -> dict[str, Any]:
     }
     mean, std = norm.mean.double().numpy(), norm.std.double().numpy()
     report = evaluate_prior(prior.denoiser, x, stats.cov_normalized, settings.eval, device, recon,
-                            denormalize=lambda z: z * std + mean)
+                            denormalize=lambda z: z * std + mean, log=log)
     report["pca_k"], report["sae_train_mse"], report["pca_train_mse"] = k, sae_mse, float(mse_k[k])
     write_atomic(paths.prior_eval, json.dumps(report, indent=2))
     return report

@@ -27,6 +27,7 @@ from torch import nn
 
 from glp.config import ProbeConfig
 from glp.evaluate import bootstrap_ci
+from glp.progress import Progress
 
 FAMILY_LABELS = {"sae": "SAE", "layer": "raw layer", "mlp": "raw MLP neuron", "glp": "GLP"}
 PAPER_MEAN_AUC = {"sae": 0.70, "layer": 0.77, "mlp": 0.79, "glp": 0.84}
@@ -57,7 +58,7 @@ def mlp_out_proj(block: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def last_token_features(lm: Any, layer: int, texts: Sequence[str], max_seq_len: int = 128,
-                        batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+                        batch_size: int = 64, log: Log | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Last-token (residual output of block `layer` (n, d), MLP hidden activation of that block (n, d_mlp)).
 
     Texts are tokenized as in the activation store (`[BOS] + tokens`, truncated) and right-padded; the
@@ -77,6 +78,7 @@ def last_token_features(lm: Any, layer: int, texts: Sequence[str], max_seq_len: 
     resid: list[np.ndarray] = [np.empty(0)] * len(seqs)
     mlp: list[np.ndarray] = [np.empty(0)] * len(seqs)
     handle = mlp_out_proj(block).register_forward_pre_hook(mlp_hook)
+    progress = Progress("probe features", len(seqs), "text", log)
     try:
         with torch.inference_mode(), capture_residual(lm, layer, stop=True) as cap:
             for b in range(0, len(order), batch_size):
@@ -95,6 +97,7 @@ def last_token_features(lm: Any, layer: int, texts: Sequence[str], max_seq_len: 
                 h = hidden.reshape(len(idx), width, -1)[rows, last.to(hidden.device)].float().cpu().numpy()
                 for r, i in enumerate(idx):
                     resid[i], mlp[i] = a[r], h[r]
+                progress.update(len(idx))
     finally:
         handle.remove()
     return np.stack(resid).astype(np.float32), np.stack(mlp).astype(np.float32)
@@ -288,9 +291,10 @@ def probes_dir(source_root: Path) -> Path:
 
 
 def extract_features(lm: Any, layer: int, texts: Sequence[str], families: Sequence[str], cfg: ProbeConfig,
-                     prior: Any = None, sae: Any = None, sae_norm: Any = None) -> dict[str, np.ndarray]:
+                     prior: Any = None, sae: Any = None, sae_norm: Any = None,
+                     log: Log | None = None) -> dict[str, np.ndarray]:
     """Every requested family's features of `texts`: {family: (n, units) float32}."""
-    resid, mlp = last_token_features(lm, layer, texts, cfg.max_seq_len, cfg.batch_size)
+    resid, mlp = last_token_features(lm, layer, texts, cfg.max_seq_len, cfg.batch_size, log)
     feats: dict[str, np.ndarray] = {}
     for fam in families:
         if fam == "layer":
@@ -308,6 +312,7 @@ def run_probing(tasks: Sequence[Any], feats: dict[str, np.ndarray], index: dict[
                 log: Log | None = None) -> list[dict[str, Any]]:
     """1-D (and dense) probes of every task x family; `index` maps a text to its row in `feats`."""
     rows = []
+    progress = Progress("probe tasks", len(tasks), "task", log, every_s=0)  # every task: the event log keeps them all
     for task in tasks:
         tr = np.array([index[t] for t in task.train_text])
         te = np.array([index[t] for t in task.test_text])
@@ -320,8 +325,7 @@ def run_probing(tasks: Sequence[Any], feats: dict[str, np.ndarray], index: dict[
             if cfg.dense:
                 row[fam]["dense"] = probe_dense(F[tr], task.train_y, F[te], task.test_y, cfg)
         rows.append(row)
-        if log:
-            log(f"probe {task.name}: " + ", ".join(f"{f} {row[f]['test_auc']:.3f}" for f in feats))
+        progress.update(1, lambda: f"{task.name}: " + ", ".join(f"{f} {row[f]['test_auc']:.3f}" for f in feats))
     return rows
 
 
@@ -480,7 +484,7 @@ def build_probes(settings: Any, source: Any, log: Log | None = None) -> dict[str
     texts = list(dict.fromkeys(t for task in tasks for t in (*task.train_text, *task.test_text)))
     index = {t: i for i, t in enumerate(texts)}
     t1 = time.perf_counter()
-    feats = extract_features(lm, source.layer, texts, cfg.families, cfg, prior, sae, sae_norm)
+    feats = extract_features(lm, source.layer, texts, cfg.families, cfg, prior, sae, sae_norm, log)
     t2 = time.perf_counter()
     if log:
         log(f"features of {len(texts)} texts in {t2 - t1:.1f}s: " + ", ".join(f"{f} {x.shape[1]}" for f, x in feats.items()))

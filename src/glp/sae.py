@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glp.config import SAEConfig
+from glp.progress import Progress
 from glp.stats import ArtifactCorrupt, Normalizer, tensors_sha256
 from glp.artifacts import fresh_temp_dir, publish_dir
 from glp.store import ActivationStore, iter_shuffled_batches, n_batches
@@ -111,6 +112,7 @@ def train_sae(
     losses: list[float] = []
     step = 0
     t0 = time.perf_counter()
+    progress = Progress("train sae", total, "step", log)
     for epoch in range(epochs):
         for batch in iter_shuffled_batches(store, cfg.batch_size, cfg.seed, epoch):
             x = norm.normalize(torch.from_numpy(batch).to(device))
@@ -138,8 +140,7 @@ def train_sae(
             sae.normalize_decoder()
             losses.append(float(loss.detach()))
             step += 1
-            if log and (step % 100 == 0 or step == total):
-                log(f"sae step {step}/{total}: fvu {losses[-1]:.4f}, dead {n_dead}/{sae.n_latents}")
+            progress.set(step, lambda: f"fvu {np.mean(losses[-100:]):.4f}, dead {n_dead}/{sae.n_latents}")
     seconds = time.perf_counter() - t0
     k = max(1, len(losses) // 10)
     held = heldout_fvu(sae, normalizer, heldout, device) if heldout is not None else None
