@@ -152,14 +152,23 @@ def main() -> None:
         mm = [matmul_flops(args.batch_size, args.matmul_k, args.matmul_k, device, dtype)]
         load = [loader_rows_per_s(store, args.batch_size, args.seed)]
         identity = Normalizer(torch.zeros(args.d), torch.ones(args.d))  # rows are already N(0, 1)
-        marks: list[tuple[float, int]] = []  # (time, step) of train_prior's progress lines: every 100 steps and the last
+        # Steady state: the loader is wrapped to stamp the time each batch is handed to the loop (batch i is taken
+        # once step i-1 is done), so the rate between batch 10 and the last one leaves out warm-up and the save.
+        import glp.train as train_module
 
-        def mark(msg: str) -> None:
-            if msg.startswith("step "):
-                marks.append((time.perf_counter(), int(msg.split()[1].split("/")[0])))
+        stamps: list[float] = []
 
-        t0 = time.perf_counter()
-        _, res = train_prior(store, identity, dcfg, tcfg, tmp / "ckpt", device, log=mark)
+        def stamped(*a, **k):
+            for batch in iter_shuffled_batches(*a, **k):
+                stamps.append(time.perf_counter())
+                yield batch
+
+        train_module.iter_shuffled_batches = stamped
+        try:
+            t0 = time.perf_counter()
+            _, res = train_prior(store, identity, dcfg, tcfg, tmp / "ckpt", device)
+        finally:
+            train_module.iter_shuffled_batches = iter_shuffled_batches
         outside_loop_s = time.perf_counter() - t0 - res.seconds  # deepspeed.initialize + final weight export
         mm.append(matmul_flops(args.batch_size, args.matmul_k, args.matmul_k, device, dtype))
         load.append(loader_rows_per_s(store, args.batch_size, args.seed))
@@ -181,8 +190,9 @@ def main() -> None:
           f"(before/after training: {load[0]:,.0f}/{load[1]:,.0f})")
     print(f"trainer FLOP/s / matmul FLOP/s = {trainer_flops / mm_flops:.2f}")
     loop_rps, loop = res.rows_per_s, "end to end"
-    if len(marks) >= 2:  # steady state: between two progress lines, so neither warm-up nor the final save counts
-        (ta, sa), (tb, sb) = marks[0], marks[-1]
+    if len(stamps) >= 20:  # steady state: from batch 10 to the last batch, so neither warm-up nor the final save counts
+        sa, sb = 10, len(stamps) - 1
+        ta, tb = stamps[sa], stamps[sb]
         steady_rps = loop_rps = (sb - sa) * args.batch_size / (tb - ta)
         loop = "steady state"
         print(f"trainer steady state, steps {sa}->{sb} (no warm-up, no checkpoint save): {steady_rps:,.0f} rows/s = "
