@@ -472,7 +472,7 @@ GPU_PROFILE: dict[str, dict[str, object]] = {
 }
 """What `GLP_PROFILE=gpu` raises (one GPU, minutes to an hour): 100x the activations (the corpus allows ~20 M
 tokens at 256 tokens per document), the paper's widths (D = 2d, H = 4d) with 6 blocks, bf16 compute for extraction
-and training (rows are still stored as float32), larger batches and evaluations. Measured on an H100:
+and training (rows are still stored as float32), larger batches and evaluations. Measured on an H200:
 benchmarks/gpu.sh."""
 
 
