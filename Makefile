@@ -11,7 +11,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export TOKENIZERS_PARALLELISM ?= false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-slow dev data push validate bench seeds clean
+.PHONY: run test test-slow test-browser dev data push validate bench seeds clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,10 @@ $(DAGSTER_HOME)/dagster.yaml:
 	cp dagster.yaml $@
 
 ## run: set up, prepare data, materialize the whole default chain for $(PARTITION)
+## (a quiet console: glp_dagster/console.yaml; every event stays in Dagster's event log, see `make dev`)
+run: export PYTHONWARNINGS = ignore:Function `asset_materialize_command` is superseded
 run: data $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster asset materialize -m glp_dagster.definitions --select '*' --partition '$(PARTITION)'
+	$(BIN)/dagster asset materialize -m glp_dagster.definitions --select '*' --partition '$(PARTITION)' -c glp_dagster/console.yaml
 	@$(BIN)/python -m glp.cli summary --partition '$(PARTITION)'
 	@echo "Open the UI with: make dev   (then http://127.0.0.1:3000)"
 
@@ -43,6 +45,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+## test-browser: the Dagster UI in Debian's Chromium through Playwright; writes docs/screenshots/ (~3 min)
+test-browser: $(STAMP)
+	test -x /usr/bin/chromium || apt-get install -y chromium
+	$(BIN)/python -m pytest -q -m browser
 
 ## dev: the Dagster UI on 127.0.0.1:3000 with workspace.yaml
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
