@@ -56,8 +56,8 @@ def png_markdown(png: bytes, alt: str) -> str:
 # "[Show Markdown]" link. These charts are SVG in a data URI, drawn in under 1,000 characters, so the headline plot
 # of an asset is visible without a click; the full PNG stays beside it.
 INLINE_LIMIT = 999
-_W, _H = 440, 190  # the chart in CSS pixels
-_L, _R, _T, _B = 50, 430, 26, 158  # plot area: left, right, top, bottom
+_W, _H = 400, 180  # the chart in CSS pixels
+_L, _R, _T, _B = 46, 390, 26, 148  # plot area: left, right, top, bottom
 TOO_LONG = "(too many points to draw inline: see the full plot)"
 COLORS = ("steelblue", "darkorange", "seagreen", "crimson", "gray")
 # CSS classes: e = right-aligned text, m = centred, b = bold, s = small; d = dots (zero-length segments, round caps)
@@ -148,7 +148,7 @@ def inline_interval_chart(rows: Sequence[tuple[str, float, float, float]], title
                           ref: float | None = None, xlim: tuple[float, float] | None = None) -> str:
     """Markdown for an inline SVG forest plot (< 1,000 characters): one row per (label, estimate, CI low, CI high),
     labelled with its estimate, and a dashed reference line at x = `ref` (chance, zero) if given."""
-    left, right = 170, 420
+    left, right = 150, 385
     lo = min([r[2] for r in rows] + ([ref] if ref is not None else []))
     hi = max([r[3] for r in rows] + ([ref] if ref is not None else []))
     x0, x1 = xlim or (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
@@ -195,7 +195,9 @@ def delta_lm_inline(report: dict) -> str:
     m = report["methods"]
     rows = [(label, m[k]["delta_ce"], *m[k]["delta_ce_ci"]) for k, label in
             (("glp", "GLP"), ("sae", "SAE"), ("pca", f"PCA-{m.get('pca', {}).get('k', '')}")) if k in m]
-    return inline_interval_chart(rows, "ΔLM: next-token CE increase, 95% CI", "ΔCE, nats per token (lower = better)")
+    lo, hi = min(r[2] for r in rows), max(r[3] for r in rows)
+    return inline_interval_chart(rows, "ΔLM: next-token CE increase, 95% CI", "ΔCE, nats per token (lower = better)",
+                                 xlim=(0.0, 1.05 * hi) if lo >= 0 else None, ref=None if lo >= 0 else 0.0)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

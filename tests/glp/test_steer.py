@@ -15,7 +15,7 @@ from glp.stats import Normalizer
 from glp.steer import (
     concept_rises, default_prompts, degeneration_point, diffmean_direction, direction_auc, encode, first_sentence,
     frontier, generate, movie_snippets, newest_position_hook, prefill, r0_matches_unsteered, sdedit, sdedit_levels,
-    sentiment_direction, solver_passes, steer_edit, steering_markdown, steering_report,
+    pareto_inline, pareto_png, sentiment_direction, solver_passes, steer_edit, steering_markdown, steering_report,
 )
 from tests.glp_dagster.conftest import write_tiny_labelled
 
@@ -252,6 +252,8 @@ def test_steering_report_pairs_raw_and_glp_rows_and_judges_them(tiny_lm, labelle
     md = steering_markdown(rep)
     assert "Paired differences" in md and rep["frontier"]["statement"] in md and "Spearman" in md
     assert "With t_start 0.2: " + rep["frontier_t_start"]["glp@0.2"]["statement"] in md
+    assert "\n\n**raw r=1**\n\n- *" in md  # an example heading is its own paragraph, not part of the last bullet
+    assert pareto_png(rep)[:4] == b"\x89PNG" and len(pareto_inline(rep)) < 1000
 
 
 def test_steer_config_requires_an_unsteered_row():
