@@ -166,38 +166,71 @@ def _info(args: argparse.Namespace) -> int:
     return 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="glp", description="Generative Latent Priors over LLM activations")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("summary", help="print where a source's artifacts are and its evaluation numbers")
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends `(default: ...)` to each option's help, unless the help already says it or there is nothing to show
+    (a flag that is off, an option whose absence means something the help explains)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if "default" in (action.help or "") or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `glp` parser: one subcommand per task, each with a description and its options' defaults."""
+    parser = argparse.ArgumentParser(
+        prog="glp", description="Generative Latent Priors over LLM activations: inspect, export and use what "
+        "`make run` built (the settings come from GLP_* variables and glp.toml, as for the pipeline).",
+        epilog="`glp <command> --help` describes a command and its defaults.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description, formatter_class=_HelpFormatter)
+
+    p = command("summary", "print where a source's artifacts are and its evaluation numbers",
+                "Print where a source's artifacts are and its evaluation numbers (held-out loss, two-sample test, "
+                "Frechet distance, probing); with --markdown, the README's results tables.")
     p.add_argument("--partition", default=None, help="source key, e.g. smollm2-135m/L15 (default: the first source)")
     p.add_argument("--markdown", action="store_true", help="print the results tables (README format) from the artifacts")
     p.set_defaults(func=_summary)
-    p = sub.add_parser("seeds", help="train + evaluate extra priors with other seeds on the same activations; "
-                                     "report every claim's mean and spread over seeds (after make run)")
+    p = command("seeds", "train + evaluate extra priors with other seeds on the same activations; "
+                         "report every claim's mean and spread over seeds (after make run)",
+                "Train and evaluate extra priors with other seeds on the same activations (after `make run`), "
+                "then print every claim's mean and spread over the seeds (~12 min per seed on 2 CPU cores).")
     p.add_argument("--partition", default=None, help="source key (default: the first source)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="extra training seeds (default: 1 2)")
     p.set_defaults(func=_seeds)
-    p = sub.add_parser("export", help="copy a source's trained prior, its norm stats and a generated model card "
-                                      "(README.md) into a folder a model hub accepts as is")
-    p.add_argument("out", help="the folder to write (replaced atomically if it exists)")
+    p = command("export", "copy a source's trained prior, its norm stats and a generated model card "
+                          "(README.md) into a folder a model hub accepts as is",
+                "Copy a source's trained prior, its norm stats and a model card generated from the artifacts "
+                "(README.md) into OUT, with SHA256SUMS; a model hub accepts the folder as is and glp.load_prior "
+                "reads it back.")
+    p.add_argument("out", metavar="OUT", help="the folder to write (replaced atomically if it exists)")
     p.add_argument("--partition", default=None, help="source key (default: the first source)")
     p.set_defaults(func=_export)
-    p = sub.add_parser("info", help="describe and verify an artifact folder: a prior (or export), an activation "
-                                    "store (.zarr) or an SAE")
-    p.add_argument("path", help="the artifact folder")
+    p = command("info", "describe and verify an artifact folder: a prior (or export), an activation "
+                        "store (.zarr) or an SAE",
+                "Describe an artifact folder and verify its checksums: a prior or an export of one, an activation "
+                "store (.zarr) or an SAE. Exit status 1 if a store has a corrupt chunk, 2 if PATH is none of these.")
+    p.add_argument("path", metavar="PATH", help="the artifact folder")
     p.set_defaults(func=_info)
-    p = sub.add_parser("steer", help="steer the source LM along a direction; print raw and GLP continuations")
+    p = command("steer", "steer the source LM along a direction; print raw and GLP continuations",
+                "Steer the source LM along a direction at strength r and print the raw-steered continuation beside "
+                "the GLP post-processed one (same prompt, same sampling seed).")
     p.add_argument("--partition", default=None, help="source key, e.g. smollm2-135m/L15 (default: the first source)")
     p.add_argument("--direction", default="sentiment", choices=["sentiment"],
                    help="DiffMean direction (sentiment = positive minus negative human-rated movie snippets)")
     p.add_argument("--r", type=float, default=0.5, help="strength: alpha = r x mean activation norm (negative flips)")
-    p.add_argument("--prompt", default="I think that")
+    p.add_argument("--prompt", default="I think that", help="the text to continue")
     p.add_argument("--tokens", type=int, default=24, help="new tokens")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (the GLP noise uses seed + 1)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding (default: the steer config's decoding)")
     p.set_defaults(func=_steer)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.func(args))
 
 
