@@ -131,7 +131,7 @@ def inline_line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[floa
         parts += [_group("e", _text(_L - 4, _T + 4, _tick(y1)), _text(_L - 4, _B, _tick(y0)),
                          _text(_R, _B + 13, _tick(x1))),
                   _text(_L, _B + 13, _tick(x0)), _group("m", _text((_L + _R) / 2, _B + 27, xlabel)),
-                  _group("s", *[_text(px(x) + 5, py(y) - 5, t) for x, y, t in labels[:n_labels]])]
+                  _group("s", *[_text(min(px(x) + 5, _W - 5 * len(t)), py(y) - 5, t) for x, y, t in labels[:n_labels]])]
         return "".join(parts)
 
     n_points = max(len(xs) for _, xs, _ in series)
@@ -216,7 +216,8 @@ def eval_headline(report: dict) -> str:
     verdict = ("**It beats the Gaussian on both.**" if report["beats_gaussian"] else
                "**It does not beat the Gaussian**: " + "; ".join(report["beats_gaussian_reasons"]) + ".")
     return (f"**Held-out loss {report['heldout_loss_mean']:.4f} vs {report['gaussian_baseline_loss_mean']:.4f} for the "
-            f"optimal affine (= full-covariance Gaussian) predictor: {100 * rel:.1f}% below** (MSE per dim). "
+            f"optimal affine (= full-covariance Gaussian) predictor: {100 * abs(rel):.1f}% "
+            f"{'below' if rel >= 0 else 'above'}** (MSE per dim). "
             f"Two-sample test AUC (0.5 = indistinguishable from held-out rows): GLP samples {c2['glp']['auc']:.3f} "
             f"{_ci(c2['glp']['auc_ci'])}, Gaussian samples {c2['gaussian_full']['auc']:.3f} "
             f"{_ci(c2['gaussian_full']['auc_ci'])}. " + verdict)
