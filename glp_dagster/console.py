@@ -5,7 +5,8 @@ This one prints, at its default level INFO:
 - the run's start and end (with how many checks passed), a line when an asset's step starts and one when it ends
   (a step that logs nothing in between gets both on one line: `12:00:01 start corpus ... done in 2.3 s`);
 - the steps' own INFO messages, indented; `glp.progress` lines (rate, ETA) redrawn in place on one line with `\\r`;
-- every warning and error, failed checks with their description, and a failed step's error in full.
+- every warning and error, failed checks with their description, and a failed step's error (a `dg.Failure`'s
+  message alone: ours say what to do; any other exception with its stack trace).
 Passed checks are counted, not listed. Everything, DEBUG included, stays in Dagster's event log (`make dev`, then
 Runs). Run config `loggers: {console: {config: {log_level: DEBUG}}}` prints every event, one line each.
 """
@@ -152,15 +153,15 @@ class ConsoleHandler(logging.Handler):
             else:
                 self.screen.line(f"{ts}   {message}")
             return
-        kind = event.event_type_value
         data = event.event_specific_data
-        kind = {"RUN_START": "PIPELINE_START", "RUN_SUCCESS": "PIPELINE_SUCCESS", "RUN_FAILURE": "PIPELINE_FAILURE"}.get(
-            kind, kind)  # the run events' stored values still say PIPELINE
+        kind = event.event_type_value  # the run events' values say PIPELINE_*; newer names mapped to them
+        kind = {"RUN_START": "PIPELINE_START", "RUN_SUCCESS": "PIPELINE_SUCCESS",
+                "RUN_FAILURE": "PIPELINE_FAILURE"}.get(kind, kind)
         if kind == "PIPELINE_START":
             _RUNS[self.run_id] = _Run()
             part = (meta.get("job_tags") or {}).get("dagster/partition")
             self.screen.line(f"{ts} run {meta.get('run_id', '')[:8]} started" + (f" for {part}" if part else "")
-                      + " (every event and log: `make dev`, then Runs)")
+                             + " (every event and log: `make dev`, then Runs)")
         elif kind == "STEP_START" and step in self.asset_steps:
             self.screen.start(step, f"{ts} start {step}")
         elif kind == "STEP_SUCCESS" and step in self.asset_steps:
@@ -171,25 +172,26 @@ class ConsoleHandler(logging.Handler):
             self.run.checks["passed" if data.passed else "failed"] += 1
             if not data.passed:
                 sev = getattr(data.severity, "value", data.severity)
+                why = " ".join((data.description or "").split())  # one line, whatever the check wrote
                 self.screen.line(f"{ts} check {data.check_name} on {data.asset_key.to_user_string()} FAILED ({sev}"
-                          + (", blocking" if data.blocking else "") + ")"
-                          + (f": {data.description}" if data.description else ""))
+                                 + (", blocking" if data.blocking else "") + ")" + (f": {why}" if why else ""))
         elif kind == "STEP_FAILURE":
             self.screen.line(f"{ts} FAILED {step}: {_error_text(data)}")
         elif kind == "PIPELINE_SUCCESS":
             run = _RUNS.pop(self.run_id, _Run())
             c = run.checks
-            self.screen.line(f"{ts} run {meta.get('run_id', '')[:8]} succeeded in {_seconds(time.monotonic() - run.t0)}: "
-                      f"{run.assets} assets materialized, {c['passed']} checks passed"
-                      + (f", {c['failed']} failed" if c["failed"] else ""))
+            took = _seconds(time.monotonic() - run.t0)
+            self.screen.line(f"{ts} run {meta.get('run_id', '')[:8]} succeeded in {took}: "
+                             f"{run.assets} assets materialized, {c['passed']} checks passed"
+                             + (f", {c['failed']} failed" if c["failed"] else ""))
         elif kind == "PIPELINE_FAILURE":
             run = _RUNS.pop(self.run_id, _Run())
             assets = [s for s in run.skipped if s in self.asset_steps]
             if run.skipped:
                 self.screen.line(f"{ts} not run, as an upstream step failed: {len(run.skipped)} steps"
-                          + (f" (assets: {', '.join(assets)})" if assets else ""))
+                                 + (f" (assets: {', '.join(assets)})" if assets else ""))
             self.screen.line(f"{ts} run {meta.get('run_id', '')[:8]} FAILED after "
-                      f"{_seconds(time.monotonic() - run.t0)}: {message}")
+                             f"{_seconds(time.monotonic() - run.t0)}: {message}")
         elif record.levelno >= logging.WARNING:
             self.screen.line(f"{ts} {record.levelname} {kind} {step}: {message}")
         elif record.levelno >= self.threshold:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 Log = Callable[[str], None]
+Note = str | Callable[[], str]
 
 _logger = logging.getLogger(__name__)
 _PROGRESS = re.compile(r", (ETA|elapsed) [\d?]+:[\d?]{2}(:\d\d)?(?=,|$)")
@@ -54,36 +55,38 @@ class Progress:
     seconds: `label: done/total unit (pct%) rate, ETA m:ss[, note]`. The rate is the average since the start."""
 
     def __init__(self, label: str, total: float | None, unit: str = "", log: Log | None = None,
-                 every_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 every_s: float = 10.0, done: float = 0, clock: Callable[[], float] = time.monotonic) -> None:
         self.label, self.total, self.unit = label, total, unit
         self.log: Log = log or _logger.info
         self.every_s = every_s
         self.clock = clock
-        self.done = 0.0
+        self.done = self.done0 = done  # done0: work done before this run (a resume), left out of the rate
         self.t0 = self._last = clock()
 
-    def update(self, n: float = 1, note: str = "") -> None:
+    def update(self, n: float = 1, note: Note = "") -> None:
         """Add `n` units of work done; report if `every_s` has passed since the last report."""
         self.set(self.done + n, note)
 
-    def set(self, done: float, note: str = "") -> None:
-        """Set the work done so far (for loops that know their position, e.g. a training step)."""
+    def set(self, done: float, note: Note = "") -> None:
+        """Set the work done so far (for loops that know their position, e.g. a training step). `note` (or a
+        function returning it, called only when a line is due) is appended, e.g. the current loss."""
         self.done = done
         now = self.clock()
         if now - self._last >= self.every_s:
             self._last = now
-            self.log(self.message(now, note))
+            self.log(self.message(now, note() if callable(note) else note))
 
     def message(self, now: float | None = None, note: str = "") -> str:
         now = self.clock() if now is None else now
         elapsed = max(now - self.t0, 1e-9)
-        rate = self.done / elapsed
+        rate = (self.done - self.done0) / elapsed
         unit = f" {self.unit}" if self.unit else ""
         if self.total:
             pct = min(100, int(100 * self.done / self.total))
             left = (self.total - self.done) / rate if rate > 0 else float("inf")
             eta = duration(left) if left != float("inf") else "?:??"
-            head = f"{self.label}: {_count(self.done)}/{_count(self.total)}{unit} ({pct}%) {_rate(rate, self.unit)}, ETA {eta}"
+            head = (f"{self.label}: {_count(self.done)}/{_count(self.total)}{unit} ({pct}%) "
+                    f"{_rate(rate, self.unit)}, ETA {eta}")
         else:
             head = f"{self.label}: {_count(self.done)}{unit} {_rate(rate, self.unit)}, elapsed {duration(elapsed)}"
         return f"{head}, {note}" if note else head
