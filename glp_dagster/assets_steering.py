@@ -19,7 +19,8 @@ from glp_dagster.metadata import inline, png, readable
 from glp_dagster.resources import GLPSettings
 
 DELTA_LM_VERSION = "2"  # 2: SAE arm, PCA-k chosen on selection documents, CIs over documents
-STEERING_VERSION = "2"  # 2: movie-snippet direction, trained judge, BBC prompts, signed r, clustered CIs
+STEERING_VERSION = "3"  # 2: movie-snippet direction, trained judge, BBC prompts, signed r, clustered CIs;
+# 3: gated post-processing (calibrated off-manifold gate), fluency cost vs held-out loss over the prior's snapshots
 
 
 def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
@@ -27,7 +28,7 @@ def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinitio
               code_version=f"{STEERING_VERSION}-{config_hash(settings.steer)}")
     def steering(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """DiffMean sentiment steering with and without GLP post-processing: a concept–fluency Pareto report."""
-        from glp.steer import build_steering, pareto_inline, steering_markdown
+        from glp.steer import build_steering, gated_statement, pareto_inline, steering_markdown, trend_statement
 
         s, src = glp.settings, glp.source(context)
         require_upstream(pipeline.source_paths(s, src).prior, "glp_prior", "steering", context.partition_key)
@@ -41,6 +42,10 @@ def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinitio
                 "pareto": inline(pareto_inline(rep)),
                 "report": dg.MetadataValue.md(steering_markdown(rep)),
                 "pareto_full": png(rep["png"], "steering Pareto plot"),
+                "gated": inline(gated_statement(rep)),
+                "fluency_trend": inline(trend_statement(rep)),
+                **({"fluency_trend_full": png(rep["trend_png"], "fluency cost vs held-out loss")}
+                   if rep.get("trend_png") else {}),
                 "continuations_per_setting": rep["n_continuations"],
                 "passes_per_token": rep["passes_per_token"],
                 "mean_activation_norm": rep["mean_norm"],
@@ -182,6 +187,21 @@ def build_steering_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetC
             "rho_ci_high": t["spearman_ci"][1], "concept_at_min_r": at(t["concept_at_min_r"]),
             "concept_at_max_r": at(t["concept_at_max_r"])})
 
+    @dg.asset_check(asset="steering", blocking=False, partitions_def=partitions)
+    @reports_errors
+    def steering_gate_hits_its_false_positive_rate(context: dg.AssetCheckExecutionContext,
+                                                    glp: GLPSettings) -> dg.AssetCheckResult:
+        """The gate flags the share of real held-out activations it was calibrated for: the 95% binomial CI of the
+        rate measured on held-out rows it was not calibrated on holds steer.gate_fpr (warning only; passes when
+        the report has no gated rows)."""
+        cal = report(glp, context, "steering.json").get("gate_calibration")
+        if not cal:
+            return dg.AssetCheckResult(passed=True, metadata={"gated": "not run (steer.post lacks 'gated')"})
+        lo, hi = cal["fpr_check_ci"]
+        return dg.AssetCheckResult(passed=bool(lo <= cal["fpr_target"] <= hi), severity=dg.AssetCheckSeverity.WARN,
+                                   metadata={"fpr_target": cal["fpr_target"], "fpr_measured": cal["fpr_check"],
+                                             "ci_low": lo, "ci_high": hi, "rows": cal["n_check"]})
+
     @dg.asset_check(asset="delta_lm", blocking=True, partitions_def=partitions)
     @reports_errors
     def delta_lm_finite(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
@@ -193,4 +213,5 @@ def build_steering_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetC
         return dg.AssetCheckResult(passed=bad == 0, metadata={"values": n, "nonfinite": bad})
 
     return [steering_scores_finite, steering_r0_is_unsteered, steering_paired_prompts_and_seeds,
-            steering_direction_reads_sentiment, steering_concept_rises_with_r, delta_lm_finite]
+            steering_direction_reads_sentiment, steering_concept_rises_with_r,
+            steering_gate_hits_its_false_positive_rate, delta_lm_finite]

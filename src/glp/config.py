@@ -172,8 +172,12 @@ class DenoiserConfig(_Strict):
     preset: Literal["glp", "official"] | None = None
     """`official` fills bias=True, time_dim="D": the official network, so parameter counts (and C = 6·N·D) compare
     one to one with the paper's. The init stays `glp` and widths are untouched. Fields set explicitly win."""
+    skip: Literal["none", "affine"] = "none"
+    """`affine`: v = network + the optimal affine velocity of a Gaussian with the training rows' covariance (fitted
+    in closed form before training, a fixed buffer), and out_proj starts at 0, so the prior starts *as* the
+    full-covariance Gaussian prior and the network learns only what is not Gaussian (benchmarks/prior_recipe.py)."""
 
-    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("bias", "init", "preset")
+    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("bias", "init", "preset", "skip")
 
     @model_validator(mode="before")
     @classmethod
@@ -202,6 +206,8 @@ class TrainConfig(_Strict):
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     grad_clip: float = Field(1.0, gt=0)
     epochs: int = Field(2, ge=1)
+    steps: int | None = Field(None, ge=1)
+    """Optimizer steps in all, overriding `epochs` (the data repeats, in fresh shuffles, as often as needed)."""
     """Passes over the activations (paper: 1; the CPU default repeats its 400k rows twice: 1,560 steps, ~6 min)."""
     zero_stage: int = Field(0, ge=0, le=3)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -209,6 +215,22 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(200, ge=1)
     """Steps between resumable checkpoints."""
     seed: int = 0
+    t_sampling: Literal["uniform", "logit_normal"] = "uniform"
+    """How training draws the noise level t: U[0, 1], or sigmoid(N(t_mean, t_std)) (logit-normal, as in recent
+    flow-matching work: more steps where the velocity is hardest to predict). Evaluation always averages t uniformly."""
+    t_mean: float = 0.0
+    """Location of the logit-normal t (0: centred on t = 0.5)."""
+    t_std: float = Field(1.0, gt=0)
+    """Scale of the logit-normal t."""
+    ema_decay: float | None = Field(None, ge=0, lt=1)
+    """Decay of an exponential moving average of the weights, which becomes the trained prior (None: the last
+    weights). Checkpointed with the run, so a resumed run ends with the same average."""
+    snapshots: int = Field(0, ge=0)
+    """Weights kept at this many evenly spaced points of training (besides the end), for the fluency-cost vs
+    held-out-loss trend of the steering asset (0: none)."""
+
+    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("steps", "t_sampling", "t_mean", "t_std", "ema_decay",
+                                                         "snapshots")
 
 
 class EvalConfig(_Strict):
@@ -267,6 +289,23 @@ class SteerConfig(_Strict):
     how the fluency cost depends on how far the edit re-noises (a weaker prior may want a lower level)."""
     steps: int = Field(20, ge=1)
     """Schedule the denoising follows from t_start (20 steps from t=1: 10 passes from 0.5)."""
+    post: list[Literal["none", "sdedit", "gated"]] = Field(default_factory=lambda: ["none", "sdedit", "gated"])
+    """Post-processing of the steered activation, each a set of report rows paired with the others: `none` (rows
+    `raw`, the reference, always included), `sdedit` (rows `glp` at t_start and `glp@t` at extra_t_starts: the
+    paper's, every token edited) and `gated` (rows `gated`: SDEdit from t_start applied only in proportion to how
+    far the prior scores the activation off its manifold, glp.ood)."""
+    gate_ts: list[float] = Field(default_factory=lambda: [0.1, 0.3, 0.5])
+    """Noise levels whose mean flow-matching loss is the gate's off-manifold score (fixed noise seed)."""
+    gate_fpr: float = Field(0.05, gt=0, lt=1)
+    """Share of real held-out activations the gate flags (its calibrated false-positive rate)."""
+    gate_full_fpr: float = Field(0.005, gt=0, lt=1)
+    """The edit is full (plain SDEdit) from the score that only this share of held-out activations exceeds;
+    between that and the gate's threshold it grows linearly."""
+    gate_calibration_rows: int = Field(8192, ge=20)
+    """Held-out activations the gate is calibrated on; as many following rows measure its false-positive rate."""
+    fluency_trend: bool = True
+    """Also run SDEdit at t_start with the prior's mid-training snapshots and the Gaussian prior (same prompts,
+    seeds, r) to fit how the fluency cost (NLL − raw) falls as held-out loss falls (needs train.snapshots > 0)."""
     solver: Literal["euler", "heun", "midpoint"] = "euler"
     """ODE solver of the denoising; heun/midpoint take 2 passes per step."""
     n_direction_texts: int = Field(512, ge=2)
@@ -283,6 +322,20 @@ class SteerConfig(_Strict):
     """... or its NLL rises more than this many nats above r=0."""
     n_bootstrap: int = Field(1000, ge=10)
     seed: int = 0
+
+    @field_validator("post")
+    @classmethod
+    def _post_has_none(cls, post: list[str]) -> list[str]:
+        if "none" not in post:
+            raise ValueError(f"post {post} must contain 'none' (raw steering: the rows the others are paired with)")
+        return list(dict.fromkeys(post))
+
+    @model_validator(mode="after")
+    def _gate_rates(self) -> "SteerConfig":
+        if not self.gate_full_fpr < self.gate_fpr:
+            raise ValueError(f"gate_full_fpr {self.gate_full_fpr} must be below gate_fpr {self.gate_fpr} (the full "
+                             "edit starts further out than the threshold)")
+        return self
 
     @field_validator("r_values")
     @classmethod

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from glp.config import DenoiserConfig
+from glp.flow import affine_velocity
 
 TIME_SCALE = 1000.0
 """t in [0, 1] is multiplied by this before the sinusoidal embedding, as for 1000 discrete diffusion levels."""
@@ -99,6 +100,24 @@ class GLPDenoiser(nn.Module):
                 if block.w_down.bias is not None:
                     nn.init.zeros_(block.w_down.bias)
                 nn.init.ones_(block.w_time.bias)
+        # skip="affine": the Gaussian prior's velocity as a fixed skip path (buffers, saved with the weights;
+        # `set_gaussian` fills them from the training rows). out_proj = 0 makes the network start as exactly it.
+        if cfg.skip == "affine":
+            self.register_buffer("skip_lam", torch.zeros(d_model))
+            self.register_buffer("skip_vecs", torch.zeros(d_model, d_model))
+            self.register_buffer("skip_mean", torch.zeros(d_model))
+            nn.init.zeros_(self.out_proj.weight)
+            nn.init.zeros_(self.out_proj.bias)
+
+    @torch.no_grad()
+    def set_gaussian(self, cov: Tensor, mean: Tensor) -> None:
+        """Fill the affine skip path with the Gaussian N(mean, cov) of the (normalized) training rows."""
+        if self.cfg.skip != "affine":
+            raise ValueError("set_gaussian needs DenoiserConfig(skip='affine')")
+        lam, vecs = torch.linalg.eigh(cov.double())
+        self.skip_lam.copy_(lam.clamp_min(0.0).float())
+        self.skip_vecs.copy_(vecs.float())
+        self.skip_mean.copy_(mean.float())
 
     @property
     def n_meta_neurons(self) -> int:
@@ -118,6 +137,8 @@ class GLPDenoiser(nn.Module):
             h, meta = block(h, temb)
             metas.append(meta)
         v = self.out_proj(self.ln_f(h))  # (B, d)
+        if self.cfg.skip == "affine":
+            v = v + affine_velocity(x, t, self.skip_lam, self.skip_vecs, self.skip_mean)
         if return_meta:
             return v, torch.cat(metas, dim=-1)
         return v

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from glp.config import EvalConfig
 from glp.progress import Progress
-from glp.flow import flow_matching_loss, sample
+from glp.flow import affine_velocity, flow_matching_loss, sample
 
 ArrayLike = np.ndarray | Tensor
 Reconstruct = Callable[[Tensor], Tensor]  # normalized rows (n, d) -> reconstructions (n, d)
@@ -70,7 +70,7 @@ def heldout_loss(model: nn.Module, x0: ArrayLike, n_t: int, seed: int, batch_siz
     eps is drawn on the CPU from one generator seeded with `seed` (t-major, then batches), so the numbers
     are the same on any device for a given (seed, batch_size).
     """
-    param = next(model.parameters(), None)
+    param = next(iter([*model.parameters(), *model.buffers()]), None)  # AffineVelocity: buffers only
     device, dtype = (param.device, param.dtype) if param is not None else ("cpu", torch.float32)
     x0 = torch.as_tensor(x0, dtype=torch.float32)
     g = torch.Generator().manual_seed(seed)
@@ -126,14 +126,7 @@ class AffineVelocity(nn.Module):
         self.register_buffer("mean", torch.zeros(d) if mean is None else torch.as_tensor(_np64(mean)).float())
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
-        t = torch.as_tensor(t, device=x.device, dtype=x.dtype)
-        t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        t = t[:, None]  # (B, 1)
-        c = t - (1 - t) * self.lam  # (B, d)
-        s = (1 - t) ** 2 * self.lam + t**2
-        coef = torch.where(s > 0, c / s.clamp_min(1e-12), torch.zeros_like(c))
-        centred = (x - (1 - t) * self.mean) @ self.vecs  # (B, d) in the eigenbasis
-        return -self.mean + (coef * centred) @ self.vecs.T
+        return affine_velocity(x, t, self.lam, self.vecs, self.mean)
 
 
 def frechet_distance(a: ArrayLike, b: ArrayLike) -> float:

@@ -47,6 +47,25 @@ def flow_matching_loss(
     return err.mean(dim=-1) if per_sample else err.mean()
 
 
+def affine_velocity(x: Tensor, t: Tensor | float, lam: Tensor, vecs: Tensor, mean: Tensor) -> Tensor:
+    """The optimal affine velocity for data N(mean, S), S = vecs diag(lam) vecs^T: x (B, d), t (B,) or scalar -> (B, d).
+
+        v(x, t) = -mean + (t I - (1-t) S) ((1-t)^2 S + t^2 I)^-1 (x - (1-t) mean), applied in S's eigenbasis.
+
+    Computed in float32 whatever x's dtype (the coefficients blow up for small eigenvalues near t = 0).
+    """
+    dtype = x.dtype
+    x = x.float()
+    t = torch.as_tensor(t, device=x.device, dtype=torch.float32)
+    t = (t.expand(x.shape[0]) if t.ndim == 0 else t.float())[:, None]  # (B, 1)
+    lam, vecs, mean = lam.float(), vecs.float(), mean.float()
+    c = t - (1 - t) * lam  # (B, d)
+    s = (1 - t) ** 2 * lam + t**2
+    coef = torch.where(s > 0, c / s.clamp_min(1e-12), torch.zeros_like(c))
+    centred = (x - (1 - t) * mean) @ vecs  # (B, d) in the eigenbasis
+    return (-mean + (coef * centred) @ vecs.T).to(dtype)
+
+
 def euler_schedule(steps: int) -> Tensor:
     """steps + 1 noise levels, linear from 1 (noise) to 0 (data)."""
     if steps < 1:

@@ -268,7 +268,7 @@ def build_prior(settings: Settings, source: SourceConfig, log: Log = _nolog) -> 
     meta = {**prior_meta(settings, source), "activations_version": store.attrs.get("version"), "steps": res.steps,
             "final_loss": float(sum(res.losses[-50:]) / len(res.losses[-50:])), "precision": res.precision,
             "losses": res.losses}
-    save_prior(paths.prior, model, stats.normalizer(), meta)
+    save_prior(paths.prior, model, stats.normalizer(), meta, snapshots=res.snapshots)
     shutil.rmtree(ckpt, ignore_errors=True)  # exported: the resume point is no longer needed
     return {"path": str(paths.prior), "version": short_sha256(paths.prior / "model.safetensors"), "steps": res.steps,
             "losses": res.losses, "n_params": res.n_params, "seconds": res.seconds, "rows_per_s": res.rows_per_s,

@@ -45,14 +45,23 @@ class Prior:
         return self
 
 
-def save_prior(path: Path, denoiser: GLPDenoiser, normalizer: Normalizer, meta: dict[str, Any]) -> Path:
-    """Write the prior folder atomically (temp sibling, fsync, rename)."""
+def save_prior(path: Path, denoiser: GLPDenoiser, normalizer: Normalizer, meta: dict[str, Any],
+               snapshots: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write the prior folder atomically (temp sibling, fsync, rename); `snapshots` ("step<N>" -> weights of the
+    same network mid-training) go to snapshots/<tag>.safetensors, with their sha256 in config.json."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tmp = fresh_temp_dir(path)
     state = {k: v.detach().float().cpu().contiguous() for k, v in denoiser.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"))
+    if snapshots:
+        (tmp / "snapshots").mkdir()
+        meta = {**meta, "snapshots": {}}
+        for tag, weights in snapshots.items():
+            file = tmp / "snapshots" / f"{tag}.safetensors"
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in weights.items()}, str(file))
+            meta["snapshots"][tag] = {"step": int(tag.removeprefix("step")), "sha256": sha256_file(file)}
     save_file({"mean": normalizer.mean.float().cpu().contiguous(), "std": normalizer.std.float().cpu().contiguous()},
               str(tmp / "norm.safetensors"))
     config = {"format": "glp-prior/1", "denoiser": denoiser.config_dict(), **meta,
@@ -84,6 +93,19 @@ def load_prior(path: str | os.PathLike, device: str | torch.device = "cpu") -> P
     denoiser.load_state_dict(weights)
     prior = Prior(denoiser.eval(), Normalizer(norm["mean"], norm["std"]), config)
     return prior.to(device)
+
+
+def load_snapshots(prior: Prior, path: str | os.PathLike) -> list[tuple[int, GLPDenoiser]]:
+    """(step, denoiser) of every mid-training snapshot saved with the prior at `path` (checksums checked), by step."""
+    out = []
+    for tag, info in sorted(prior.config.get("snapshots", {}).items(), key=lambda kv: kv[1]["step"]):
+        file = Path(path) / "snapshots" / f"{tag}.safetensors"
+        if not file.is_file() or sha256_file(file) != info["sha256"]:
+            raise _corrupt(file, "missing, or its sha256 differs from config.json's", prior.config)
+        net = GLPDenoiser.from_config_dict(prior.config["denoiser"])
+        net.load_state_dict(_read_safetensors(file, prior.config))
+        out.append((int(info["step"]), net.eval().to(next(prior.denoiser.parameters()).device)))
+    return out
 
 
 def _read_safetensors(file: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -32,6 +32,7 @@ from glp.artifacts import write_atomic
 from glp.config import SteerConfig
 from glp.evaluate import bootstrap_ci
 from glp.flow import euler_schedule, interpolate, project_on_manifold
+from glp.ood import Gate, calibrate, diffusion_score, gated_edit
 from glp.judges import (MOVIE_SNIPPETS, SentimentJudge, auc_ci, continuation_nll_sets, distinct_n,
                         fit_sentiment_judge, left_pad, rewind_cache, vader_compound)
 from glp.corpus import load_labelled
@@ -201,7 +202,7 @@ def sdedit(
 ) -> Tensor:
     """Project raw activations (..., d) onto the prior's manifold: normalize, noise to t_start, denoise, denormalize."""
     model = prior.denoiser
-    param = next(model.parameters())
+    param = next(iter([*model.parameters(), *model.buffers()]))  # the Gaussian prior (AffineVelocity) has buffers only
     z = prior.normalizer.normalize(acts.to(param.device, param.dtype))
     if solver == "euler":
         out = project_on_manifold(model, z, t_start, steps, generator=generator)
@@ -231,13 +232,26 @@ def steer_edit(
     steps: int = 20,
     solver: Literal["euler", "heun", "midpoint"] = "euler",
     generator: torch.Generator | None = None,
+    gate: Gate | None = None,
+    weights: list[Tensor] | None = None,
 ) -> Edit:
-    """The edit a -> a + alpha w (alpha scalar or per row (B,)), then SDEdit with `prior` if given."""
+    """The edit a -> a + alpha w (alpha scalar or per row (B,)), then SDEdit with `prior` if given; with `gate`
+    too, SDEdit only in proportion to the gate's weight of each steered row (glp.ood.gated_edit), the weights
+    appended to `weights` if given."""
 
     def edit(a: Tensor) -> Tensor:
         al = torch.as_tensor(alpha, dtype=a.dtype, device=a.device)
         out = a + (al.reshape(-1, 1) if al.ndim else al) * w.to(a)
-        return out if prior is None else sdedit(prior, out, t_start, steps, solver, generator)
+        if prior is None:
+            return out
+        if gate is None:
+            return sdedit(prior, out, t_start, steps, solver, generator)
+        z = prior.normalizer.normalize(out.to(prior.normalizer.mean))
+        scores = diffusion_score(prior.denoiser, z, gate.ts, gate.seed)
+        edited, wt = gated_edit(gate, scores, out, lambda x: sdedit(prior, x, t_start, steps, solver, generator))
+        if weights is not None:
+            weights.append(wt.cpu())
+        return edited
 
     return edit
 
@@ -394,9 +408,108 @@ def frontier(paired: Sequence[dict], point: dict[str, float | None]) -> dict[str
     return out
 
 
+def gated_goal(paired_gated: Sequence[dict], point: dict[str, float | None]) -> dict[str, Any]:
+    """Issue 13's bar for gated post-processing, from its paired differences with raw steering (CIs by prompt):
+    NLL not above raw's at any r (the CI of gated − raw reaches 0 or below), P(positive) not below raw's at any r
+    (the CI reaches 0 or above), and NLL below raw's (CI entirely below 0) where raw steering degenerates."""
+    nll_ok = [p["r"] for p in paired_gated if p["d_nll_ci"][0] <= 0]
+    concept_ok = [p["r"] for p in paired_gated if p["d_concept_ci"][1] >= 0]
+    f = frontier(paired_gated, point)
+    verdicts = [f[k]["glp_lowers_nll"] for k in ("positive", "negative") if f.get(k)]
+    return {
+        "nll_not_above_raw_every_r": len(nll_ok) == len(paired_gated),
+        "concept_not_below_raw_every_r": len(concept_ok) == len(paired_gated),
+        "nll_below_raw_where_raw_degenerates": (all(v == "yes" for v in verdicts) if verdicts else None),
+        "frontier": f,
+    }
+
+
+def fit_cost_trend(losses: np.ndarray, costs: np.ndarray, groups: np.ndarray, n_boot: int, seed: int,
+                   level: float = 0.95) -> dict[str, Any]:
+    """Least-squares line cost = a + b · loss over priors, where cost[p] is prior p's per-continuation fluency cost
+    (n,) and its mean is the point; the CIs resample prompts (whole groups of continuations) and refit. The loss
+    at which the line crosses zero cost is -a / b (reported only from resamples with b > 0)."""
+    losses = np.asarray(losses, np.float64)
+    codes = np.unique(groups, return_inverse=True)[1]
+    members = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
+
+    def fit(idx: np.ndarray) -> tuple[float, float]:
+        b, a = np.polyfit(losses, costs[:, idx].mean(1), 1)
+        return float(a), float(b)
+
+    a, b = fit(np.arange(costs.shape[1]))
+    rng = np.random.default_rng(seed)
+    boots = np.array([fit(np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))]))
+                      for _ in range(n_boot)])
+    q = [(1 - level) / 2, (1 + level) / 2]
+    rising = boots[:, 1] > 0
+    cross = -boots[rising, 0] / boots[rising, 1]
+    return {
+        "intercept": a, "slope": b, "slope_ci": np.quantile(boots[:, 1], q).tolist(),
+        "share_of_resamples_with_positive_slope": float(rising.mean()),
+        "zero_cost_loss": -a / b if b > 0 else None,
+        "zero_cost_loss_ci": np.quantile(cross, q).tolist() if rising.mean() >= 0.5 else None,
+    }
+
+
+def fluency_trend(lm: SourceLM, layer: int, priors: Sequence[dict[str, Any]], w: Tensor, mean_norm: float,
+                  cfg: SteerConfig, prompt_ids: Sequence[list[int]], pre: Prefix, gen_kw: dict[str, Any],
+                  raw_nll: dict[float, np.ndarray], groups: np.ndarray,
+                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """How the fluency cost of paper-style SDEdit (NLL − raw NLL, paired per continuation, mean over the r grid)
+    falls as the prior's held-out loss falls: each prior of `priors` ({label, prior, loss}) steers the same
+    prompts with the same seeds at every r, and a line is fitted through (loss, cost) with prompt-resampled CIs."""
+    points, costs = [], []
+    for p in priors:
+        t1 = time.perf_counter()
+        conts = []
+        for r in cfg.r_values:
+            g = torch.Generator(device=lm.device).manual_seed(cfg.seed + 1)
+            edit = steer_edit(w, r * mean_norm, p["prior"], cfg.t_start, cfg.steps, cfg.solver, g)
+            conts.append(generate(lm, prompt_ids, layer=layer, edit=edit, prefix=pre, **gen_kw))
+        nlls = continuation_nll_sets(lm, prompt_ids, conts)
+        cost = np.mean([np.asarray(n) - raw_nll[r] for r, n in zip(cfg.r_values, nlls)], axis=0)  # (n,)
+        costs.append(cost)
+        points.append({"label": p["label"], "heldout_loss": p["loss"], "cost": float(cost.mean()),
+                       "cost_ci": _ci(cost, groups, cfg), "seconds": time.perf_counter() - t1})
+        if log:
+            log(f"fluency trend {p['label']}: held-out loss {p['loss']:.4f}, SDEdit NLL − raw {cost.mean():+.3f} nats "
+                f"({points[-1]['seconds']:.0f} s)")
+    fit = fit_cost_trend(np.array([p["heldout_loss"] for p in points]), np.stack(costs), groups, cfg.n_bootstrap,
+                         cfg.seed)
+    return {"t_start": cfg.t_start, "r_values": list(cfg.r_values), "points": points, "fit": fit}
+
+
+def fluency_trend_png(trend: dict[str, Any]) -> bytes:
+    """Fluency cost of SDEdit vs the prior's held-out loss, one point per prior, with the fitted line."""
+    from glp.report import pyplot, to_png
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=100)
+    pts = trend["points"]
+    x = np.array([p["heldout_loss"] for p in pts])
+    y = np.array([p["cost"] for p in pts])
+    err = np.array([[p["cost"] - p["cost_ci"][0], p["cost_ci"][1] - p["cost"]] for p in pts]).T
+    ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, color="#1b9e77", label="priors (95% CI, clustered by prompt)")
+    for p in pts:
+        ax.annotate(p["label"], (p["heldout_loss"], p["cost"]), xytext=(6, 4), textcoords="offset points", fontsize=8)
+    f = trend["fit"]
+    lo = min(x.min(), f["zero_cost_loss"] or x.min())
+    grid = np.linspace(lo - 0.02, x.max() + 0.02, 50)
+    ax.plot(grid, f["intercept"] + f["slope"] * grid, "--", color="#7570b3",
+            label=f"fit: slope {f['slope']:.2f} [{f['slope_ci'][0]:.2f}, {f['slope_ci'][1]:.2f}] nats per nat")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set(xlabel="prior's held-out flow-matching loss (nats per dim)",
+           ylabel=f"SDEdit NLL − raw NLL (nats/token), mean over r, t_start {trend['t_start']:g}",
+           title="Fluency cost of SDEdit post-processing vs prior quality")
+    ax.legend(fontsize=8)
+    return to_png(fig)
+
+
 def steering_report(lm: SourceLM, layer: int, prior: Prior, w: Tensor, mean_norm: float, cfg: SteerConfig,
                     prompts: Sequence[str], judge: SentimentJudge,
-                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                    log: Callable[[str], None] | None = None, gate: Gate | None = None,
+                    trend_priors: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """Generate for every (r, raw/GLP) with identical prompts and seeds; judge concept (P(positive) of `judge`,
     VADER as second opinion) and fluency (NLL under the unsteered LM, distinct-n); CIs clustered by prompt."""
     reps = 1 if cfg.decoding == "greedy" else cfg.samples_per_prompt
@@ -408,16 +521,28 @@ def steering_report(lm: SourceLM, layer: int, prior: Prior, w: Tensor, mean_norm
     pre = prefill(lm, prompt_ids)
     unsteered = generate(lm, prompt_ids, prefix=pre, **gen_kw)
     settings = []
-    # `glp` = SDEdit from cfg.t_start (the paper's 0.5); `glp@t` = the same from each extra t_start (sensitivity)
-    t_of = {"raw": cfg.t_start, "glp": cfg.t_start, **{glp_mode(t): t for t in cfg.extra_t_starts}}
+    # `glp` = SDEdit from cfg.t_start (the paper's 0.5); `glp@t` = the same from each extra t_start (sensitivity);
+    # `gated` = SDEdit from cfg.t_start in proportion to the gate's off-manifold weight of each steered activation
+    t_of = {"raw": cfg.t_start}
+    if "sdedit" in cfg.post:
+        t_of.update({"glp": cfg.t_start, **{glp_mode(t): t for t in cfg.extra_t_starts}})
+    if "gated" in cfg.post:
+        if gate is None:
+            raise ValueError("steer.post has 'gated' but no calibrated gate was given (glp.ood.calibrate)")
+        t_of["gated"] = cfg.t_start
     progress = Progress("steer generate", len(t_of) * len(cfg.r_values), "setting", log)
     for mode in t_of:
         for r in cfg.r_values:
             t1 = time.perf_counter()
             g = torch.Generator(device=next(prior.denoiser.parameters()).device).manual_seed(cfg.seed + 1)
-            edit = steer_edit(w, r * mean_norm, None if mode == "raw" else prior, t_of[mode], cfg.steps, cfg.solver, g)
+            weights: list[Tensor] = []
+            edit = steer_edit(w, r * mean_norm, None if mode == "raw" else prior, t_of[mode], cfg.steps, cfg.solver, g,
+                              gate=gate if mode == "gated" else None, weights=weights)
             cont = generate(lm, prompt_ids, layer=layer, edit=edit, prefix=pre, **gen_kw)
             settings.append({"mode": mode, "r": r, "tokens": cont, "seconds": time.perf_counter() - t1})
+            if weights:
+                wt = torch.cat(weights)
+                settings[-1].update(edited_share=float((wt > 0).float().mean()), mean_weight=float(wt.mean()))
             progress.update(1, f"{mode} r={r} took {settings[-1]['seconds']:.1f} s")
     t1 = time.perf_counter()
     nlls = continuation_nll_sets(lm, prompt_ids, [s["tokens"] for s in settings])
@@ -444,6 +569,7 @@ def steering_report(lm: SourceLM, layer: int, prior: Prior, w: Tensor, mean_norm
             "nll": float(nll.mean()), "nll_ci": _ci(nll, groups, cfg),
             "distinct1": float(d1.mean()), "distinct2": float(d2.mean()), "distinct2_ci": _ci(d2, groups, cfg),
             "seconds": s["seconds"],
+            "edited_share": s.get("edited_share"), "mean_weight": s.get("mean_weight"),
             "examples": [{"prompt": p, "continuation": d} for p, d in list(zip(texts, dec))[::reps][:3]],
         })
         judged.update(1, f"{s['mode']} r={s['r']}: concept {concept.mean():.3f} nll {nll.mean():.3f} "
@@ -461,8 +587,9 @@ def steering_report(lm: SourceLM, layer: int, prior: Prior, w: Tensor, mean_norm
                         "d_concept": float(dc.mean()), "d_concept_ci": _ci(dc, groups, cfg)})
         return out
 
-    paired = paired_with("glp")
+    paired = paired_with("glp") if "glp" in t_of else []
     paired_t_start = {mode: paired_with(mode) for mode in t_of if mode.startswith("glp@")}
+    paired_gated = paired_with("gated") if "gated" in t_of else []
     # does raw steering move the concept? Spearman of r vs concept over all raw rows, resampling prompts
     raw = [s for s in settings if s["mode"] == "raw"]
     rho, rho_ci = spearman_ci(np.repeat([s["r"] for s in raw], len(texts)), np.concatenate([s["concept"] for s in raw]),
@@ -488,6 +615,11 @@ def steering_report(lm: SourceLM, layer: int, prior: Prior, w: Tensor, mean_norm
                              for k, x in ends.items()}},
         "degeneration_point": point, "frontier": frontier(paired, point),
         "frontier_t_start": {mode: frontier(p, point) for mode, p in paired_t_start.items()},
+        "paired_gated": paired_gated, "gate": gate.as_dict() if gate is not None else None,
+        "gated_goal": gated_goal(paired_gated, point) if paired_gated else None,
+        "fluency_trend": (fluency_trend(lm, layer, trend_priors, w, mean_norm, cfg, prompt_ids, pre, gen_kw,
+                                        {r: np.asarray(by[("raw", r)]["nll"]) for r in cfg.r_values}, groups, log)
+                          if trend_priors else None),
         "seconds": {"generation": sum(s["seconds"] for s in settings), "nll": seconds_nll, "judge": seconds_judge,
                     "report": time.perf_counter() - t0},
     }
@@ -595,8 +727,52 @@ def steering_markdown(report: dict[str, Any]) -> str:
     for r in report["rows"]:  # a blank line around each heading: markdown would run it into the last bullet
         ex += ["", f"**{r['mode']} r={r['r']:g}**", ""]
         ex += [f"- *{e['prompt']}* → {e['continuation']!r}" for e in r["examples"]]
+    head += [gated_statement(report), trend_statement(report)]
+    if report.get("paired_gated"):
+        paired += "\n\nGated − raw (same prompts and seeds):\n\n" + markdown_table(
+            ["r", "ΔNLL (gated − raw)", "95% CI", "ΔP(positive) (gated − raw)", "95% CI"],
+            [[p["r"], round(p["d_nll"], 3), ci(p["d_nll_ci"]), round(p["d_concept"], 3), ci(p["d_concept_ci"])]
+             for p in report["paired_gated"]])
     return ("\n\n".join(head) + "\n\n" + table + "\n\nPaired differences (same prompts and seeds):\n\n" + paired
             + "\n\nExamples:\n" + "\n".join(ex))
+
+
+def gated_statement(report: dict[str, Any]) -> str:
+    """One paragraph: what the gate flags, how much it edited, and the three goals of gated post-processing."""
+    g, goal, cal = report.get("gate"), report.get("gated_goal"), report.get("gate_calibration")
+    if not g or not goal:
+        return "No gated rows (steer.post lacks 'gated')."
+    rows = [r for r in report["rows"] if r["mode"] == "gated"]
+    edited = ", ".join(f"r={r['r']:g} {100 * r['edited_share']:.0f} %" for r in rows)
+    fpr = (f" (measured on {cal['n_check']:,} other held-out activations: {100 * cal['fpr_check']:.1f} % "
+           f"[{100 * cal['fpr_check_ci'][0]:.1f}, {100 * cal['fpr_check_ci'][1]:.1f}])" if cal else "")
+    worst = max(report["paired_gated"], key=lambda p: p["d_nll"])
+    yes = {True: "yes", False: "no", None: "n/a (raw never degenerates in the sweep)"}
+    return (f"Gated SDEdit edits a steered activation only when its off-manifold score (diffusion loss at t ∈ "
+            f"{{{', '.join(f'{t:g}' for t in g['ts'])}}}) exceeds the level {100 * g['fpr']:g} % of real held-out "
+            f"activations exceed{fpr}, fully beyond the {100 * g['full_fpr']:g} % level. Tokens edited: {edited}. "
+            f"NLL not above raw at every r: **{yes[goal['nll_not_above_raw_every_r']]}** (largest gated − raw "
+            f"{worst['d_nll']:+.3f} [{worst['d_nll_ci'][0]:+.3f}, {worst['d_nll_ci'][1]:+.3f}] at r={worst['r']:g}); "
+            f"concept not below raw at every r: **{yes[goal['concept_not_below_raw_every_r']]}**; NLL below raw "
+            f"where raw degenerates: **{yes[goal['nll_below_raw_where_raw_degenerates']]}**.")
+
+
+def trend_statement(report: dict[str, Any]) -> str:
+    """One paragraph: the fluency cost of SDEdit against the prior's held-out loss, and where it would reach 0."""
+    t = report.get("fluency_trend")
+    if not t:
+        return "No fluency trend (needs train.snapshots > 0 and 'sdedit' in steer.post)."
+    f = t["fit"]
+    pts = "; ".join(f"{p['label']}: loss {p['heldout_loss']:.3f}, cost {p['cost']:+.2f}" for p in t["points"])
+    if f["zero_cost_loss"] is None:
+        cross = "the fitted cost does not fall as the loss falls, so it never reaches zero"
+    else:
+        ci = f["zero_cost_loss_ci"]
+        cross = (f"the line reaches zero cost at held-out loss {f['zero_cost_loss']:.3f}"
+                 + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else " (CI undefined: the slope's sign is uncertain)"))
+    return (f"Fluency cost of SDEdit at t_start {t['t_start']:g} (NLL − raw, mean over r) vs the prior's held-out "
+            f"loss, {len(t['points'])} priors ({pts}): slope {f['slope']:+.2f} [{f['slope_ci'][0]:+.2f}, "
+            f"{f['slope_ci'][1]:+.2f}] nats of NLL per unit of loss; {cross}.")
 
 
 def r0_matches_unsteered(report: dict[str, Any]) -> bool:
@@ -622,7 +798,19 @@ def build_steering(settings: Any, source: Any, log: Callable[[str], None] | None
     judge = fit_sentiment_judge(cfg.labelled, cfg.seed, cfg.judge_test_fraction, cfg.n_bootstrap)
     lm = load_source_lm(pipeline.model_dir(settings, source), settings.device, "float32", settings.trust_remote_code)
     prior = load_prior(paths.prior, lm.device)
-    mean_norm = mean_activation_norm(ActivationStore(paths.store("heldout")).rows())
+    heldout = ActivationStore(paths.store("heldout")).rows()
+    if heldout.shape[1] != prior.d_model:
+        raise ValueError(f"prior input dim {prior.d_model} != held-out store dim {heldout.shape[1]}: re-materialize "
+                         "`glp_prior` for this source")
+    mean_norm = mean_activation_norm(heldout)
+    gate = calibration = None
+    if "gated" in cfg.post:
+        gate, calibration = calibrate_gate(prior, heldout, cfg)
+        if log:
+            log(f"gate: threshold {gate.threshold:.4f} (held-out FPR {cfg.gate_fpr:g}), full edit from "
+                f"{gate.full:.4f}; measured FPR on {calibration['n_check']:,} other held-out rows "
+                f"{calibration['fpr_check']:.4f}")
+    trend = trend_priors(prior, paths, heldout, settings) if cfg.fluency_trend and "sdedit" in cfg.post else []
     t1 = time.perf_counter()
     w = sentiment_direction(lm, source.layer, snippets, cfg.direction_max_tokens)
     direction = direction_auc(lm, source.layer, w, snippets, cfg.direction_max_tokens, cfg.n_bootstrap, cfg.seed)
@@ -630,10 +818,51 @@ def build_steering(settings: Any, source: Any, log: Callable[[str], None] | None
     if log:
         log(f"direction: AUC {direction['auc']:.3f} on held-out snippets; judge accuracy "
             f"{judge.report['accuracy']:.3f} ({direction['seconds']:.1f} s, judge {judge.report['seconds']:.1f} s)")
-    report = steering_report(lm, source.layer, prior, w, mean_norm, cfg, prompts, judge, log=log)
-    report["direction"] = direction
+    report = steering_report(lm, source.layer, prior, w, mean_norm, cfg, prompts, judge, log=log, gate=gate,
+                             trend_priors=trend)
+    report["direction"], report["gate_calibration"] = direction, calibration
     report["seconds"]["total"] = time.perf_counter() - t0
     write_atomic(paths.root / "steering.json", json.dumps(report, indent=1, default=float))
     png = pareto_png(report)
     write_atomic(paths.root / "steering_pareto.png", png)
-    return {**report, "path": str(paths.root / "steering.json"), "png": png}
+    trend_png = fluency_trend_png(report["fluency_trend"]) if report["fluency_trend"] else None
+    if trend_png:
+        write_atomic(paths.root / "steering_fluency_trend.png", trend_png)
+    return {**report, "path": str(paths.root / "steering.json"), "png": png, "trend_png": trend_png}
+
+
+def calibrate_gate(prior: Prior, heldout: np.ndarray, cfg: SteerConfig) -> tuple[Gate, dict[str, Any]]:
+    """The gate calibrated on the first `gate_calibration_rows` held-out activations, and its false-positive rate
+    measured on as many following ones (with a binomial 95% CI)."""
+    n = min(cfg.gate_calibration_rows, len(heldout) // 2)
+    if n < 20:
+        raise ValueError(f"{len(heldout)} held-out activations are too few to calibrate the gate (need 40): "
+                         "raise store.heldout_docs or drop 'gated' from steer.post")
+    z = prior.normalizer.normalize(torch.from_numpy(heldout[: 2 * n]).to(prior.normalizer.mean))
+    scores = diffusion_score(prior.denoiser, z, cfg.gate_ts, cfg.seed)
+    gate = calibrate(scores[:n], cfg.gate_fpr, cfg.gate_full_fpr, cfg.gate_ts, cfg.seed)
+    flagged = (gate.weight(scores[n:]) > 0).numpy()
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(flagged.sum()), len(flagged)).proportion_ci(0.95)
+    return gate, {"n_calibration": n, "n_check": len(flagged), "fpr_target": cfg.gate_fpr,
+                  "fpr_check": float(flagged.mean()), "fpr_check_ci": [float(ci.low), float(ci.high)]}
+
+
+def trend_priors(prior: Prior, paths: Any, heldout: np.ndarray, settings: Any) -> list[dict[str, Any]]:
+    """The priors of the fluency trend, weakest first: the Gaussian prior (the affine velocity of the training
+    covariance), the prior's mid-training snapshots, and the prior itself, each with its held-out loss (the
+    prior_eval protocol: n_t fixed levels, seeded noise, on up to 4,096 held-out rows)."""
+    from glp.evaluate import AffineVelocity, heldout_loss
+    from glp.prior import load_snapshots
+    from glp.stats import NormStats
+
+    snaps = load_snapshots(prior, paths.prior)
+    if not snaps:
+        return []
+    device = prior.normalizer.mean.device
+    z = prior.normalizer.normalize(torch.from_numpy(heldout[:4096]).to(device)).cpu()
+    gauss = AffineVelocity(NormStats.load(paths.norm_stats).cov_normalized).to(device)
+    nets = [("Gaussian", gauss), *((f"step {k}", net) for k, net in snaps), ("final", prior.denoiser)]
+    return [{"label": label, "prior": Prior(net, prior.normalizer, prior.config),
+             "loss": heldout_loss(net, z, settings.eval.n_t, settings.eval.seed)["mean"]} for label, net in nets]

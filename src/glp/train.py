@@ -26,7 +26,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,7 @@ class TrainResult:
     precision: str
     n_params: int
     flops: float  # 6 · N · rows seen, for the whole run
+    snapshots: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # "step<N>" -> state_dict (fp32)
 
 
 def _free_port() -> int:
@@ -133,6 +134,54 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
+def draw_t(n: int, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """Training noise levels (n,) in [0, 1]: uniform, or logit-normal sigmoid(N(t_mean, t_std))."""
+    if cfg.t_sampling == "uniform":
+        return torch.rand(n, generator=gen)
+    return torch.sigmoid(cfg.t_mean + cfg.t_std * torch.randn(n, generator=gen))
+
+
+@torch.no_grad()
+def normalized_moments(store: ActivationStore, normalizer: Normalizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (d,) and covariance (d, d), float64, of the store's rows in the normalized space (one streamed pass)."""
+    d = store.d_model
+    total, outer, n = torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64), 0
+    for chunk in store.iter_chunks():
+        z = normalizer.normalize(torch.from_numpy(chunk)).double()
+        total += z.sum(0)
+        outer += z.T @ z
+        n += len(z)
+    mean = total / n
+    return mean, (outer - n * torch.outer(mean, mean)) / max(n - 1, 1)
+
+
+class WeightAverage:
+    """Exponential moving average of a module's floating-point parameters (fp32 copies): p_ema <- d p_ema + (1-d) p."""
+
+    def __init__(self, module: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: p.detach().float().clone() for k, p in module.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        for k, p in module.named_parameters():
+            self.shadow[k].lerp_(p.detach().float(), 1.0 - self.decay)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.shadow.items()}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        missing = self.shadow.keys() - state.keys()
+        if missing:
+            raise ValueError(f"checkpoint's weight average lacks {sorted(missing)[:3]}: was ema_decay changed mid-run?")
+        self.shadow = {k: state[k].float().clone() for k in self.shadow}
+
+
+def snapshot_steps(total: int, n: int) -> list[int]:
+    """The `n` evenly spaced steps (before the last) at which training keeps a copy of the weights."""
+    return sorted({max(1, round(total * (i + 1) / (n + 1))) for i in range(n)} - {total})
+
+
 def train_prior(
     store: ActivationStore,
     normalizer: Normalizer,
@@ -150,11 +199,16 @@ def train_prior(
 
     torch.manual_seed(tcfg.seed)
     model = GLPDenoiser(store.d_model, dcfg)
+    if dcfg.skip == "affine":
+        mean, cov = normalized_moments(store, normalizer)
+        model.set_gaussian(cov, mean)
+    if tcfg.ema_decay is not None and tcfg.zero_stage == 3:
+        raise ValueError("train.ema_decay needs the full weights on every rank: use zero_stage 0-2, or ema_decay None")
     n_params = sum(p.numel() for p in model.parameters())
     per_epoch = n_batches(store.n_rows, tcfg.batch_size)
     if per_epoch == 0:
         raise ValueError(f"store has {store.n_rows} rows, fewer than one batch of {tcfg.batch_size}: lower train.batch_size")
-    total = per_epoch * tcfg.epochs
+    total = tcfg.steps or per_epoch * tcfg.epochs  # `steps` cycles through as many (partial) epochs as it needs
     precision = resolve_precision(tcfg.precision)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, tcfg))
@@ -170,10 +224,15 @@ def train_prior(
 
     losses: list[float] = []
     start = 0
+    ema = WeightAverage(engine.module, tcfg.ema_decay) if tcfg.ema_decay is not None else None
+    keep_at = set(snapshot_steps(total, tcfg.snapshots))
+    snap_dir = ckpt_dir / "snapshots"  # written atomically when reached; a resumed run rewrites identical ones
     tag = resume_tag(ckpt_dir, say, engine.device)
     if tag is not None:
         _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
         start, losses = int(client["step"]), list(client["losses"])
+        if ema is not None:
+            ema.load(client["ema"])
         say(f"resumed from checkpoint {ckpt_dir / tag} at step {start}/{total}")
 
     rank = _rank()
@@ -182,11 +241,13 @@ def train_prior(
     t0 = time.perf_counter()
     step = start
     progress = Progress("train", total, "step", log, done=start)
-    for epoch in range(start // per_epoch, tcfg.epochs):
+    for epoch in range(start // per_epoch, -(-total // per_epoch)):
         first = step - epoch * per_epoch
         for batch in iter_shuffled_batches(store, tcfg.batch_size, tcfg.seed, epoch, start_batch=first):
+            if step >= total:
+                break
             gen = step_generator(tcfg.seed, step)
-            t = torch.rand(tcfg.batch_size, generator=gen)
+            t = draw_t(tcfg.batch_size, tcfg, gen)
             eps = torch.randn(batch.shape, generator=gen)
             sl = slice(rank * micro, (rank + 1) * micro)  # this rank's share of the global batch
             x0 = norm.normalize(torch.from_numpy(batch[sl]).to(engine.device))
@@ -195,22 +256,49 @@ def train_prior(
             )
             engine.backward(loss)
             engine.step()
+            if ema is not None:
+                ema.update(engine.module)
             losses.append(float(loss.detach()))
             step += 1
+            if step in keep_at:
+                weights = _full_state_dict(engine, tcfg.zero_stage)  # a collective under ZeRO-3: every rank
+                if ema is not None:
+                    weights.update(ema.state())
+                if rank == 0:
+                    _save_weights(snap_dir / f"step{step}.safetensors", weights)
             progress.set(step, lambda: f"loss {np.mean(losses[-100:]):.4f} lr {scheduler.get_last_lr()[0]:.2e}")
             if step % tcfg.checkpoint_every == 0 or step == total:
-                save_checkpoint(engine, ckpt_dir, step, {"step": step, "losses": losses})
+                client = {"step": step, "losses": losses}
+                save_checkpoint(engine, ckpt_dir, step, client if ema is None else {**client, "ema": ema.state()})
             if interrupt_after is not None and step >= interrupt_after:
                 raise TrainingInterrupted(f"stopped after step {step} as asked")
     seconds = time.perf_counter() - t0
     rows = (step - start) * tcfg.batch_size
     trained = GLPDenoiser(store.d_model, dcfg)
-    trained.load_state_dict(_full_state_dict(engine, tcfg.zero_stage))
+    final = _full_state_dict(engine, tcfg.zero_stage)  # buffers (the skip path) come from here
+    trained.load_state_dict({**final, **ema.state()} if ema is not None else final)
     result = TrainResult(
         steps=step, losses=losses, seconds=seconds, rows_per_s=rows / max(seconds, 1e-9), resumed_from=start,
         precision=precision, n_params=n_params, flops=6.0 * n_params * total * tcfg.batch_size,
+        snapshots={f"step{k}": _load_weights(snap_dir / f"step{k}.safetensors") for k in sorted(keep_at)
+                   if (snap_dir / f"step{k}.safetensors").is_file()},
     )
     return trained.float().eval(), result
+
+
+def _save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
 
 
 def _full_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Tensor]:

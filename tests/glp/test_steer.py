@@ -9,6 +9,7 @@ from glp.denoiser import GLPDenoiser
 from glp.evaluate import bootstrap_ci
 from glp.flow import project_on_manifold, sample
 from glp.judges import fit_sentiment_judge
+from glp.ood import Gate
 from glp.lm import capture_residual
 from glp.prior import Prior
 from glp.stats import Normalizer
@@ -231,10 +232,18 @@ def test_steering_report_pairs_raw_and_glp_rows_and_judges_them(tiny_lm, labelle
                       n_bootstrap=50, labelled=labelled)
     judge = fit_sentiment_judge(labelled, n_boot=50)
     w = torch.nn.functional.normalize(torch.randn(tiny_lm.d_model), dim=0)
-    rep = steering_report(tiny_lm, LAYER, prior, w, 10.0, cfg, ["The cat", "Rain fell"], judge)
-    modes = ("raw", "glp", "glp@0.2")  # glp@0.2: the default extra SDEdit level, paired with raw like glp
+    gate = Gate(threshold=0.0, full=1e9, fpr=0.05, full_fpr=0.005, n_calibration=10)  # every row partly edited
+    with pytest.raises(ValueError, match="no calibrated gate"):
+        steering_report(tiny_lm, LAYER, prior, w, 10.0, cfg, ["The cat", "Rain fell"], judge)
+    rep = steering_report(tiny_lm, LAYER, prior, w, 10.0, cfg, ["The cat", "Rain fell"], judge, gate=gate)
+    modes = ("raw", "glp", "glp@0.2", "gated")  # glp@0.2: the default extra SDEdit level, paired with raw like glp
     assert [(r["mode"], r["r"]) for r in rep["rows"]] == [(m, r) for m in modes for r in (-1.0, 0.0, 1.0)]
     assert {r["t_start"] for r in rep["rows"]} == {None, 0.5, 0.2}
+    gated = [r for r in rep["rows"] if r["mode"] == "gated"]
+    assert all(r["edited_share"] == 1.0 and 0 < r["mean_weight"] < 1e-6 for r in gated)
+    assert [p["r"] for p in rep["paired_gated"]] == [-1.0, 0.0, 1.0] and rep["gate"]["threshold"] == 0.0
+    assert set(rep["gated_goal"]) >= {"nll_not_above_raw_every_r", "concept_not_below_raw_every_r"}
+    assert rep["fluency_trend"] is None  # no trend priors given
     assert [p["r"] for p in rep["paired_t_start"]["glp@0.2"]] == [-1.0, 0.0, 1.0]
     assert rep["n_continuations"] == 4 and rep["groups"] == [0, 0, 1, 1] and r0_matches_unsteered(rep)
     assert rep["passes_per_token"] == 10 and rep["judge"] is judge.report

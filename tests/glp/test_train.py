@@ -89,3 +89,77 @@ def test_exported_prior_loads_with_plain_torch(store, tmp_path):
     t = torch.full((5,), 0.3)
     torch.testing.assert_close(prior.denoiser(x, t), model(x, t))
     assert prior.config["source"] == "test" and prior.d_model == 8
+
+
+def _train_with(store, ckpt, dcfg, interrupt_after=None, **overrides):
+    cfg = TrainConfig(**{"batch_size": 64, "lr": 3e-3, "checkpoint_every": 8, "epochs": 2, **overrides})
+    norm = compute_stats(store, with_cov=False).normalizer()
+    return train_prior(store, norm, dcfg, cfg, ckpt, torch.device("cpu"), interrupt_after=interrupt_after)
+
+
+def test_affine_skip_starts_as_the_gaussian_prior_and_trains_below_it(store, tmp_path):
+    from glp.evaluate import AffineVelocity, heldout_loss
+    from glp.train import normalized_moments
+
+    dcfg = DenoiserConfig(n_blocks=2, time_dim=16, skip="affine")
+    norm = compute_stats(store, with_cov=False).normalizer()
+    x = norm.normalize(torch.from_numpy(store.rows()))
+    mean, cov = normalized_moments(store, norm)
+    torch.testing.assert_close(cov, torch.from_numpy(np.cov(x.double().numpy(), rowvar=False)))
+    gauss = heldout_loss(AffineVelocity(cov.numpy(), mean.numpy()), x, 8, seed=0)["mean"]
+    start, _ = _train_with(store, tmp_path / "a", dcfg, steps=1, lr=1e-12)  # one step at ~0 lr: the initial net
+    assert heldout_loss(start, x, 8, seed=0)["mean"] == pytest.approx(gauss, rel=1e-4)
+    model, res = _train_with(store, tmp_path / "b", dcfg, steps=96)
+    assert res.steps == 96  # `steps` overrides epochs: 3 epochs of 32 batches
+    assert heldout_loss(model, x, 8, seed=0)["mean"] < 0.8 * gauss  # 4 clusters: far from Gaussian
+
+
+def test_logit_normal_t_concentrates_mid_noise_levels():
+    from glp.train import draw_t
+
+    g = torch.Generator().manual_seed(0)
+    uni = draw_t(20_000, TrainConfig(), g)
+    ln = draw_t(20_000, TrainConfig(t_sampling="logit_normal"), g)
+    assert 0 <= ln.min() and ln.max() <= 1 and 0 <= uni.min() and uni.max() <= 1
+    mid = lambda t: float(((t > 0.3) & (t < 0.7)).float().mean())  # noqa: E731
+    assert mid(uni) == pytest.approx(0.4, abs=0.02) and mid(ln) > 0.55
+    shifted = draw_t(20_000, TrainConfig(t_sampling="logit_normal", t_mean=1.0), g)
+    assert shifted.median() > 0.65
+
+
+def test_ema_and_snapshots_survive_a_kill_and_resume_bit_for_bit(store, tmp_path):
+    dcfg = DenoiserConfig(n_blocks=2, time_dim=16)
+    kw = dict(ema_decay=0.9, snapshots=3)
+    full, res_full = _train_with(store, tmp_path / "full", dcfg, **kw)
+    assert sorted(res_full.snapshots) == ["step16", "step32", "step48"]
+    with pytest.raises(TrainingInterrupted):
+        _train_with(store, tmp_path / "res", dcfg, interrupt_after=36, **kw)  # after the snapshot at 32, ckpt 32
+    resumed, res = _train_with(store, tmp_path / "res", dcfg, **kw)
+    assert res.resumed_from == 32
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    for tag in res_full.snapshots:
+        for k, a in res_full.snapshots[tag].items():
+            torch.testing.assert_close(a, res.snapshots[tag][k], rtol=0, atol=0, msg=f"{tag} {k}")
+    # the EMA is not the last weights, and the snapshots are not the end
+    last, _ = _train_with(store, tmp_path / "plain", dcfg, snapshots=3)
+    assert not torch.equal(last.state_dict()["out_proj.weight"], full.state_dict()["out_proj.weight"])
+    assert not torch.equal(res_full.snapshots["step16"]["out_proj.weight"], full.state_dict()["out_proj.weight"])
+
+
+def test_snapshots_are_exported_with_the_prior_and_checked(store, tmp_path):
+    from glp.prior import PriorCorrupt, load_snapshots
+
+    model, res = _train_with(store, tmp_path / "ckpt", DCFG, snapshots=2)
+    norm = compute_stats(store, with_cov=False).normalizer()
+    save_prior(tmp_path / "prior", model, norm, {"source": "x/L0"}, snapshots=res.snapshots)
+    prior = load_prior(tmp_path / "prior")
+    snaps = load_snapshots(prior, tmp_path / "prior")
+    assert [s for s, _ in snaps] == [21, 43]
+    for (step, net) in snaps:
+        for k, v in net.state_dict().items():
+            torch.testing.assert_close(v, res.snapshots[f"step{step}"][k], rtol=0, atol=0)
+    f = tmp_path / "prior" / "snapshots" / "step21.safetensors"
+    f.write_bytes(f.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(PriorCorrupt, match="step21"):
+        load_snapshots(prior, tmp_path / "prior")
