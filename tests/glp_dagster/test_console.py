@@ -61,6 +61,8 @@ def home(tmp_path_factory):
         "PYTHONWARNINGS": _makefile_warnings(),
         "TOKENIZERS_PARALLELISM": "false",
         "COLUMNS": "200",
+        # one thread per op: the tiny chain's small ops run ~50x slower when two threads share cores with other jobs
+        "OMP_NUM_THREADS": "1",
     }
     (tmp / "dagster_home").mkdir()
     shutil.copy(ROOT / "dagster.yaml", tmp / "dagster_home" / "dagster.yaml")
