@@ -36,15 +36,17 @@ _SKIPPED = re.compile(r"Dependencies for step \S+ (failed|were not executed)")
 
 
 def _error_text(data: object) -> str:
-    """A step's error: a `dg.Failure` is a message written for the user (ours say what to do), so just that;
-    anything else is a bug somewhere, so the whole chain with its stack traces."""
+    """A step's error: a `dg.Failure` is a message written for the user (ours say what to do) and a failed blocking
+    check is explained on its own line, so just the message; anything else is a bug somewhere, so the whole chain
+    with its stack traces."""
     error = getattr(data, "error", None)
     if error is None:
         return "(no error recorded)"
     chain = [error]
     while chain[-1].cause is not None:
         chain.append(chain[-1].cause)
-    failure = next((e for e in chain if e.cls_name == "Failure"), None)
+    # a dg.Failure, or a blocking check that failed (its own line, just above, says why)
+    failure = next((e for e in chain if e.cls_name in ("Failure", "DagsterAssetCheckFailedError")), None)
     if failure is not None:
         text = failure.message.strip()
         return text.split(": ", 1)[1] if text.startswith("dagster.") and ": " in text else text

@@ -29,6 +29,8 @@ warnings.filterwarnings("ignore", message="Parameter `include_sources` of functi
                         category=dg.BetaWarning)
 # The console shows our own progress lines (glp.progress); transformers' tqdm bars (loading weights, writing shards:
 # under a second each) would break into them. Read when transformers is imported, so set before any step runs.
+# (Its GGUF loader's bar, ~2 s once per fresh store, uses tqdm directly, which the dagster CLI imported before this
+# module: it stays.)
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
