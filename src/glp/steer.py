@@ -460,6 +460,8 @@ def fluency_trend(lm: SourceLM, layer: int, priors: Sequence[dict[str, Any]], w:
     falls as the prior's held-out loss falls: each prior of `priors` ({label, prior, loss}) steers the same
     prompts with the same seeds at every r, and a line is fitted through (loss, cost) with prompt-resampled CIs."""
     points, costs = [], []
+    progress = Progress("fluency trend", len(priors) * len(cfg.r_values), "setting", log)
+    scored = Progress("fluency trend", len(priors), "prior", log, every_s=0)  # every prior: the event log keeps all
     for p in priors:
         t1 = time.perf_counter()
         conts = []
@@ -467,14 +469,14 @@ def fluency_trend(lm: SourceLM, layer: int, priors: Sequence[dict[str, Any]], w:
             g = torch.Generator(device=lm.device).manual_seed(cfg.seed + 1)
             edit = steer_edit(w, r * mean_norm, p["prior"], cfg.t_start, cfg.steps, cfg.solver, g)
             conts.append(generate(lm, prompt_ids, layer=layer, edit=edit, prefix=pre, **gen_kw))
+            progress.update(1, f"{p['label']} r={r}")
         nlls = continuation_nll_sets(lm, prompt_ids, conts)
         cost = np.mean([np.asarray(n) - raw_nll[r] for r, n in zip(cfg.r_values, nlls)], axis=0)  # (n,)
         costs.append(cost)
         points.append({"label": p["label"], "heldout_loss": p["loss"], "cost": float(cost.mean()),
                        "cost_ci": _ci(cost, groups, cfg), "seconds": time.perf_counter() - t1})
-        if log:
-            log(f"fluency trend {p['label']}: held-out loss {p['loss']:.4f}, SDEdit NLL − raw {cost.mean():+.3f} nats "
-                f"({points[-1]['seconds']:.0f} s)")
+        scored.update(1, f"{p['label']}: held-out loss {p['loss']:.4f}, SDEdit NLL − raw {cost.mean():+.3f} nats "
+                         f"({points[-1]['seconds']:.0f} s)")
     fit = fit_cost_trend(np.array([p["heldout_loss"] for p in points]), np.stack(costs), groups, cfg.n_bootstrap,
                          cfg.seed)
     return {"t_start": cfg.t_start, "r_values": list(cfg.r_values), "points": points, "fit": fit}
