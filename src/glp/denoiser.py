@@ -157,4 +157,5 @@ class GLPDenoiser(nn.Module):
         if "d_model" not in d:
             raise ValueError(f"denoiser config {d} has no 'd_model': was it written by GLPDenoiser.config_dict()?")
         d_model = int(d.pop("d_model"))
+        d.setdefault("skip", "none")  # saved before the affine skip existed (and became the default): none
         return cls(d_model, DenoiserConfig(**d))

@@ -313,19 +313,25 @@ def results_markdown(settings, source) -> str:  # noqa: ANN001 (Settings, Source
              f"{prior_meta.get('steps', '?')} steps"],
         ]))
     if st := read_json(root / "steering.json"):
+        from glp.steer import gated_statement, trend_statement
+
         d, j = st["direction"], st["judge"]
         rows = {(r["mode"], r["r"]): r for r in st["rows"]}
         paired = {p["r"]: p for p in st["paired"]}
         extra = {m: {p["r"]: p for p in ps} for m, ps in st.get("paired_t_start", {}).items()}
+        gated = {p["r"]: p for p in st.get("paired_gated") or []}
         t0 = st["config"]["t_start"]
         table = markdown_table(
             ["r", "concept raw [CI]", "concept GLP", "VADER raw", "NLL raw [CI]", f"NLL GLP (t {t0:g})",
              f"ΔNLL GLP − raw [CI] (t {t0:g})", *[f"ΔNLL GLP − raw [CI] (t {m.removeprefix('glp@')})" for m in extra],
+             *(["ΔNLL gated − raw [CI]", "Δconcept gated − raw [CI]"] if gated else []),
              "distinct-2 raw / GLP"],
             [[r, f"{rows['raw', r]['concept']:.3f} {_ci(rows['raw', r]['concept_ci'])}", f"{rows['glp', r]['concept']:.3f}",
               f"{rows['raw', r]['vader']:+.3f}", f"{rows['raw', r]['nll']:.2f} {_ci(rows['raw', r]['nll_ci'], 2)}",
               f"{rows['glp', r]['nll']:.2f}", f"{paired[r]['d_nll']:+.2f} {_ci(paired[r]['d_nll_ci'], 2)}",
               *[f"{e[r]['d_nll']:+.2f} {_ci(e[r]['d_nll_ci'], 2)}" for e in extra.values()],
+              *([f"{gated[r]['d_nll']:+.2f} {_ci(gated[r]['d_nll_ci'], 2)}",
+                 f"{gated[r]['d_concept']:+.3f} {_ci(gated[r]['d_concept_ci'])}"] if gated else []),
               f"{rows['raw', r]['distinct2']:.2f} / {rows['glp', r]['distinct2']:.2f}"]
              for r in sorted(paired)])
         trend = st["concept_trend"]
@@ -339,7 +345,8 @@ def results_markdown(settings, source) -> str:  # noqa: ANN001 (Settings, Source
             f"Spearman(r, raw concept) {trend['spearman_r_vs_concept_raw']:+.3f} {_ci(trend['spearman_ci'])}. "
             + f"With t_start {t0:g}: " + st["frontier"]["statement"]
             + "".join(f" With t_start {m.removeprefix('glp@')}: " + f["statement"]
-                      for m, f in st.get("frontier_t_start", {}).items()))
+                      for m, f in st.get("frontier_t_start", {}).items())
+            + "".join(f"\n\n{line}" for line in (gated_statement(st), trend_statement(st))))
     if dl := read_json(root / "delta_lm.json"):
         from glp.delta_lm import delta_lm_markdown
 

@@ -11,7 +11,8 @@ D_MODEL = 8
 
 
 def make_cfg(**overrides) -> DenoiserConfig:
-    return DenoiserConfig(**{"width_mult": 2.0, "hidden_mult": 4.0, "n_blocks": 3, "time_dim": 16, **overrides})
+    return DenoiserConfig(**{"width_mult": 2.0, "hidden_mult": 4.0, "n_blocks": 3, "time_dim": 16, "skip": "none",
+                             **overrides})
 
 
 @pytest.fixture
@@ -122,14 +123,32 @@ def layout(m: GLPDenoiser) -> dict[str, tuple[int, ...]]:
 
 
 def test_the_default_denoiser_keeps_the_layout_of_saved_priors():
-    m = GLPDenoiser(8, DenoiserConfig())
+    m = GLPDenoiser(8, DenoiserConfig(skip="none"))
     assert layout(m) == SAVED_LAYOUT_D8
     assert sum(p.numel() for p in m.parameters()) == 3408
+    # the default since issue 13 adds the Gaussian skip path as buffers only: same parameters
+    skip = GLPDenoiser(8, DenoiserConfig())
+    assert layout(skip) == {**SAVED_LAYOUT_D8, "skip_lam": (8,), "skip_vecs": (8, 8), "skip_mean": (8,)}
+    assert sum(p.numel() for p in skip.parameters()) == 3408
+
+
+def test_the_affine_skip_starts_as_the_gaussian_prior_exactly():
+    from glp.evaluate import AffineVelocity
+
+    m = GLPDenoiser(8, DenoiserConfig())
+    a = torch.randn(8, 8)
+    cov, mean = a @ a.T / 8, torch.randn(8) * 0.1
+    m.set_gaussian(cov, mean)
+    x, t = torch.randn(16, 8), torch.rand(16)
+    torch.testing.assert_close(m(x, t), AffineVelocity(cov.numpy(), mean.numpy())(x, t), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="skip='affine'"):
+        GLPDenoiser(8, DenoiserConfig(skip="none")).set_gaussian(cov, mean)
 
 
 def test_a_config_saved_before_the_new_fields_existed_loads_its_weights():
     old = GLPDenoiser.from_config_dict(SAVED_CONFIG_D8)
-    assert (old.cfg.bias, old.cfg.time_dim, old.cfg.init, old.cfg.preset) == (False, 128, "glp", None)
+    assert (old.cfg.bias, old.cfg.time_dim, old.cfg.init, old.cfg.preset, old.cfg.skip) == (False, 128, "glp", None,
+                                                                                              "none")
     old.load_state_dict({k: torch.randn(shape) for k, shape in SAVED_LAYOUT_D8.items()})  # strict: no key missing
 
 

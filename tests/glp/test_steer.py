@@ -25,7 +25,7 @@ LAYER = 1
 
 def tiny_prior(d: int, seed: int = 0) -> Prior:
     torch.manual_seed(seed)
-    den = GLPDenoiser(d, DenoiserConfig(n_blocks=1, time_dim=16)).eval()
+    den = GLPDenoiser(d, DenoiserConfig(n_blocks=1, time_dim=16, skip="none")).eval()  # a random, non-zero velocity
     return Prior(den, Normalizer(torch.randn(d) * 0.1, torch.rand(d) + 0.5), {"denoiser": {"d_model": d}})
 
 

@@ -1,6 +1,7 @@
 import json
 
 import dagster as dg
+import numpy as np
 
 from glp import pipeline
 from glp_dagster.definitions import build_definitions
@@ -31,7 +32,18 @@ def test_steering_and_delta_lm_materialize_after_the_chain_with_passing_checks(t
     assert 0 <= meta["direction_auc_heldout"].value <= 1 and meta["judge_accuracy_heldout"].value > 0.5
     root = pipeline.source_paths(settings, settings.sources[0]).root
     rep = json.loads((root / "steering.json").read_text())
-    assert {(r["mode"], r["r"]) for r in rep["rows"]} == {(m, r) for m in ("raw", "glp", "glp@0.2") for r in (-2.0, 0.0, 2.0)}
+    modes = ("raw", "glp", "glp@0.2", "gated")  # steer.post: none, sdedit (main + extra t_start), gated
+    assert {(r["mode"], r["r"]) for r in rep["rows"]} == {(m, r) for m in modes for r in (-2.0, 0.0, 2.0)}
+    cal = rep["gate_calibration"]
+    assert cal["n_calibration"] == cal["n_check"] > 0 and rep["gate"]["threshold"] < rep["gate"]["full"]
+    assert meta["gated"].value.startswith("Gated SDEdit edits") and meta["gated"].value in meta["report"].value
+    # the fluency trend: the Gaussian prior, the 3 mid-training snapshots and the final prior, weakest first
+    trend = rep["fluency_trend"]
+    assert [p["label"] for p in trend["points"]][::4] == ["Gaussian", "final"] and len(trend["points"]) == 5
+    assert all(np.isfinite(p["cost"]) for p in trend["points"]) and "slope" in trend["fit"]
+    assert meta["fluency_trend"].value.startswith("Fluency cost of SDEdit")
+    assert "data:image/png;base64" in meta["fluency_trend_full"].value
+    assert "steering_gate_hits_its_false_positive_rate" in evals
     assert rep["frontier"]["statement"] == meta["frontier"].value and meta["frontier"].value in meta["report"].value
     assert rep["prompts"] == ["The cat", "The cat", "Rain fell on", "Rain fell on"]  # two samples each
     assert (root / "steering_pareto.png").read_bytes()[:4] == b"\x89PNG"
@@ -50,7 +62,7 @@ def test_steering_and_delta_lm_materialize_after_the_chain_with_passing_checks(t
     assert failed == {"steering_scores_finite", "steering_r0_is_unsteered"} | warnings
 
     dmeta = res.asset_materializations_for_node("delta_lm")[0].metadata
-    assert dmeta["delta_ce_mean_ablation"].value > 0 and dmeta["prior_heldout_loss"].value > 0
+    assert dmeta["delta_ce_mean_ablation (nats/token)"].value > 0 and dmeta["prior_heldout_loss (MSE/dim)"].value > 0
     assert json.loads((root / "delta_lm.json").read_text())["n_tokens"] == 64
 
 
