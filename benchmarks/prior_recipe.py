@@ -160,6 +160,21 @@ def plot(results: list[dict[str, Any]], out: Path, tflop_per_min: float) -> None
     fig.savefig(out)
 
 
+def results_markdown(run: dict[str, Any]) -> str:
+    """The table of a --json run: each recipe's held-out loss ÷ the Gaussian prior's at equal budget, best first."""
+    rows = sorted(run["results"], key=lambda r: r["ratio"])
+    lines = [f"Budget per recipe: {run['budget_fp32_flops'] / 1e12:.1f} fp32 TFLOP (the base recipe's "
+             f"{run['minutes']:g} min on 2 idle cores); Gaussian-prior loss {run['gaussian_loss']:.4f} on the same "
+             "held-out rows.", "",
+             "| recipe | loss ÷ Gaussian | held-out loss | steps | at 1/4 · 1/2 · 3/4 of the budget | bf16 speed-up |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        mid = " · ".join(f"{c['ratio']:.3f}" for c in r["curve"][:-1])
+        lines.append(f"| {r['recipe']} | **{r['ratio']:.3f}** | {r['loss']:.4f} | {r['steps']:,} | {mid} | "
+                     f"×{r['speed_vs_fp32']:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", type=Path, default=Path("assets/store/smollm2-135m/L15"),
@@ -174,7 +189,12 @@ def main() -> None:
     ap.add_argument("--n-t", type=int, default=16, help="noise levels of the held-out loss")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--plot", type=Path, help="write the loss-vs-minutes plot (PNG) here")
+    ap.add_argument("--markdown", type=Path, metavar="JSON",
+                    help="print the results table of an earlier --json run as markdown (no training) and exit")
     args = ap.parse_args()
+    if args.markdown:
+        print(results_markdown(json.loads(args.markdown.read_text())))
+        return
     logging.getLogger("deepspeed").setLevel(logging.WARNING)
     for sub in ("train.zarr", "heldout.zarr"):
         if not (args.root / "activations" / sub).exists():
