@@ -22,7 +22,7 @@ from torch import Tensor
 
 from glp.config import EvalConfig
 from glp.progress import Progress
-from glp.flow import affine_velocity, flow_matching_loss, sample
+from glp.flow import affine_velocity, flow_matching_loss, module_device_dtype, sample
 
 ArrayLike = np.ndarray | Tensor
 Reconstruct = Callable[[Tensor], Tensor]  # normalized rows (n, d) -> reconstructions (n, d)
@@ -70,8 +70,7 @@ def heldout_loss(model: nn.Module, x0: ArrayLike, n_t: int, seed: int, batch_siz
     eps is drawn on the CPU from one generator seeded with `seed` (t-major, then batches), so the numbers
     are the same on any device for a given (seed, batch_size).
     """
-    param = next(iter([*model.parameters(), *model.buffers()]), None)  # AffineVelocity: buffers only
-    device, dtype = (param.device, param.dtype) if param is not None else ("cpu", torch.float32)
+    device, dtype = module_device_dtype(model)
     x0 = torch.as_tensor(x0, dtype=torch.float32)
     g = torch.Generator().manual_seed(seed)
     ts = heldout_ts(n_t)

@@ -15,6 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def module_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of a velocity model's first parameter, or first buffer (AffineVelocity has buffers only);
+    cpu / float32 for a model with neither."""
+    tensor = next(iter([*model.parameters(), *model.buffers()]), None)
+    return (tensor.device, tensor.dtype) if tensor is not None else (torch.device("cpu"), torch.float32)
+
+
 def interpolate(x0: Tensor, eps: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
     """x0, eps (B, d), t (B,) or scalar -> (x_t (B, d), target velocity eps - x0 (B, d))."""
     t = torch.as_tensor(t, device=x0.device, dtype=x0.dtype)

@@ -23,14 +23,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from glp.flow import flow_matching_loss
+from glp.flow import flow_matching_loss, module_device_dtype
 
 DEFAULT_TS = (0.1, 0.3, 0.5)
-
-
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    tensor = next(iter([*model.parameters(), *model.buffers()]), None)
-    return (tensor.device, tensor.dtype) if tensor is not None else (torch.device("cpu"), torch.float32)
 
 
 @torch.no_grad()
@@ -41,12 +36,14 @@ def diffusion_score(model: nn.Module, z: Tensor, ts: Sequence[float] = DEFAULT_T
     The noise of row i at level k is the same in every call with the same seed and width (drawn on the CPU per
     batch from a generator seeded by (seed, k)), so scores are reproducible and comparable across calls.
     """
-    device, dtype = _device_dtype(model)
+    device, dtype = module_device_dtype(model)
     z = z.reshape(-1, z.shape[-1])
     out = torch.zeros(len(z), dtype=torch.float64)
     for k, t in enumerate(ts):
         g = torch.Generator().manual_seed(seed * 1_000_003 + k)
-        noise = torch.randn((batch_size, z.shape[-1]), generator=g)  # one draw reused by every batch
+        # one draw reused by every batch; a draw of fewer rows is the prefix of the full-size draw (same values),
+        # so small batches (one token per prompt while steering) pay for their rows only
+        noise = torch.randn((min(batch_size, len(z)), z.shape[-1]), generator=g)
         for i in range(0, len(z), batch_size):
             xb = z[i : i + batch_size].to(device, dtype)
             eps = noise[: len(xb)].to(device, dtype)
@@ -59,7 +56,7 @@ def sdedit_error(model: nn.Module, z: Tensor, t_start: float = 0.5, steps: int =
     """Per-row mean squared change ‖z − SDEdit(z)‖² / d of normalized rows z (B, d) under the prior."""
     from glp.flow import project_on_manifold
 
-    device, dtype = _device_dtype(model)
+    device, dtype = module_device_dtype(model)
     z = z.reshape(-1, z.shape[-1]).to(device, dtype)
     g = torch.Generator(device=device).manual_seed(seed)
     return ((project_on_manifold(model, z, t_start, steps, generator=g) - z).float() ** 2).mean(-1).cpu()

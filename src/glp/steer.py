@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from glp.artifacts import write_atomic
 from glp.config import SteerConfig
 from glp.evaluate import bootstrap_ci
-from glp.flow import euler_schedule, interpolate, project_on_manifold
+from glp.flow import euler_schedule, interpolate, module_device_dtype, project_on_manifold
 from glp.ood import Gate, calibrate, diffusion_score, gated_edit
 from glp.judges import (MOVIE_SNIPPETS, SentimentJudge, auc_ci, continuation_nll_sets, distinct_n,
                         fit_sentiment_judge, left_pad, rewind_cache, vader_compound)
@@ -202,8 +202,8 @@ def sdedit(
 ) -> Tensor:
     """Project raw activations (..., d) onto the prior's manifold: normalize, noise to t_start, denoise, denormalize."""
     model = prior.denoiser
-    param = next(iter([*model.parameters(), *model.buffers()]))  # the Gaussian prior (AffineVelocity) has buffers only
-    z = prior.normalizer.normalize(acts.to(param.device, param.dtype))
+    device, dtype = module_device_dtype(model)  # the Gaussian prior (AffineVelocity) has buffers only
+    z = prior.normalizer.normalize(acts.to(device, dtype))
     if solver == "euler":
         out = project_on_manifold(model, z, t_start, steps, generator=generator)
         return prior.normalizer.denormalize(out).to(acts.dtype)
@@ -458,19 +458,24 @@ def fluency_trend(lm: SourceLM, layer: int, priors: Sequence[dict[str, Any]], w:
                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """How the fluency cost of paper-style SDEdit (NLL − raw NLL, paired per continuation, mean over the r grid)
     falls as the prior's held-out loss falls: each prior of `priors` ({label, prior, loss}) steers the same
-    prompts with the same seeds at every r, and a line is fitted through (loss, cost) with prompt-resampled CIs."""
+    prompts with the same seeds at every r, and a line is fitted through (loss, cost) with prompt-resampled CIs.
+    A prior whose SDEdit rows were already generated brings their NLLs as `nll` ({r: (n,)}) and is not rerun."""
     points, costs = [], []
-    progress = Progress("fluency trend", len(priors) * len(cfg.r_values), "setting", log)
+    n_new = sum("nll" not in p for p in priors)
+    progress = Progress("fluency trend", n_new * len(cfg.r_values), "setting", log)
     scored = Progress("fluency trend", len(priors), "prior", log, every_s=0)  # every prior: the event log keeps all
     for p in priors:
         t1 = time.perf_counter()
-        conts = []
-        for r in cfg.r_values:
-            g = torch.Generator(device=lm.device).manual_seed(cfg.seed + 1)
-            edit = steer_edit(w, r * mean_norm, p["prior"], cfg.t_start, cfg.steps, cfg.solver, g)
-            conts.append(generate(lm, prompt_ids, layer=layer, edit=edit, prefix=pre, **gen_kw))
-            progress.update(1, f"{p['label']} r={r}")
-        nlls = continuation_nll_sets(lm, prompt_ids, conts)
+        if "nll" in p:
+            nlls = [p["nll"][r] for r in cfg.r_values]
+        else:
+            conts = []
+            for r in cfg.r_values:
+                g = torch.Generator(device=lm.device).manual_seed(cfg.seed + 1)
+                edit = steer_edit(w, r * mean_norm, p["prior"], cfg.t_start, cfg.steps, cfg.solver, g)
+                conts.append(generate(lm, prompt_ids, layer=layer, edit=edit, prefix=pre, **gen_kw))
+                progress.update(1, f"{p['label']} r={r}")
+            nlls = continuation_nll_sets(lm, prompt_ids, conts)
         cost = np.mean([np.asarray(n) - raw_nll[r] for r, n in zip(cfg.r_values, nlls)], axis=0)  # (n,)
         costs.append(cost)
         points.append({"label": p["label"], "heldout_loss": p["loss"], "cost": float(cost.mean()),
@@ -619,7 +624,10 @@ def steering_report(lm: SourceLM, layer: int, prior: Prior, w: Tensor, mean_norm
         "frontier_t_start": {mode: frontier(p, point) for mode, p in paired_t_start.items()},
         "paired_gated": paired_gated, "gate": gate.as_dict() if gate is not None else None,
         "gated_goal": gated_goal(paired_gated, point) if paired_gated else None,
-        "fluency_trend": (fluency_trend(lm, layer, trend_priors, w, mean_norm, cfg, prompt_ids, pre, gen_kw,
+        "fluency_trend": (fluency_trend(lm, layer, [  # the prior itself: its `glp` rows are these SDEdit rows
+            {**p, "nll": {r: np.asarray(by[("glp", r)]["nll"]) for r in cfg.r_values}}
+            if "glp" in t_of and p["prior"].denoiser is prior.denoiser else p for p in trend_priors],
+                                        w, mean_norm, cfg, prompt_ids, pre, gen_kw,
                                         {r: np.asarray(by[("raw", r)]["nll"]) for r in cfg.r_values}, groups, log)
                           if trend_priors else None),
         "seconds": {"generation": sum(s["seconds"] for s in settings), "nll": seconds_nll, "judge": seconds_judge,
