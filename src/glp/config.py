@@ -57,9 +57,12 @@ def config_hash(model: BaseModel, length: int = 12) -> str:
     """Stable short hash of a config model's values (used for caching and Dagster code versions).
 
     Fields a class lists in `HASH_OMIT_AT_DEFAULT` (options added after artifacts were built with the hash) are
-    left out while at their defaults, so adding an option does not invalidate what was built without it.
+    left out while at their defaults, so adding an option does not invalidate what was built without it. Fields in
+    `HASH_OMIT` (where or how an artifact is computed, never what it holds) are always left out.
     """
     values = model.model_dump(mode="json")
+    for name in getattr(type(model), "HASH_OMIT", ()):
+        values.pop(name, None)
     for name in getattr(type(model), "HASH_OMIT_AT_DEFAULT", ()):
         if values.get(name) == type(model).model_fields[name].default:
             values.pop(name)
@@ -152,6 +155,25 @@ class StoreConfig(_Strict):
     """Model compute dtype during extraction; rows are always stored as float32. `auto`: bfloat16 on a CUDA GPU
     with bf16 or a CPU with avx512_bf16/AMX (measured 4.9x faster than float32 on SmolLM2 here, rows within 1.2%
     relative L2 error, cosine 0.9999: benchmarks/extract.py), else float32."""
+    activations_url: str | None = None
+    """Where the activation stores live, as an fsspec URL (`s3://bucket/glp`, `gs://bucket/glp`, `file:///data/glp`;
+    the filesystem's package, e.g. `s3fs`, must be installed): stores go to `<url>/<model>/L<layer>/<split>.zarr`.
+    None: under `root`. Everything else (models, priors, checkpoints, reports, locks) stays under the local `root`.
+    On object stores a store is published by a completion marker instead of a rename (glp.store)."""
+    shards: int = Field(1, ge=1)
+    """Split the train extraction into this many corpus shards, each its own unit of work (a Dagster asset
+    `activations_shard_<k>` that any executor can run in parallel), merged into one store holding exactly the rows
+    of the one-worker store, in the same order (glp.shards). 1: one worker, no shard assets."""
+
+    HASH_OMIT: ClassVar[tuple[str, ...]] = ("activations_url", "shards")  # where / how, not what: same rows
+
+    @field_validator("activations_url")
+    @classmethod
+    def _url_has_a_protocol(cls, url: str | None) -> str | None:
+        if url is not None and "://" not in url:
+            raise ValueError(f"activations_url {url!r} is not an fsspec URL (protocol://path, e.g. s3://bucket/glp or "
+                             "file:///data/glp): leave it unset to keep stores under store.root")
+        return url
 
 
 class DenoiserConfig(_Strict):
@@ -444,6 +466,178 @@ class SAEConfig(_Strict):
     seed: int = 0
 
 
+class OodConfig(_Strict):
+    """Out-of-manifold detection (`ood` asset, `glp score`): off-manifold sets built from held-out activations,
+    scored by the prior and by the baselines, reported as AUROC against real held-out activations."""
+
+    ts: list[float] = Field(default_factory=lambda: [0.1, 0.3, 0.5])
+    """Noise levels whose flow-matching loss is averaged into the diffusion score (a public OOD use of GLP)."""
+    n_rows: int = Field(2000, ge=20)
+    """Rows per set: the real reference and each off-manifold set (disjoint held-out rows)."""
+    r_values: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])
+    """Steering strengths of the DiffMean-steered sets (r x mean activation norm, as in `steer`); the noised sets
+    move rows by the same norms in random directions."""
+    other_layers: list[int] | None = None
+    """Layers whose activations (re-normalized to this layer's per-dim mean and std) form the other-layer sets;
+    None = a near and a far layer: the one below and the one halfway down (14 and 7 for layer 15)."""
+    text_sets: list[Literal["tweets", "shuffled_words"]] = Field(default_factory=lambda: ["tweets", "shuffled_words"])
+    """Same-layer activations on other text: tweets (`labelled/tweets.jsonl`), held-out documents with their words
+    shuffled. Compared with position-matched real rows (position shifts activations on its own)."""
+    sdedit_t_start: float = Field(0.5, gt=0, le=1)
+    """Noise level of the reconstruction error ‖a − SDEdit(a)‖."""
+    sdedit_steps: int = Field(20, ge=1)
+    n_direction_texts: int = Field(256, ge=2)
+    """Movie snippets per class for the DiffMean sentiment direction."""
+    max_seq_len: int = Field(128, ge=8)
+    """Tokens per document for the text and other-layer sets (as `store.max_seq_len`)."""
+    fpr: float = Field(0.05, gt=0, lt=1)
+    """`glp score` flags tokens scored above this share of real held-out tokens."""
+    n_bootstrap: int = Field(1000, ge=10)
+    seed: int = 0
+
+    @field_validator("ts")
+    @classmethod
+    def _levels(cls, ts: list[float]) -> list[float]:
+        if not ts or any(not 0.0 < t < 1.0 for t in ts):
+            raise ValueError(f"ood.ts {ts} must be non-empty noise levels in (0, 1)")
+        return ts
+
+    @field_validator("r_values")
+    @classmethod
+    def _strengths(cls, rs: list[float]) -> list[float]:
+        if not rs or any(r <= 0 for r in rs):
+            raise ValueError(f"ood.r_values {rs} must be non-empty positive steering strengths")
+        return rs
+
+
+class ScalingPoint(_Strict):
+    """One prior of the scaling sweep: its depth, its width and how long it trains. Its `snapshots` mid-training
+    weights are sweep points too (smaller D, same N)."""
+
+    n_blocks: int = Field(ge=1)
+    width_mult: float = Field(gt=0)
+    """D = width_mult * d_model; H = scaling.hidden_ratio * D (width scales both)."""
+    steps: int = Field(ge=1)
+    """Optimizer steps of `scaling.batch_size` rows (D = steps * batch_size activations seen)."""
+    snapshots: int = Field(3, ge=0)
+    """Evenly spaced mid-training snapshots kept as extra points."""
+
+
+def _default_scaling_points() -> list[ScalingPoint]:
+    # N from 0.13M to 11.7M parameters (d = 576), D from 26k to 256k rows: C = 6ND over ~3 decades, ~17 min of
+    # training on one core of this machine (measured: README, "Scaling")
+    grid = [(1, 0.125, 1000), (1, 0.25, 1000), (1, 0.5, 1000), (2, 0.5, 1000), (2, 1.0, 1000), (4, 1.0, 800)]
+    return [ScalingPoint(n_blocks=b, width_mult=w, steps=s) for b, w, s in grid]
+
+
+class ScalingConfig(_Strict):
+    """The scaling sweep (`scaling` asset, a separate selection): priors over depth x width x activations seen, their
+    held-out diffusion loss against C = 6·N·D, the fit L(C) = E + A·C^(−α), and downstream scores against loss.
+
+    Each point is trained once and cached under `<source root>/scaling/points/<hash>/`, the hash covering all it
+    depends on (activations, norm stats, its network and training config), so adding a point trains only it."""
+
+    points: list[ScalingPoint] = Field(default_factory=_default_scaling_points)
+    hidden_ratio: float = Field(2.0, gt=0)
+    """H / D of every sweep prior (paper: H = 4d = 2D)."""
+    skip: Literal["none", "affine"] = "none"
+    """The sweep's network: `none` = the paper's (its loss starts far above the Gaussian prior's, as the paper's law
+    does); `affine` = this project's recipe (starts at the Gaussian prior, glp.config.DenoiserConfig.skip)."""
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    seed: int = 0
+    heldout_rows: int = Field(4096, ge=64)
+    """Held-out rows scored for every point (the same rows, t levels and noise for all)."""
+    n_t: int = Field(16, ge=1)
+    """Fixed noise levels of the held-out loss (glp.evaluate.heldout_ts)."""
+    n_bootstrap: int = Field(1000, ge=10)
+    """Bootstrap resamples of the fit (points) and of the correlations."""
+    downstream: Literal["final", "all"] = "final"
+    """Points measured downstream: each prior's final weights, or its snapshots too."""
+    probe_tasks: list[str] | None = None
+    """Probing tasks of the downstream 1-D probe AUC (a fixed subset); None = the first `n_probe_tasks` tasks."""
+    n_probe_tasks: int = Field(4, ge=1)
+    steer_r: float = Field(1.0, gt=0)
+    """The one steering strength (r x mean activation norm, as in `steer`) of the downstream steering scores."""
+    n_prompts: int = Field(8, ge=1)
+    """Steering prompts (glp.steer.default_prompts, or the first `steer.prompts`); `steer.samples_per_prompt` each."""
+    max_new_tokens: int = Field(16, ge=1)
+    delta_lm_tokens: int = Field(1000, ge=16)
+    """Held-out tokens of the downstream ΔLM (GLP SDEdit at `delta_lm.t_start`)."""
+
+    @field_validator("points")
+    @classmethod
+    def _distinct_points(cls, points: list[ScalingPoint]) -> list[ScalingPoint]:
+        keys = [(p.n_blocks, p.width_mult, p.steps) for p in points]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"scaling.points repeat a (n_blocks, width_mult, steps): {keys}; list each prior once")
+        return points
+
+
+class ScalingPoint(_Strict):
+    """One prior of the scaling sweep: its depth, its width and how long it trains. Its `snapshots` mid-training
+    weights are sweep points too (smaller D, same N)."""
+
+    n_blocks: int = Field(ge=1)
+    width_mult: float = Field(gt=0)
+    """D = width_mult * d_model; H = scaling.hidden_ratio * D (width scales both)."""
+    steps: int = Field(ge=1)
+    """Optimizer steps of `scaling.batch_size` rows (D = steps * batch_size activations seen)."""
+    snapshots: int = Field(3, ge=0)
+    """Evenly spaced mid-training snapshots kept as extra points."""
+
+
+def _default_scaling_points() -> list[ScalingPoint]:
+    # N from 0.13M to 11.7M parameters (d = 576), D from 26k to 256k rows: C = 6ND over ~3 decades, ~17 min of
+    # training on one core of this machine (measured: README, "Scaling")
+    grid = [(1, 0.125, 1000), (1, 0.25, 1000), (1, 0.5, 1000), (2, 0.5, 1000), (2, 1.0, 1000), (4, 1.0, 800)]
+    return [ScalingPoint(n_blocks=b, width_mult=w, steps=s) for b, w, s in grid]
+
+
+class ScalingConfig(_Strict):
+    """The scaling sweep (`scaling` asset, a separate selection): priors over depth x width x activations seen, their
+    held-out diffusion loss against C = 6·N·D, the fit L(C) = E + A·C^(−α), and downstream scores against loss.
+
+    Each point is trained once and cached under `<source root>/scaling/points/<hash>/`, the hash covering all it
+    depends on (activations, norm stats, its network and training config), so adding a point trains only it."""
+
+    points: list[ScalingPoint] = Field(default_factory=_default_scaling_points)
+    hidden_ratio: float = Field(2.0, gt=0)
+    """H / D of every sweep prior (paper: H = 4d = 2D)."""
+    skip: Literal["none", "affine"] = "none"
+    """The sweep's network: `none` = the paper's (its loss starts far above the Gaussian prior's, as the paper's law
+    does); `affine` = this project's recipe (starts at the Gaussian prior, glp.config.DenoiserConfig.skip)."""
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    seed: int = 0
+    heldout_rows: int = Field(4096, ge=64)
+    """Held-out rows scored for every point (the same rows, t levels and noise for all)."""
+    n_t: int = Field(16, ge=1)
+    """Fixed noise levels of the held-out loss (glp.evaluate.heldout_ts)."""
+    n_bootstrap: int = Field(1000, ge=10)
+    """Bootstrap resamples of the fit (points) and of the correlations."""
+    downstream: Literal["final", "all"] = "final"
+    """Points measured downstream: each prior's final weights, or its snapshots too."""
+    probe_tasks: list[str] | None = None
+    """Probing tasks of the downstream 1-D probe AUC (a fixed subset); None = the first `n_probe_tasks` tasks."""
+    n_probe_tasks: int = Field(4, ge=1)
+    steer_r: float = Field(1.0, gt=0)
+    """The one steering strength (r x mean activation norm, as in `steer`) of the downstream steering scores."""
+    n_prompts: int = Field(8, ge=1)
+    """Steering prompts (glp.steer.default_prompts, or the first `steer.prompts`); `steer.samples_per_prompt` each."""
+    max_new_tokens: int = Field(16, ge=1)
+    delta_lm_tokens: int = Field(1000, ge=16)
+    """Held-out tokens of the downstream ΔLM (GLP SDEdit at `delta_lm.t_start`)."""
+
+    @field_validator("points")
+    @classmethod
+    def _distinct_points(cls, points: list[ScalingPoint]) -> list[ScalingPoint]:
+        keys = [(p.n_blocks, p.width_mult, p.steps) for p in points]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"scaling.points repeat a (n_blocks, width_mult, steps): {keys}; list each prior once")
+        return points
+
+
 class Settings(BaseSettings):
     """Root of the project configuration."""
 
@@ -464,6 +658,9 @@ class Settings(BaseSettings):
     sae: SAEConfig = SAEConfig()
     steer: SteerConfig = SteerConfig()
     delta_lm: DeltaLMConfig = DeltaLMConfig()
+    ood: OodConfig = OodConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    scaling: ScalingConfig = ScalingConfig()
     profile: Literal["cpu", "gpu"] = "cpu"
     """Size preset. `cpu` (default): sized so the cold `make run` fits in 25 minutes on a 2-core CPU. `gpu`
     (`GLP_PROFILE=gpu`): the sizes in `GPU_PROFILE` below (more activations, a wider and deeper prior, more prompts

@@ -173,6 +173,52 @@ def inline_interval_chart(rows: Sequence[tuple[str, float, float, float]], title
     return md if len(md) <= INLINE_LIMIT else TOO_LONG
 
 
+def inline_scatter_chart(points: Sequence[tuple[float, float]], title: str, xlabel: str,
+                         line: tuple[Sequence[float], Sequence[float]] | None = None,
+                         band: tuple[Sequence[float], Sequence[float], Sequence[float]] | None = None,
+                         ref: float | None = None, xticks: tuple[str, str] | None = None) -> str:
+    """Markdown for an inline SVG scatter (< 1,000 characters): `points` as dots, an optional fitted `line` (xs, ys),
+    a shaded `band` (xs, lo, hi) behind it, a dashed horizontal `ref` (e.g. a baseline's value) and the x-axis end
+    labels `xticks` (default: the x range). Band and line are thinned to fit; then the band is dropped."""
+    ys = [y for _, y in points] + ([ref] if ref is not None else []) + (list(line[1]) if line else [])
+    xs = [x for x, _ in points] + (list(line[0]) if line else [])
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1e-9)
+    pad = 0.05 * (y1 - y0)
+    y0, y1 = y0 - pad, y1 + pad
+
+    def p(x: float, y: float) -> tuple[float, float]:
+        y = min(max(float(y), y0), y1)
+        return _L + (float(x) - x0) / (x1 - x0) * (_R - _L), _B - (y - y0) / (y1 - y0) * (_B - _T)
+
+    def thin(seq: Sequence, n: int) -> list:
+        return [seq[j] for j in np.unique(np.linspace(0, len(seq) - 1, n).round().astype(int))] if len(seq) > n else list(seq)
+
+    def draw(n_curve: int, with_band: bool) -> str:
+        parts = [f"<path d='M{_L},{_T}V{_B}H{_R}' stroke='gray'/>", _group("b", _text(_L, 14, title))]
+        if band is not None and with_band:
+            bx = thin(list(zip(*band)), n_curve)
+            poly = [p(x, hi) for x, _, hi in bx] + [p(x, lo) for x, lo, _ in reversed(bx)]
+            parts.append(f"<path d='{_polyline(poly)}Z' style='fill:lightsteelblue'/>")
+        if ref is not None:
+            parts.append(f"<path d='M{_L},{p(x0, ref)[1]:.0f}H{_R}' stroke='gray' stroke-dasharray='3'/>")
+        if line is not None:
+            parts.append(f"<path d='{_polyline([p(x, y) for x, y in thin(list(zip(*line)), n_curve)])}' stroke='navy'/>")
+        dots = "".join(f"M{x:.0f},{y:.0f}h0" for x, y in (p(*q) for q in points))
+        lo_t, hi_t = xticks or (_tick(x0), _tick(x1))
+        parts += [f"<path class='d' d='{dots}' stroke='darkorange'/>",
+                  _group("e", _text(_L - 4, _T + 4, _tick(y1)), _text(_L - 4, _B, _tick(y0)), _text(_R, _B + 13, hi_t)),
+                  _text(_L, _B + 13, lo_t), _group("m", _text((_L + _R) / 2, _B + 27, xlabel))]
+        return "".join(parts)
+
+    for with_band in (True, False):
+        for n_curve in (24, 16, 10, 6):
+            md = _svg_markdown(draw(n_curve, with_band))
+            if len(md) <= INLINE_LIMIT:
+                return md
+    return TOO_LONG
+
+
 def loss_curve_inline(losses: Sequence[float], title: str = "training loss, MSE per dim") -> str:
     """The moving average of a training curve (loss_curve_png's dark line) as an inline chart."""
     y = np.asarray(losses, dtype=float)

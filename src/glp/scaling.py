@@ -1,0 +1,625 @@
+"""The scaling law: held-out diffusion loss of priors over compute C = 6·N·D, the fit L(C) = E + A·C^(−α), and
+whether loss predicts the downstream uses (1-D probing, steering, ΔLM).
+
+A sweep point is one prior (depth n_blocks, width D = width_mult·d with H = hidden_ratio·D, `steps` batches of
+activations) and each of its mid-training snapshots (same N, fewer activations D seen), as in the paper. Every
+prior is trained once through `glp.train.train_prior` (the DeepSpeed engine) and cached under
+
+    <source root>/scaling/points/<key>/        exported prior (glp.prior.save_prior: atomic) with its snapshots
+    <source root>/scaling/evals/<key>-<h>.json  held-out loss of the prior and each snapshot (eval config hash h)
+    <source root>/scaling/downstream/<key>-<h>.json  downstream scores per unit (downstream config hash h)
+    <source root>/scaling/scaling.json, scaling.png, downstream.png   the report
+
+with <key> a hash of everything the prior depends on (activations version, norm stats, its network and training
+config), so adding a point to `scaling.points` trains, evaluates and scores that point only.
+
+The fit minimizes squared residuals of log L (relative errors: the points span a factor of several in loss and
+three decades in C), with bounded nonlinear least squares (scipy.optimize.least_squares) from a grid of starts;
+CIs are percentile bootstraps over points.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glp.artifacts import write_atomic
+from glp.config import DenoiserConfig, ScalingConfig, ScalingPoint, TrainConfig, config_hash
+
+Log = Callable[[str], None]
+
+PAPER_FIT = {"E": 0.52, "A": 435.1, "alpha": 0.169}
+"""The paper's fit on Llama-1B activations, C in FLOPs from 1e15 to 2e19."""
+PAPER_C_RANGE = (1e15, 2e19)
+
+METRICS = {  # key -> (label, +1 if higher is better, -1 if lower is better)
+    "probe_auc": ("1-D probe AUC (mean over tasks)", +1),
+    "steer_concept": ("steering concept P(positive) at r", +1),
+    "steer_nll_cost": ("steering NLL − raw NLL at r (nats/token)", -1),
+    "delta_lm": ("ΔLM: CE increase under GLP SDEdit (nats/token)", -1),
+}
+
+
+class ScalingError(ValueError):
+    """The sweep cannot run as configured; the message says what to change."""
+
+
+def _hash(*parts: object, length: int = 12) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def _nolog(_: str) -> None:
+    pass
+
+
+# ---------------------------------------------------------------- the sweep's priors
+
+
+def point_configs(point: ScalingPoint, cfg: ScalingConfig, denoiser: DenoiserConfig,
+                  train: TrainConfig) -> tuple[DenoiserConfig, TrainConfig]:
+    """The network and training config of one sweep prior: the project's, with the point's depth, width, steps and
+    snapshots and the sweep's batch size, learning rate, skip path and seed."""
+    dcfg = DenoiserConfig(**{**denoiser.model_dump(), "n_blocks": point.n_blocks, "width_mult": point.width_mult,
+                             "hidden_mult": cfg.hidden_ratio * point.width_mult, "skip": cfg.skip})
+    tcfg = TrainConfig(**{**train.model_dump(), "steps": point.steps, "snapshots": point.snapshots,
+                          "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed})
+    return dcfg, tcfg
+
+
+def point_key(data_version: str, dcfg: DenoiserConfig, tcfg: TrainConfig) -> str:
+    """Cache key of a sweep prior: its data (activations + norm stats) and its full network and training config."""
+    return _hash("scaling-point/1", data_version, config_hash(dcfg), config_hash(tcfg))
+
+
+def scaling_dir(source_root: Path) -> Path:
+    return Path(source_root) / "scaling"
+
+
+def train_point(store: Any, normalizer: Any, dcfg: DenoiserConfig, tcfg: TrainConfig, out: Path, device: Any,
+                log: Log = _nolog) -> dict[str, Any]:
+    """Train one sweep prior (resuming from its checkpoints) and export it with its snapshots to `out` atomically;
+    a prior already exported at `out` is returned as it is. Returns {n_params, steps, seconds, trained}."""
+    import shutil
+
+    from glp.prior import save_prior
+    from glp.train import train_prior
+
+    if (out / "config.json").is_file():
+        meta = json.loads((out / "config.json").read_text())
+        return {"n_params": meta["n_params"], "steps": meta["steps"], "seconds": meta["train_seconds"], "trained": False}
+    if tcfg.steps * tcfg.batch_size > store.n_rows:
+        log(f"{out.name}: {tcfg.steps * tcfg.batch_size:,} rows asked of a store of {store.n_rows:,}: rows repeat")
+    ckpt = out.parent.parent / "ckpt" / out.name
+    model, res = train_prior(store, normalizer, dcfg, tcfg, ckpt, device, log=log)
+    meta = {"n_params": res.n_params, "steps": res.steps, "batch_size": tcfg.batch_size, "train_seconds": res.seconds,
+            "final_loss": float(np.mean(res.losses[-50:])), "losses": res.losses,
+            "train_config": tcfg.model_dump(mode="json")}
+    save_prior(out, model, normalizer, meta, snapshots=res.snapshots)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return {"n_params": res.n_params, "steps": res.steps, "seconds": res.seconds, "trained": True}
+
+
+def checkpoints_of(prior_dir: Path, device: Any = "cpu") -> list[tuple[int, Any]]:
+    """(step, Prior) of every snapshot of a sweep prior and of its final weights, by step."""
+    from glp.prior import Prior, load_prior, load_snapshots
+
+    prior = load_prior(prior_dir, device)
+    snaps = [(k, Prior(net, prior.normalizer, prior.config)) for k, net in load_snapshots(prior, prior_dir)]
+    return [*snaps, (int(prior.config["steps"]), prior)]
+
+
+# ---------------------------------------------------------------- the fit
+
+
+def power_law(C: np.ndarray, E: float, A: float, alpha: float) -> np.ndarray:
+    return E + A * np.power(C, -alpha)
+
+
+def _fit_once(logc: np.ndarray, logl: np.ndarray, c0: float, starts: Sequence[tuple[float, float, float]]
+              ) -> tuple[np.ndarray, Any]:
+    """Least squares of log L = log(E + exp(a) (C/C0)^(−α)) over (E, a, α) in bounds, best of `starts`."""
+    from scipy.optimize import least_squares
+
+    x = logc - np.log(c0)
+    lmin = float(np.exp(logl.min()))
+
+    def resid(p: np.ndarray) -> np.ndarray:
+        return np.log(p[0] + np.exp(p[1] - p[2] * x)) - logl
+
+    best = None
+    for s in starts:
+        s = np.clip(s, [0.0, -50.0, 0.0], [lmin * (1 - 1e-6), 50.0, 5.0])
+        r = least_squares(resid, s, bounds=([0.0, -50.0, 0.0], [lmin, 50.0, 5.0]), method="trf", x_scale="jac",
+                          max_nfev=2000)
+        if best is None or r.cost < best.cost:
+            best = r
+    return best.x, best
+
+
+def fit_power_law(C: Sequence[float], L: Sequence[float], n_boot: int = 1000, seed: int = 0,
+                  level: float = 0.95) -> dict[str, Any]:
+    """Fit L(C) = E + A·C^(−α) (log-space residuals, bounded: 0 ≤ E ≤ min L, 0 ≤ α ≤ 5) and bootstrap the points
+    for percentile CIs of E, A, α and of the curve. Needs 4 points or more with at least 3 distinct C."""
+    C, L = np.asarray(C, np.float64), np.asarray(L, np.float64)
+    if len(C) != len(L) or len(C) < 4 or len(np.unique(C)) < 3:
+        raise ScalingError(f"a power-law fit needs at least 4 points with 3 distinct C; got {len(C)} points, "
+                           f"{len(np.unique(C))} distinct C: add points to scaling.points")
+    if not (np.all(np.isfinite(C)) and np.all(np.isfinite(L)) and C.min() > 0 and L.min() > 0):
+        raise ScalingError(f"C and L must be finite and positive; got C in [{C.min()}, {C.max()}], "
+                           f"L in [{L.min()}, {L.max()}]")
+    logc, logl = np.log(C), np.log(L)
+    c0 = float(np.exp(logc.mean()))  # the geometric mean: a = log A − α log C0 stays O(1)
+    starts = []
+    for e_frac in (0.0, 0.5, 0.9):  # E as a share of min L; a and α from the line through log(L − E) vs log C
+        y = np.log(np.maximum(L - e_frac * L.min(), 1e-12))
+        slope, icpt = np.polyfit(logc - np.log(c0), y, 1)
+        starts.append((e_frac * L.min(), icpt, min(max(-slope, 1e-3), 5.0)))
+    p, res = _fit_once(logc, logl, c0, starts)
+    E, a, alpha = (float(v) for v in p)
+    A = float(np.exp(a) * c0**alpha)
+    resid = logl - np.log(power_law(C, E, A, alpha))
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(C), len(C))
+        if len(np.unique(C[i])) < 3:  # too few distinct C to identify three parameters
+            continue
+        q, _ = _fit_once(logc[i], logl[i], c0, [tuple(p)])
+        boots.append(q)
+    b = np.array(boots)
+    qs = [(1 - level) / 2, (1 + level) / 2]
+    grid = np.logspace(logc.min() / np.log(10), logc.max() / np.log(10), 60)
+    band = np.array([q[0] + np.exp(q[1] - q[2] * (np.log(grid) - np.log(c0))) for q in b])
+    log_a_boot = b[:, 1] + b[:, 2] * np.log(c0)
+    return {
+        "E": E, "A": A, "alpha": alpha,
+        "E_ci": np.quantile(b[:, 0], qs).tolist(), "A_ci": np.exp(np.quantile(log_a_boot, qs)).tolist(),
+        "alpha_ci": np.quantile(b[:, 2], qs).tolist(),
+        "converged": bool(res.success and np.all(np.isfinite(p))),
+        "status": int(res.status), "message": str(res.message), "nfev": int(res.nfev),
+        "at_bound": {"E_at_0": E <= 1e-9, "E_at_min_loss": E >= L.min() * (1 - 1e-6), "alpha_at_0": alpha <= 1e-9,
+                     "alpha_at_5": alpha >= 5 - 1e-9},
+        "residuals_log": resid.tolist(), "rms_residual_log": float(np.sqrt(np.mean(resid**2))),
+        "max_abs_residual_log": float(np.abs(resid).max()),
+        "n_points": len(C), "n_boot_ok": len(b), "C0": c0, "objective": "log L, least squares",
+        "curve": {"C": grid.tolist(), "L": power_law(grid, E, A, alpha).tolist(),
+                  "lo": np.quantile(band, qs[0], axis=0).tolist(), "hi": np.quantile(band, qs[1], axis=0).tolist()},
+    }
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho, nan when either side is constant."""
+    from scipy.stats import spearmanr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(spearmanr(x, y).statistic)
+
+
+def rho_ci_points(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> list[float]:
+    """Percentile bootstrap CI of Spearman's rho resampling (x, y) pairs; constant resamples are skipped."""
+    rng = np.random.default_rng(seed)
+    boots = [spearman(x[i], y[i]) for i in (rng.integers(0, len(x), len(x)) for _ in range(n_boot))]
+    boots = [b for b in boots if np.isfinite(b)]
+    return np.quantile(boots, [(1 - level) / 2, (1 + level) / 2]).tolist() if boots else [float("nan")] * 2
+
+
+# ---------------------------------------------------------------- held-out loss of every point
+
+
+def point_losses(prior_dir: Path, z: Any, n_t: int, seed: int, out: Path) -> list[dict[str, Any]]:
+    """Held-out loss (glp.evaluate.heldout_loss: fixed t levels, seeded noise) of a sweep prior's snapshots and final
+    weights on normalized rows z (n, d), cached in `out` (JSON, atomic)."""
+    from glp.evaluate import heldout_loss
+
+    if out.is_file():
+        return json.loads(out.read_text())
+    rows = []
+    for step, prior in checkpoints_of(prior_dir):
+        cfg = prior.config
+        loss = heldout_loss(prior.denoiser, z, n_t, seed)
+        rows.append({"step": step, "rows_seen": step * cfg["batch_size"], "n_params": cfg["n_params"],
+                     "C": 6.0 * cfg["n_params"] * step * cfg["batch_size"], "loss": loss["mean"],
+                     "loss_by_t": loss["loss"], "final": step == cfg["steps"]})
+    write_atomic(out, json.dumps(rows, indent=1))
+    return rows
+
+
+def spearman_loss_vs_c(points: Sequence[dict[str, Any]]) -> float:
+    """Spearman rho of held-out loss vs C over the sweep's points (< 0: loss falls with compute)."""
+    return spearman(np.array([p["C"] for p in points]), np.array([p["loss"] for p in points]))
+
+
+# ---------------------------------------------------------------- downstream scores of a prior
+
+
+def steering_prompts(settings: Any) -> list[str]:
+    """The downstream steering prompts: the first `scaling.n_prompts` of `steer.prompts`, else of the corpus's
+    (glp.steer.default_prompts)."""
+    from glp.steer import default_prompts
+
+    n, sc = settings.scaling.n_prompts, settings.steer
+    return list(sc.prompts)[:n] if sc.prompts else default_prompts(settings.corpus.path, n, settings.corpus)
+
+
+def downstream_version(settings: Any, source: Any) -> str:
+    """Hash of everything a prior's downstream scores depend on besides the prior (cache key of its scores)."""
+    from glp import pipeline
+    from glp.corpus import labelled_hash
+    from glp.probe_tasks import tasks_hash
+
+    keep = {"probe_tasks", "n_probe_tasks", "steer_r", "n_prompts", "max_new_tokens", "delta_lm_tokens"}
+    return _hash("downstream/1", settings.scaling.model_dump(mode="json", include=keep), config_hash(settings.probe),
+                 config_hash(settings.steer), config_hash(settings.delta_lm), tasks_hash(settings.probe_tasks.path),
+                 labelled_hash(settings.steer.labelled), steering_prompts(settings),
+                 pipeline.model_fingerprint(pipeline.model_dir(settings, source)), source.layer,
+                 settings.store.max_seq_len, str(pipeline.source_paths(settings, source).store("heldout")))
+
+
+class Downstream:
+    """What every prior's downstream scores share, computed once: the source LM, the probing subset's last-token
+    activations, the steering direction, prompts, raw steered continuations (their NLL and concept) and the ΔLM
+    documents with their clean CE. `scores(prior)` measures one prior against them, per unit (task, continuation,
+    token), so correlations can be bootstrapped over units as well as over priors."""
+
+    def __init__(self, settings: Any, source: Any, log: Log = _nolog) -> None:
+        import torch
+
+        from glp import pipeline
+        from glp.corpus import load_documents
+        from glp.delta_lm import batch_docs, heldout_docs, token_ce, token_doc_ids
+        from glp.judges import continuation_nll_sets, fit_sentiment_judge
+        from glp.lm import load_source_lm
+        from glp.probe import last_token_features
+        from glp.probe_tasks import load_tasks
+        from glp.steer import (encode, generate, mean_activation_norm, movie_snippets, prefill,
+                               sentiment_direction, steer_edit)
+        from glp.store import ActivationStore
+
+        t0 = time.perf_counter()
+        cfg: ScalingConfig = settings.scaling
+        self.cfg, self.probe_cfg, self.steer_cfg, self.dl_cfg = cfg, settings.probe, settings.steer, settings.delta_lm
+        self.layer = source.layer
+        paths = pipeline.source_paths(settings, source)
+        lm = self.lm = load_source_lm(pipeline.model_dir(settings, source), settings.device, "float32",
+                                      settings.trust_remote_code)
+        # probing: a fixed subset of tasks, their texts' last-token activations
+        tasks = load_tasks(settings.probe_tasks.path)
+        names = [t.name for t in tasks]
+        if cfg.probe_tasks is not None:
+            unknown = [n for n in cfg.probe_tasks if n not in names]
+            if unknown:
+                raise ScalingError(f"scaling.probe_tasks names unknown tasks {unknown}; the tasks are {names}")
+            tasks = [t for t in tasks if t.name in cfg.probe_tasks]
+        else:
+            tasks = tasks[: cfg.n_probe_tasks]
+        self.tasks = tasks
+        texts = list(dict.fromkeys(t for task in tasks for t in (*task.train_text, *task.test_text)))
+        self.text_index = {t: i for i, t in enumerate(texts)}
+        self.resid, _ = last_token_features(lm, self.layer, texts, self.probe_cfg.max_seq_len,
+                                            self.probe_cfg.batch_size)
+        # steering at one r: the raw steered continuations every prior's SDEdit ones are paired with
+        sc = self.steer_cfg
+        prompts = steering_prompts(settings)
+        reps = 1 if sc.decoding == "greedy" else sc.samples_per_prompt
+        self.prompts = [p for p in prompts for _ in range(reps)]
+        self.groups = np.repeat(np.arange(len(prompts)), reps)
+        self.prompt_ids = [encode(lm, p) for p in self.prompts]
+        self.gen_kw = dict(max_new_tokens=cfg.max_new_tokens, decoding=sc.decoding, temperature=sc.temperature,
+                           seed=sc.seed)
+        snippets = movie_snippets(sc.labelled, sc.n_direction_texts, sc.n_probe_texts, sc.seed)
+        self.w = sentiment_direction(lm, self.layer, snippets, sc.direction_max_tokens)
+        self.alpha = cfg.steer_r * mean_activation_norm(ActivationStore(paths.store("heldout")).rows())
+        self.judge = fit_sentiment_judge(sc.labelled, sc.seed, sc.judge_test_fraction, sc.n_bootstrap)
+        self.prefix = prefill(lm, self.prompt_ids)
+        raw = generate(lm, self.prompt_ids, layer=self.layer, edit=steer_edit(self.w, self.alpha), prefix=self.prefix,
+                       **self.gen_kw)
+        self.raw_nll = continuation_nll_sets(lm, self.prompt_ids, [raw])[0]
+        self.raw_concept = self.judge.p_positive([lm.tokenizer.decode(c, skip_special_tokens=True) for c in raw])
+        # ΔLM: the first held-out documents up to delta_lm_tokens tokens
+        docs = [d["text"] for d in load_documents(settings.corpus.path, "heldout", settings.corpus)]
+        scored, _ = heldout_docs(lm, docs, settings.store.max_seq_len, cfg.delta_lm_tokens)
+        self.batches = batch_docs(lm, scored)
+        self.doc_ids = token_doc_ids(self.batches)
+        self.clean_ce = token_ce(lm, self.layer, self.batches, None)
+        self._torch = torch
+        self.version = downstream_version(settings, source)
+        self.seconds = time.perf_counter() - t0
+        log(f"downstream context: {len(tasks)} tasks ({len(texts)} texts), {len(self.prompts)} continuations at "
+            f"r={cfg.steer_r:g}, {len(self.clean_ce)} ΔLM tokens ({self.seconds:.0f} s)")
+
+    def scores(self, prior: Any) -> dict[str, Any]:
+        """Per-unit scores of one prior: probe test AUC per task; SDEdit concept and NLL − raw NLL per continuation
+        (same prompts, seeds and r as the raw rows); CE increase per ΔLM token."""
+        from glp.delta_lm import token_ce
+        from glp.judges import continuation_nll_sets
+        from glp.probe import glp_meta_neurons, probe_1d
+        from glp.steer import generate, sdedit, steer_edit
+
+        torch, lm, sc, pc = self._torch, self.lm, self.steer_cfg, self.probe_cfg
+        t0 = time.perf_counter()
+        feats = glp_meta_neurons(prior, self.resid, pc.t, pc.seed)
+        aucs = []
+        for task in self.tasks:
+            tr = np.array([self.text_index[t] for t in task.train_text])
+            te = np.array([self.text_index[t] for t in task.test_text])
+            aucs.append(probe_1d(feats[tr], task.train_y, feats[te], task.test_y, pc).test_auc)
+        g = torch.Generator(device=lm.device).manual_seed(sc.seed + 1)
+        edit = steer_edit(self.w, self.alpha, prior, sc.t_start, sc.steps, sc.solver, g)
+        cont = generate(lm, self.prompt_ids, layer=self.layer, edit=edit, prefix=self.prefix, **self.gen_kw)
+        nll = continuation_nll_sets(lm, self.prompt_ids, [cont])[0]
+        concept = self.judge.p_positive([lm.tokenizer.decode(c, skip_special_tokens=True) for c in cont])
+        gd = torch.Generator(device=lm.device)
+        gd.manual_seed(self.dl_cfg.seed)
+        delta = token_ce(lm, self.layer, self.batches,
+                         lambda a: sdedit(prior, a, self.dl_cfg.t_start, self.dl_cfg.steps, "euler", gd).to(a.device)
+                         ) - self.clean_ce
+        return {"probe_auc": [float(a) for a in aucs], "steer_concept": concept.tolist(),
+                "steer_nll_cost": (nll - self.raw_nll).tolist(), "delta_lm": delta.tolist(),
+                "seconds": time.perf_counter() - t0}
+
+    def units(self) -> dict[str, np.ndarray]:
+        """The resampling unit of each metric's values: task, prompt (a prompt's continuations together), document."""
+        return {"probe_auc": np.arange(len(self.tasks)), "steer_concept": self.groups, "steer_nll_cost": self.groups,
+                "delta_lm": self.doc_ids}
+
+
+def downstream_correlations(losses: np.ndarray, per_unit: dict[str, np.ndarray], units: dict[str, np.ndarray],
+                            n_boot: int, seed: int, level: float = 0.95) -> dict[str, Any]:
+    """For each metric ({metric: (n_priors, n_values)} with its unit per value): its mean per prior, Spearman rho of
+    held-out loss vs that mean, and two percentile bootstrap CIs of rho: over priors (pairs resampled) and over units
+    (tasks / prompts / documents resampled, the priors fixed: measurement noise only). `agreement` = rho signed so
+    that > 0 means lower loss, better downstream; `verdict` reads the priors' CI."""
+    qs = [(1 - level) / 2, (1 + level) / 2]
+    out = {}
+    for m, vals in per_unit.items():
+        vals = np.asarray(vals, np.float64)
+        codes = np.unique(units[m], return_inverse=True)[1].ravel()
+        n_units = int(codes.max()) + 1
+        sums = np.stack([np.bincount(codes, v, n_units) for v in vals])  # (n_priors, n_units)
+        counts = np.bincount(codes, minlength=n_units).astype(np.float64)
+        means = sums.sum(1) / counts.sum()
+        rho = spearman(losses, means)
+        rng = np.random.default_rng(seed)
+        pick = rng.integers(0, n_units, (n_boot, n_units))
+        boot_means = sums[:, pick].sum(2) / counts[pick].sum(1)  # (n_priors, n_boot)
+        unit_rhos = [r for r in (spearman(losses, boot_means[:, b]) for b in range(n_boot)) if np.isfinite(r)]
+        label, sign = METRICS[m]
+        ci_points = rho_ci_points(losses, means, n_boot, seed)
+        agree = [-sign * c for c in ci_points][::-1]
+        verdict = ("holds" if agree[0] > 0 else "contradicted" if agree[1] < 0 else "inconclusive")
+        out[m] = {"label": label, "higher_is_better": sign > 0, "values": means.tolist(), "spearman": rho,
+                  "ci_points": ci_points,
+                  "ci_units": np.quantile(unit_rhos, qs).tolist() if unit_rhos else [float("nan")] * 2,
+                  "agreement": -sign * rho, "verdict": verdict, "n_units": n_units}
+    return out
+
+
+# ---------------------------------------------------------------- plots and text
+
+
+def scaling_png(report: dict[str, Any]) -> bytes:
+    """Left: every point's held-out loss vs C (log x), coloured by prior, with the fit and its 95% band and the
+    Gaussian prior's loss. Right: the shape of the law: reducible loss (L − E) relative to the start of each range
+    vs C relative to it, ours (with band) against the paper's (E=0.52, A=435.1, α=0.169 over 1e15–2e19 FLOPs)."""
+    from glp.report import pyplot, to_png
+
+    plt = pyplot()
+    fit = report["fit"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5), dpi=100)
+    for i, prior in enumerate(report["priors"]):
+        pts = prior["points"]
+        ax.plot([p["C"] for p in pts], [p["loss"] for p in pts], "o-", color=plt.cm.viridis(i / max(1, len(report["priors"]) - 1)),
+                ms=5, lw=0.8, label=f"{prior['n_blocks']} blocks × D={prior['width']} ({prior['n_params'] / 1e6:.2f}M)")
+    cv = fit["curve"]
+    ax.fill_between(cv["C"], cv["lo"], cv["hi"], color="#9ecae1", alpha=0.5, label="fit, 95% band (bootstrap)")
+    ax.plot(cv["C"], cv["L"], "--", color="#08519c",
+            label=f"L = {fit['E']:.3f} + {fit['A']:.3g}·C^(−{fit['alpha']:.3f})")
+    ax.axhline(report["gaussian"]["loss"], color="gray", ls=":", label="full-covariance Gaussian prior")
+    ax.set(xscale="log", xlabel="C = 6·N·D (FLOPs)", ylabel="held-out flow-matching loss (MSE per dim)",
+           title=f"Held-out loss vs compute ({len(report['points'])} points)")
+    ax.legend(fontsize=7)
+    c_lo, c_hi = min(cv["C"]), max(cv["C"])
+    rel = np.logspace(0, np.log10(PAPER_C_RANGE[1] / PAPER_C_RANGE[0]), 60)
+    bx.plot(rel, rel ** -PAPER_FIT["alpha"], color="crimson",
+            label=f"paper (Llama-1B): α = {PAPER_FIT['alpha']}, {PAPER_C_RANGE[0]:.0e}–{PAPER_C_RANGE[1]:.0e} FLOPs")
+    ours = np.asarray(cv["C"]) / c_lo
+    base = fit["A"] * c_lo ** -fit["alpha"]
+    bx.plot(ours, (np.asarray(cv["L"]) - fit["E"]) / base, color="#08519c",
+            label=f"ours: α = {fit['alpha']:.3f} [{fit['alpha_ci'][0]:.3f}, {fit['alpha_ci'][1]:.3f}], "
+                  f"{c_lo:.1e}–{c_hi:.1e} FLOPs")
+    a_lo, a_hi = fit["alpha_ci"]
+    bx.fill_between(ours, ours ** -a_hi, ours ** -a_lo, color="#9ecae1", alpha=0.5, label="ours, α's 95% CI")
+    bx.set(xscale="log", yscale="log", xlabel="C / C at the start of the range",
+           ylabel="(L − E) / (L − E at the start)", title="Shape of the law: reducible loss over decades of compute")
+    bx.legend(fontsize=7)
+    return to_png(fig)
+
+
+def downstream_png(report: dict[str, Any]) -> bytes:
+    """Each downstream metric vs held-out loss (one point per prior), with Spearman's rho and its CIs."""
+    from glp.report import pyplot, to_png
+
+    plt = pyplot()
+    corr, pts = report["downstream"]["correlations"], report["downstream"]["points"]
+    fig, axes = plt.subplots(1, len(corr), figsize=(4.2 * len(corr), 4), dpi=100, squeeze=False)
+    x = [p["loss"] for p in pts]
+    for ax, (m, c) in zip(axes[0], corr.items()):
+        ax.plot(x, c["values"], "o", color="#1b9e77")
+        for p, y in zip(pts, c["values"]):
+            ax.annotate(p["label"], (p["loss"], y), xytext=(4, 3), textcoords="offset points", fontsize=6)
+        ax.set(xlabel="held-out loss", ylabel=c["label"],
+               title=f"ρ = {c['spearman']:+.2f} [{c['ci_points'][0]:+.2f}, {c['ci_points'][1]:+.2f}]: {c['verdict']}")
+        ax.title.set_fontsize(9)
+        ax.yaxis.label.set_fontsize(8)
+    return to_png(fig)
+
+
+def scaling_inline(report: dict[str, Any]) -> str:
+    """The points, the fit and its band on log10 C, as an inline chart (< 1,000 characters)."""
+    from glp.report import inline_scatter_chart
+
+    fit, cv = report["fit"], report["fit"]["curve"]
+    lx = np.log10(cv["C"]).tolist()
+    return inline_scatter_chart(
+        [(float(np.log10(p["C"])), p["loss"]) for p in report["points"]],
+        f"loss vs C: α={fit['alpha']:.3f}, E={fit['E']:.3f}", "C = 6ND (log scale), dashed: Gaussian prior",
+        line=(lx, cv["L"]), band=(lx, cv["lo"], cv["hi"]), ref=report["gaussian"]["loss"],
+        xticks=(f"{min(cv['C']):.0e}", f"{max(cv['C']):.0e}"))
+
+
+def scaling_headline(report: dict[str, Any]) -> str:
+    """The fit and the downstream verdicts in a few sentences."""
+    f = report["fit"]
+
+    def ci(c: Sequence[float], fmt: str = ".3f") -> str:
+        return f"[{c[0]:{fmt}}, {c[1]:{fmt}}]"
+
+    c = [p["C"] for p in report["points"]]
+    text = (f"**L(C) = {f['E']:.3f} {ci(f['E_ci'])} + {f['A']:.3g} {ci(f['A_ci'], '.3g')} · C^(−{f['alpha']:.3f} "
+            f"{ci(f['alpha_ci'])})** over {len(c)} points, C {min(c):.1e}–{max(c):.1e} FLOPs "
+            f"({np.log10(max(c) / min(c)):.1f} decades; paper: α = {PAPER_FIT['alpha']}). "
+            f"Spearman ρ(loss, C) = {report['spearman_loss_vs_c']:+.2f}; the full-covariance Gaussian prior scores "
+            f"{report['gaussian']['loss']:.4f}.")
+    corr = report.get("downstream", {}).get("correlations", {})
+    if corr:
+        text += " Lower loss → better downstream? " + "; ".join(
+            f"{v['label'].split(' (')[0].split(':')[0]}: {v['verdict']} (ρ {v['spearman']:+.2f} {ci(v['ci_points'], '+.2f')})"
+            for v in corr.values()) + "."
+    return text
+
+
+def scaling_markdown(report: dict[str, Any]) -> str:
+    """The report as markdown: headline, the fit table, every point, the downstream correlations."""
+    from glp.report import markdown_table
+
+    f = report["fit"]
+    fit = markdown_table(["parameter", "estimate", "95% CI (bootstrap over points)", "paper (Llama-1B)"],
+                         [[k, f"{f[k]:.4g}", f"[{f[k + '_ci'][0]:.4g}, {f[k + '_ci'][1]:.4g}]", PAPER_FIT[k]]
+                          for k in ("E", "A", "alpha")])
+    pts = markdown_table(["prior", "N", "step", "D (rows)", "C (FLOPs)", "held-out loss"],
+                         [[p["label"], f"{p['n_params']:,}", p["step"], f"{p['rows_seen']:,}", f"{p['C']:.3g}",
+                           f"{p['loss']:.4f}"] for p in report["points"]])
+    parts = [scaling_headline(report), fit,
+             f"Fit: least squares on log L, {f['n_points']} points, {f['n_boot_ok']} bootstrap refits; RMS log "
+             f"residual {f['rms_residual_log']:.4f} (max {f['max_abs_residual_log']:.4f}); converged: {f['converged']}.",
+             pts]
+    corr = report.get("downstream", {}).get("correlations", {})
+    if corr:
+        parts.append(markdown_table(
+            ["downstream metric", "ρ(loss, metric)", "95% CI, priors resampled", "95% CI, units resampled",
+             "lower loss → better?"],
+            [[v["label"], f"{v['spearman']:+.3f}", f"[{v['ci_points'][0]:+.3f}, {v['ci_points'][1]:+.3f}]",
+              f"[{v['ci_units'][0]:+.3f}, {v['ci_units'][1]:+.3f}]", v["verdict"]] for v in corr.values()]))
+    return "\n\n".join(parts)
+
+
+# ---------------------------------------------------------------- the pipeline step
+
+
+def build_scaling(settings: Any, source: Any, log: Log = _nolog) -> dict[str, Any]:
+    """Train (or reuse) every sweep prior, score every point's held-out loss, fit L(C), measure the downstream
+    points, and write the report to `<source root>/scaling/` (JSON and two PNGs, each atomically)."""
+    import torch
+
+    from glp import pipeline
+    from glp.evaluate import AffineVelocity, gaussian_baseline_loss, heldout_loss, heldout_ts
+    from glp.lm import resolve_device
+    from glp.stats import NormStats
+    from glp.store import ActivationStore
+
+    t0 = time.perf_counter()
+    cfg: ScalingConfig = settings.scaling
+    paths = pipeline.source_paths(settings, source)
+    root = scaling_dir(paths.root)
+    store, held = ActivationStore(paths.store("train")), ActivationStore(paths.store("heldout"))
+    stats = NormStats.load(paths.norm_stats)
+    if len(stats.mean) != store.d_model:
+        raise ScalingError(f"norm_stats width {len(stats.mean)} != activation store width {store.d_model}: "
+                           "re-materialize `norm_stats`")
+    normalizer = stats.normalizer()
+    device = resolve_device(settings.device)
+    data_version = _hash(store.attrs.get("version"), pipeline.short_sha256(paths.norm_stats))
+    n_rows = min(cfg.heldout_rows, held.n_rows)
+    with torch.no_grad():
+        z = normalizer.normalize(torch.from_numpy(held.rows(0, n_rows)))
+    eval_version = _hash("eval/1", held.attrs.get("version"), n_rows, cfg.n_t, cfg.seed, pipeline.short_sha256(paths.norm_stats))
+    gauss = heldout_loss(AffineVelocity(stats.cov_normalized), z, cfg.n_t, cfg.seed)
+    gaussian = {"loss": gauss["mean"], "loss_by_t": gauss["loss"],
+                "exact_train_cov": float(gaussian_baseline_loss(stats.cov_normalized, heldout_ts(cfg.n_t)).mean())}
+
+    priors, trained = [], []
+    for i, point in enumerate(cfg.points):
+        dcfg, tcfg = point_configs(point, cfg, settings.denoiser, settings.train)
+        key = point_key(data_version, dcfg, tcfg)
+        out = root / "points" / key
+        info = train_point(store, normalizer, dcfg, tcfg, out, device, log)
+        width = round(point.width_mult * store.d_model)
+        label = f"{point.n_blocks}x{width}"
+        log(f"point {i + 1}/{len(cfg.points)} {label} ({info['n_params']:,} params, {point.steps} steps): "
+            + (f"trained in {info['seconds']:.0f} s" if info["trained"] else "cached"))
+        if info["trained"]:
+            trained.append(key)
+        pts = point_losses(out, z, cfg.n_t, cfg.seed, root / "evals" / f"{key}-{eval_version}.json")
+        priors.append({"key": key, "label": label, "n_blocks": point.n_blocks, "width_mult": point.width_mult,
+                       "width": width, "hidden": round(cfg.hidden_ratio * point.width_mult * store.d_model),
+                       "steps": point.steps, "n_params": info["n_params"], "train_seconds": info["seconds"],
+                       "points": [{**p, "label": f"{label}@{p['step']}", "key": key} for p in pts]})
+    points = sorted((p for pr in priors for p in pr["points"]), key=lambda p: p["C"])
+    t_sweep = time.perf_counter()
+    fit = fit_power_law([p["C"] for p in points], [p["loss"] for p in points], cfg.n_bootstrap, cfg.seed)
+    report: dict[str, Any] = {
+        "format": "glp-scaling/1", "source": source.key, "config": cfg.model_dump(mode="json"),
+        "heldout_rows": n_rows, "gaussian": gaussian, "priors": priors, "points": points, "fit": fit,
+        "spearman_loss_vs_c": spearman_loss_vs_c(points), "trained_now": trained, "paper": PAPER_FIT,
+    }
+    report["downstream"] = measure_downstream(settings, source, priors, root, cfg, log)
+    report["seconds"] = {"sweep": t_sweep - t0, "downstream": report["downstream"]["seconds"],
+                         "total": time.perf_counter() - t0}
+    write_atomic(root / "scaling.json", json.dumps(report, indent=1))
+    write_atomic(root / "scaling.png", scaling_png(report))
+    write_atomic(root / "downstream.png", downstream_png(report))
+    return {**report, "path": str(root / "scaling.json"), "png": str(root / "scaling.png"),
+            "downstream_png": str(root / "downstream.png")}
+
+
+def measure_downstream(settings: Any, source: Any, priors: Sequence[dict[str, Any]], root: Path, cfg: ScalingConfig,
+                       log: Log = _nolog) -> dict[str, Any]:
+    """Downstream scores of the final (or every) point of each prior, cached per point, and their correlations with
+    held-out loss. The source LM and the shared context are loaded only when a point is not cached."""
+    t0 = time.perf_counter()
+    chosen = [p for pr in priors for p in pr["points"] if cfg.downstream == "all" or p["final"]]
+    if len(chosen) < 4:
+        raise ScalingError(f"downstream correlations need at least 4 priors; scaling.points gives {len(chosen)} "
+                           "(add points, or set scaling.downstream = 'all' to score the snapshots too)")
+    version = downstream_version(settings, source)
+    ctx, scores = None, []
+    for p in chosen:
+        out = root / "downstream" / f"{p['key']}-step{p['step']}-{version}.json"
+        if out.is_file():
+            scores.append(json.loads(out.read_text()))
+            continue
+        if ctx is None:
+            ctx = Downstream(settings, source, log)
+            ctx_units = ctx.units()
+        prior = dict(checkpoints_of(root / "points" / p["key"], ctx.lm.device))[p["step"]]
+        s = {**ctx.scores(prior), "units": {k: v.tolist() for k, v in ctx_units.items()}}
+        write_atomic(out, json.dumps(s))
+        log(f"downstream {p['label']}: probe AUC {np.mean(s['probe_auc']):.3f}, concept {np.mean(s['steer_concept']):.3f}, "
+            f"NLL cost {np.mean(s['steer_nll_cost']):+.3f}, ΔLM {np.mean(s['delta_lm']):.4f} ({s['seconds']:.0f} s)")
+        scores.append(s)
+    units = {k: np.asarray(v) for k, v in scores[0]["units"].items()}
+    losses = np.array([p["loss"] for p in chosen])
+    per_unit = {m: np.array([s[m] for s in scores]) for m in METRICS}
+    corr = downstream_correlations(losses, per_unit, units, cfg.n_bootstrap, cfg.seed)
+    return {"points": [{"label": p["label"], "key": p["key"], "step": p["step"], "loss": p["loss"], "C": p["C"]}
+                       for p in chosen],
+            "correlations": corr, "seconds": time.perf_counter() - t0,
+            "context_seconds": ctx.seconds if ctx is not None else 0.0}
