@@ -35,7 +35,9 @@ def _materialize_hint(asset: str, partition: str | None) -> str:
 
 def require_upstream(path: Path, upstream: str, asset: str, partition: str | None) -> None:
     """Fail with the command to run when an upstream artifact is not on disk."""
-    if not Path(path).exists():
+    from glp.store import as_location
+
+    if not as_location(path).exists():  # a local path, or an activation store's fsspec URL
         raise dg.Failure(
             description=f"`{asset}` needs `{upstream}`, which is not materialized (missing {path}). "
             f"Materialize it together with its upstream assets: {_materialize_hint(asset, partition)}"
@@ -188,7 +190,7 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
         from glp.corpus import iter_documents
         from glp.store import ActivationStore
 
-        nbytes = ActivationStore(Path(tr["path"])).nbytes_stored()
+        nbytes = ActivationStore(tr["path"]).nbytes_stored()  # a local path or an fsspec URL
         n_docs = sum(1 for _ in iter_documents(s.corpus.path, "train", s.corpus))
         cap = s.store.max_tokens
         return dg.MaterializeResult(

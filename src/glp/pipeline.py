@@ -5,7 +5,8 @@ the layout below, writes its artifact atomically and returns a JSON-able summary
 
     <store.root>/source_lm/<hash>/                       builtin source LM (save_pretrained)
     <store.root>/source_model/<gguf sha256[:16]>/        packaged source LLM converted from its GGUF (save_pretrained)
-    <store.root>/<model>/L<layer>/activations/train.zarr  activation store (and heldout.zarr)
+    <store.root>/<model>/L<layer>/activations/train.zarr  activation store (and heldout.zarr), or with
+                                                         store.activations_url: <url>/<model>/L<layer>/train.zarr
     <store.root>/<model>/L<layer>/norm_stats.safetensors
     <store.root>/<model>/L<layer>/prior/                  exported prior (prior.ckpt/ = DeepSpeed checkpoints)
     <store.root>/<model>/L<layer>/prior_eval.json
@@ -19,10 +20,13 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from glp.artifacts import sha256_file, write_atomic
 from glp.config import BUILTIN_MODEL, Settings, SourceConfig, config_hash
+
+if TYPE_CHECKING:
+    from glp.store import Location
 
 Log = Callable[[str], None]
 
@@ -43,13 +47,19 @@ def _hash(*parts: object, length: int = 16) -> str:
 @dataclass(frozen=True)
 class SourcePaths:
     root: Path  # <store.root>/<model>/L<layer>
+    activations_url: str | None = None  # <store.activations_url>/<model>/L<layer>, when the stores live elsewhere
 
     @property
     def activations(self) -> Path:
+        """The local activations folder: the stores (unless `activations_url`) and their write lock."""
         return self.root / "activations"
 
-    def store(self, split: str) -> Path:
-        return self.activations / f"{split}.zarr"
+    def store(self, split: str) -> Location:
+        """The activation store of a split: a local Path, or a UPath at `store.activations_url`."""
+        from glp.store import as_location
+
+        return as_location(f"{self.activations_url}/{split}.zarr") if self.activations_url else \
+            self.activations / f"{split}.zarr"
 
     @property
     def norm_stats(self) -> Path:
@@ -69,7 +79,9 @@ class SourcePaths:
 
 
 def source_paths(settings: Settings, source: SourceConfig) -> SourcePaths:
-    return SourcePaths(settings.store.root / source.model_name / f"L{source.layer}")
+    rel = f"{source.model_name}/L{source.layer}"
+    url = settings.store.activations_url
+    return SourcePaths(settings.store.root / rel, f"{url.rstrip('/')}/{rel}" if url else None)
 
 
 # ---------------------------------------------------------------- corpus and source LM
@@ -183,7 +195,7 @@ def build_activations(settings: Settings, source: SourceConfig, log: Log = _nolo
     return out
 
 
-def finished_store(path: Path, version: str, split: str, log: Log = _nolog) -> dict[str, Any] | None:
+def finished_store(path: Location, version: str, split: str, log: Log = _nolog) -> dict[str, Any] | None:
     """The summary of a published store of this exact `version` whose every chunk verifies, or None (extract it).
 
     Extraction is deterministic, so such a store is what extracting again would write; a store of another

@@ -40,7 +40,9 @@ def link_shared(settings: Settings, rep: Settings, source: SourceConfig) -> None
 
     main, mine = pipeline.source_paths(settings, source).root, pipeline.source_paths(rep, source).root
     mine.mkdir(parents=True, exist_ok=True)
-    links = [(main / name, mine / name) for name in SHARED]
+    # stores at store.activations_url are shared by URL already (the replicate's settings keep it)
+    links = [(main / name, mine / name) for name in SHARED
+             if not (name == "activations" and settings.store.activations_url)]
     model = pipeline.model_dir(settings, source)
     if model.is_relative_to(settings.store.root):  # a converted packaged model or the builtin LM lives in the store
         links.append((model, rep.store.root / model.relative_to(settings.store.root)))

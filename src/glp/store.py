@@ -17,6 +17,14 @@ Writing goes to `<name>.zarr.partial` and is renamed into place only when comple
 a half-written store and a good store is never replaced by a broken one. The partial store records how
 many documents it holds after each flush; `StoreWriter(resume=True)` continues from there, and because
 extraction is deterministic the resumed store equals an uninterrupted one.
+
+A store may also live at an fsspec URL (`s3://bucket/prefix/train.zarr`, `gs://...`, `file:///...`,
+`memory://...`; Zarr v3's FsspecStore). Object stores cannot rename a folder atomically (S3 "renames" copy every
+object), so there the store is written in place and published by its completion marker: the group's `zarr.json`
+carries `complete: false` from the first write and is rewritten with `complete: true` (and the checksums) as the
+very last write, a single-object PUT, which S3 and GCS make atomic. Readers refuse a store without the marker, and
+a partial one resumes in place. What changes: re-extracting a store of another version deletes the old one first
+(a run that dies then leaves a resumable partial, never a half-written "complete" store, but not the old store).
 """
 
 from __future__ import annotations
@@ -26,12 +34,16 @@ import threading
 import queue
 import zlib
 from collections.abc import Iterator
+from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
 from glp.artifacts import publish_dir
+
+if TYPE_CHECKING:
+    from upath import UPath
 
 PROVENANCE = {"doc_id": "int64", "position": "int32", "token_id": "int32"}
 
@@ -45,6 +57,52 @@ class StoreCorrupt(StoreError):
 
 
 CHECKSUM_ALGORITHM = "crc32"
+
+Location = Union[Path, "UPath"]
+"""Where a store lives: a local folder (Path) or an fsspec URL (UPath, universal_pathlib: the same path API)."""
+
+
+def is_url(location: str | PathLike[str]) -> bool:
+    """An fsspec URL (`protocol://...`), not a local path (pathlib collapses `//`, so a Path never matches)."""
+    return "://" in str(location)
+
+
+def _storage_options(url: str) -> dict[str, Any]:
+    # local files through fsspec: create parent folders as object stores do implicitly
+    return {"auto_mkdir": True} if url.startswith(("file://", "local://")) else {}
+
+
+def as_location(location: str | PathLike[str]) -> Location:
+    """A local path as a Path, an fsspec URL as a UPath (raises StoreError when its filesystem is not installed)."""
+    if not is_url(location):
+        return Path(location)
+    from upath import UPath
+
+    url = str(location)
+    try:
+        loc = UPath(url, **_storage_options(url))
+        loc.fs  # noqa: B018 (instantiates the filesystem: a missing backend fails here, not mid-extraction)
+    except (ImportError, ValueError) as e:
+        protocol = url.split("://", 1)[0]
+        raise StoreError(f"cannot open store location {url} ({type(e).__name__}: {e}): install the fsspec backend "
+                         f"for {protocol}:// (s3fs for s3://, gcsfs for gs://) in the same environment") from e
+    return loc
+
+
+def _open_group(location: Location, mode: str, **kwargs: Any) -> Any:
+    import zarr
+
+    if is_url(location):
+        url = str(location)
+        return zarr.open_group(url, mode=mode, storage_options=_storage_options(url) or None, **kwargs)
+    return zarr.open_group(location, mode=mode, **kwargs)
+
+
+def _remove(location: Location) -> None:
+    if is_url(location):
+        location.fs.rm(location.path, recursive=True)
+    else:
+        shutil.rmtree(location)
 
 
 def chunk_checksum(values: np.ndarray) -> int:
@@ -68,29 +126,29 @@ def _compressors() -> Any:
 
 
 class StoreWriter:
-    """Append token rows to a new store; `close()` publishes it atomically."""
+    """Append token rows to a new store; `close()` publishes it atomically (a local path: rename of the partial
+    folder; an fsspec URL: the completion marker, written last)."""
 
     def __init__(
         self,
-        path: Path,
+        path: str | PathLike[str],
         d_model: int,
         chunk_rows: int,
         attrs: dict[str, Any],
         resume: bool = True,
     ) -> None:
-        import zarr
-
-        self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".partial")
+        self.path = as_location(path)
+        self.in_place = is_url(self.path)  # object stores: no atomic rename, publish by the completion marker
+        self.tmp = self.path if self.in_place else self.path.with_name(self.path.name + ".partial")
         self.chunk_rows = chunk_rows
         self.d_model = d_model
         self._buf: list[dict[str, np.ndarray]] = []
         self._buf_rows = 0
         fingerprint = {k: attrs[k] for k in sorted(attrs)}
         if self.tmp.exists() and resume:
-            group = zarr.open_group(self.tmp, mode="r+")
-            if group.attrs.get("fingerprint") != fingerprint:
-                shutil.rmtree(self.tmp)  # a partial from another config: start over
+            group = _open_group(self.tmp, "r+")
+            if group.attrs.get("fingerprint") != fingerprint or group.attrs.get("complete"):
+                _remove(self.tmp)  # a partial from another config, or a published store being replaced: start over
             else:
                 self.group = group
                 self.n_rows = int(group.attrs["n_rows"])
@@ -101,9 +159,10 @@ class StoreWriter:
                 self.written = self.n_rows
                 return
         elif self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.parent.mkdir(parents=True, exist_ok=True)
-        self.group = zarr.open_group(self.tmp, mode="w", zarr_format=3)
+            _remove(self.tmp)
+        if not self.in_place:
+            self.tmp.parent.mkdir(parents=True, exist_ok=True)
+        self.group = _open_group(self.tmp, "w", zarr_format=3)
         self.group.create_array(
             "acts", shape=(0, d_model), chunks=(chunk_rows, d_model), dtype="float32", compressors=_compressors()
         )
@@ -145,15 +204,17 @@ class StoreWriter:
         self.n_rows, self.n_docs = self.written, n_docs
         self.group.attrs.update({"n_rows": self.n_rows, "n_docs": self.n_docs})
 
-    def close(self, extra_attrs: dict[str, Any] | None = None) -> Path:
-        """Mark the committed store complete and publish it atomically. Returns the final path."""
+    def close(self, extra_attrs: dict[str, Any] | None = None) -> Location:
+        """Mark the committed store complete and publish it atomically. Returns the final location."""
         if self._buf or self.written != self.n_rows:
             raise StoreError("uncommitted rows at close: call commit(n_docs) first")
         if self.n_rows == 0:
             raise StoreError(f"no activation rows were written to {self.path}: is the corpus empty?")
         checksums = _chunk_checksums(self.group, self.chunk_rows)
+        # one write of the group's zarr.json: the completion marker of an in-place (object store) store
         self.group.attrs.update({**(extra_attrs or {}), "checksums": checksums, "complete": True})
-        publish_dir(self.tmp, self.path)
+        if not self.in_place:
+            publish_dir(self.tmp, self.path)
         return self.path
 
 
@@ -161,22 +222,22 @@ class ActivationStore:
     """Read side of a complete store. `verify=True` checks each chunk read through `chunk` / `rows` against its
     recorded checksum (stores written before checksums existed are read unverified; `verify()` flags them)."""
 
-    def __init__(self, path: Path, verify: bool = True) -> None:
-        import zarr
-
-        self.path = Path(path)
+    def __init__(self, path: str | PathLike[str], verify: bool = True) -> None:
+        self.path = as_location(path)
         if not self.path.exists():
-            hint = " (a partial store exists: re-run to resume)" if self.path.with_name(self.path.name + ".partial").exists() else ""
+            partial = not is_url(self.path) and self.path.with_name(self.path.name + ".partial").exists()
+            hint = " (a partial store exists: re-run to resume)" if partial else ""
             raise StoreError(f"no activation store at {self.path}{hint}: materialize the `activations` asset first")
         try:
-            self.group = zarr.open_group(self.path, mode="r")
+            self.group = _open_group(self.path, "r")
             complete = self.group.attrs.get("complete")
             self.acts = self.group["acts"]
         except Exception as e:  # unreadable metadata (zarr.json) or a missing array
             raise StoreCorrupt(f"activation store {self.path} cannot be opened ({type(e).__name__}: {e}): delete it "
                                "and re-materialize `activations`") from e
         if not complete:
-            raise StoreError(f"activation store {self.path} is incomplete: re-materialize `activations`")
+            raise StoreError(f"activation store {self.path} is incomplete (no completion marker: being written, or its "
+                             "writer died): re-materialize `activations` to resume it")
         sums = self.group.attrs.get("checksums")
         self.checksums: dict[str, list[int]] | None = sums["arrays"] if sums else None
         self.verify_reads = verify and self.checksums is not None
@@ -205,7 +266,7 @@ class ActivationStore:
         lo = i * self.chunk_rows
         return f"{self.path}/{name} chunk {i} (rows {lo}..{min(lo + self.chunk_rows, self.n_rows) - 1})"
 
-    def chunk_path(self, name: str, i: int) -> Path:
+    def chunk_path(self, name: str, i: int) -> Location:
         """The file holding chunk i of array `name` (zarr's chunk-key encoding: `acts/c/<i>/0`, `doc_id/c/<i>`)."""
         arr = self.group[name]
         return self.path / name / arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
@@ -273,6 +334,8 @@ class ActivationStore:
         return np.concatenate(parts) if parts else np.empty(0, PROVENANCE[name])
 
     def nbytes_stored(self) -> int:
+        if is_url(self.path):
+            return int(self.path.fs.du(self.path.path))
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
 
 
