@@ -176,6 +176,17 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _score(args: argparse.Namespace) -> int:
+    from glp.config import load_settings
+    from glp.ood import score_table, score_text
+
+    settings = load_settings()
+    source = settings.source(args.partition) if args.partition else settings.sources[0]
+    res = score_text(settings, source, args.text)
+    print(json.dumps(res, indent=1) if args.json else score_table(res))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `glp` parser: one subcommand per task, each with a description and its options' defaults."""
     parser = argparse.ArgumentParser(
@@ -226,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (the GLP noise uses seed + 1)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding (default: the steer config's decoding)")
     p.set_defaults(func=_steer)
+    p = command("score", "per-token off-manifold scores of a text: which tokens does the prior find unusual?",
+                "Print each token of TEXT with its GLP diffusion score at the source's layer (the flow-matching loss "
+                "averaged over ood.ts, seeded noise), its percentile among real held-out tokens and a flag above the "
+                "(1 - ood.fpr) quantile. Needs the source's prior and activations (after `make run`).")
+    p.add_argument("text", metavar="TEXT", help="the text to score")
+    p.add_argument("--partition", default=None, help="source key, e.g. smollm2-135m/L15 (default: the first source)")
+    p.add_argument("--json", action="store_true", help="print the scores as JSON")
+    p.set_defaults(func=_score)
     return parser
 
 

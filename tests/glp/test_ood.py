@@ -155,3 +155,85 @@ def test_calibrate_gate_on_heldout_activations_reports_a_measured_fpr():
     assert abs(cal["fpr_check"] - 0.05) < 0.03
     with pytest.raises(ValueError, match="too few"):
         calibrate_gate(prior, heldout[:30], SteerConfig())
+
+
+# ---------------------------------------------------------------- the off-manifold sets, baselines and AUROC table
+
+
+def test_auroc_of_a_score_on_identical_sets_is_chance_within_noise():
+    from glp.ood import auroc_table
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=2000), rng.normal(size=2000)  # two samples of one law
+    t = auroc_table({"glp": a, "other": a[::-1].copy()}, {"glp": b, "other": b}, n_boot=300, seed=0)
+    assert abs(t["auroc"]["glp"] - 0.5) < 0.04 and t["ci"]["glp"][0] < 0.5 < t["ci"]["glp"][1]
+    same = auroc_table({"glp": a}, {"glp": a.copy()}, n_boot=50, seed=0)
+    assert same["auroc"]["glp"] == 0.5  # the very same scores: every pair ties or cancels
+    assert t["diff"]["other"]["ci"][0] < 0 < t["diff"]["other"]["ci"][1]
+
+
+def test_auroc_table_pairs_its_bootstrap_so_a_better_score_wins_with_a_ci_above_zero():
+    from glp.ood import auroc_table
+
+    rng = np.random.default_rng(1)
+    real = {"glp": rng.normal(size=500), "weak": rng.normal(size=500)}
+    off = {"glp": rng.normal(2.0, size=500), "weak": rng.normal(0.3, size=500)}
+    t = auroc_table(real, off, n_boot=300, seed=0)
+    assert t["auroc"]["glp"] > 0.9 and 0.5 < t["auroc"]["weak"] < 0.7
+    d = t["diff"]["weak"]
+    assert d["ci"][0] > 0.2 and math.isclose(d["d"], t["auroc"]["glp"] - t["auroc"]["weak"])
+    assert t["n_real"] == t["n_off"] == 500
+
+
+def test_mahalanobis_score_is_the_quadratic_form_of_the_inverse_covariance():
+    from glp.ood import mahalanobis_score
+
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(D, D, generator=g, dtype=torch.float64)
+    cov = (m @ m.T + 0.5 * torch.eye(D, dtype=torch.float64)).numpy()
+    z = torch.randn(100, D, generator=g)
+    want = torch.einsum("bi,ij,bj->b", z.double(), torch.linalg.inv(torch.from_numpy(cov)), z.double())
+    torch.testing.assert_close(mahalanobis_score(z, cov).double(), want, rtol=1e-4, atol=1e-4)
+    # rows drawn from the covariance itself score d on average
+    rows = torch.from_numpy(np.random.default_rng(0).multivariate_normal(np.zeros(D), cov, 20_000)).float()
+    assert abs(float(mahalanobis_score(rows, cov).mean()) - D) < 0.2
+
+
+def test_off_manifold_transforms_keep_what_they_promise():
+    from glp.ood import moved_rows, random_directions, shuffle_dims, standardize
+
+    z = mixture(400, seed=2)
+    u = random_directions(400, D, seed=0)
+    torch.testing.assert_close(u.norm(dim=1), torch.ones(400))
+    torch.testing.assert_close((moved_rows(z, u, 3.0) - z).norm(dim=1), torch.full((400,), 3.0))
+    w = torch.zeros(D)
+    w[0] = 1.0
+    assert torch.equal(moved_rows(z, w, 2.0)[:, 1:], z[:, 1:])
+    s = shuffle_dims(z, seed=0)
+    assert torch.equal(s.sort(dim=1).values, z.sort(dim=1).values) and not torch.equal(s, z)
+    assert torch.equal(s, shuffle_dims(z, seed=0))
+    st = standardize(z * 5 + 3)
+    torch.testing.assert_close(st.mean(0), torch.zeros(D), atol=1e-5, rtol=0)
+    torch.testing.assert_close(st.std(0), torch.ones(D), atol=1e-5, rtol=0)
+
+
+def test_position_matching_draws_real_rows_at_the_wanted_positions():
+    from glp.ood import position_matched, shuffle_words
+
+    pool = np.array([1, 1, 2, 2, 2, 3, 5, 5])
+    want = np.array([1, 2, 2, 5, 4, 9])
+    idx = position_matched(pool, want, seed=0)
+    assert list(pool[idx[:4]]) == [1, 2, 2, 5] and len(set(idx[:3])) == 3
+    assert pool[idx[4]] in (3, 5) and pool[idx[5]] == 5  # absent positions take the nearest present one
+    text = "the cat sat on the mat today"
+    out = shuffle_words(text, np.random.default_rng(0))
+    assert sorted(out.split()) == sorted(text.split()) and out != text
+
+
+def test_default_other_layers_are_valid_and_never_the_source_layer():
+    from glp.ood import default_other_layers
+
+    assert default_other_layers(15, 30) == [14, 7]
+    assert default_other_layers(0, 4) == [1, 3]
+    assert default_other_layers(1, 2) == [0]
+    assert default_other_layers(0, 1) == []

@@ -21,6 +21,7 @@ TINY = {
     "delta_lm": {"max_tokens": 64, "steps": 4, "pca_rows": 500, "n_bootstrap": 50},
     "probe": {"prefilter": 16, "folds": 3, "n_bootstrap": 200, "dashboard_rows": 200, "dashboard_top": 3},
     "sae": {"expansion": 2, "k": 4, "batch_size": 64, "lr": 3e-3},
+    "ood": {"n_direction_texts": 8, "max_seq_len": 32, "sdedit_steps": 4, "n_bootstrap": 50},
     "device": "cpu",
 }
 
