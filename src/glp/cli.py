@@ -52,7 +52,7 @@ def _summary(args: argparse.Namespace) -> int:
         one_d = json.loads(probes.read_text())["summary"]["one_d"]
         print("  mean 1-D probe AUC [95% CI]   " + "   ".join(
             f"{fam} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" for fam, v in one_d.items()))
-    for name in ("steering.json", "steering_pareto.png", "delta_lm.json"):
+    for name in ("steering.json", "steering_pareto.png", "delta_lm.json", "ood.json", "ood_roc.png"):
         if (paths.root / name).is_file():
             print(f"  {name:<28} {paths.root / name}")
     return 0

@@ -403,6 +403,12 @@ def results_markdown(settings, source) -> str:  # noqa: ANN001 (Settings, Source
 
         out.append(f"**1-D probing** ({len(pr['tasks'])} tasks, {pr['n_texts']:,} texts):\n\n"
                    + table4_markdown(pr["summary"], pr["families"], len(pr["tasks"])))
+    if oo := read_json(root / "ood.json"):
+        from glp.ood import ood_markdown
+
+        out.append(f"**Out-of-manifold detection** ({oo['n_rows']:,} rows per set; GLP scores at t ∈ "
+                   f"{{{', '.join(f'{t:g}' for t in oo['config']['ts'])}}}, SDEdit from t = "
+                   f"{oo['config']['sdedit_t_start']:g}):\n\n" + ood_markdown(oo))
     seeds_md = root / "seeds" / "seeds.md"
     if seeds_md.is_file():
         out.append("**Over prior seeds** (`glp seeds`; the main run is seed 0):\n\n" + seeds_md.read_text().strip())
