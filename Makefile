@@ -78,6 +78,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/steer.py
 	$(BIN)/python benchmarks/store_integrity.py
+	$(BIN)/python benchmarks/ood.py
 
 ## bench-recipe: after `make run`, which prior recipe buys the lowest held-out loss per CPU-minute (<= 15 min)
 bench-recipe: $(STAMP)
