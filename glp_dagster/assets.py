@@ -172,10 +172,15 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
         return dg.MaterializeResult(metadata=readable(meta),
                                     data_version=dg.DataVersion("-".join(r["gguf_sha256"][:16] for r in reps)))
 
-    @dg.asset(deps=[corpus, source_lm, source_model], partitions_def=partitions, group_name=GROUP, kinds={"zarr"},
-              code_version=f"{CODE_VERSION}-{config_hash(settings.store)}")
+    from glp_dagster.assets_shards import build_shard_assets
+
+    shards = build_shard_assets(settings, partitions, [corpus, source_lm, source_model])  # none unless store.shards > 1
+
+    @dg.asset(deps=[corpus, source_lm, source_model, *shards], partitions_def=partitions, group_name=GROUP,
+              kinds={"zarr"}, code_version=f"{CODE_VERSION}-{config_hash(settings.store)}")
     def activations(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
-        """Residual-stream rows of the source's layer for the train and held-out splits (Zarr v3)."""
+        """Residual-stream rows of the source's layer for the train and held-out splits (Zarr v3); with
+        `store.shards` > 1 the train split is the merge of the `activations_shard_<k>` assets."""
         from glp.source_model import is_packaged
 
         s, src = glp.settings, glp.source(context)
@@ -293,4 +298,4 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
             data_version=dg.DataVersion(pipeline.short_sha256(paths.prior_eval)),
         )
 
-    return [corpus, labelled, source_lm, source_model, activations, norm_stats, glp_prior, prior_eval]
+    return [corpus, labelled, source_lm, source_model, *shards, activations, norm_stats, glp_prior, prior_eval]

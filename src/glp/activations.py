@@ -9,7 +9,7 @@ Documents are read as a stream, so memory is bounded by one window, whatever the
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,51 +54,72 @@ def forward_batch(lm: SourceLM, layer: int, seqs: Sequence[list[int]]) -> tuple[
     return acts.float().cpu(), ids, mask
 
 
+def window_docs_of(cfg: StoreConfig) -> int:
+    """Documents (with at least one row) per extraction window: the unit of resume and of sharding."""
+    return cfg.batch_size * 16
+
+
+def iter_windows(
+    lm: SourceLM, docs: Iterator[str], max_seq_len: int, window_docs: int, cap: float, doc: int = 0,
+    stop_doc: int | None = None, rows_total: int = 0,
+) -> Iterator[tuple[list[tuple[int, list[int]]], int]]:
+    """The corpus cut into extraction windows, in corpus order: (window [(doc id, tokens)], next doc id) each.
+
+    `docs` yields the texts from document `doc` on. A window holds `window_docs` documents that yield rows; the
+    token cap is checked per document (the document that reaches it is the last one), and reading stops before
+    `stop_doc`. Extraction and the shard plan (glp.shards) both cut windows here, so they always agree."""
+    exhausted = False
+    while not exhausted and rows_total < cap:
+        window: list[tuple[int, list[int]]] = []
+        while len(window) < window_docs and rows_total < cap:
+            text = None if stop_doc is not None and doc >= stop_doc else next(docs, None)
+            if text is None:
+                exhausted = True
+                break
+            seq = tokenize_doc(lm, text, max_seq_len)
+            if len(seq) > 1:  # a document with no token after BOS yields no row
+                window.append((doc, seq))
+                rows_total += len(seq) - 1
+            doc += 1
+        yield window, doc
+
+
 def extract_activations(
     lm: SourceLM,
     layer: int,
     texts: Iterable[str],
-    out: Path,
+    out: Path | str,
     cfg: StoreConfig,
     max_tokens: int | None,
     attrs: dict[str, Any],
     window_docs: int | None = None,
     log: Callable[[str], None] | None = None,
+    doc_range: tuple[int, int] | None = None,
 ) -> ExtractResult:
     """Write the activations of `texts` (in corpus order, up to `max_tokens` rows) to the store `out`.
 
-    `texts` is consumed as a stream (pass a generator to keep memory independent of the corpus size).
+    `texts` is consumed as a stream (pass a generator to keep memory independent of the corpus size) and always
+    starts at the corpus's first document. `doc_range` = (lo, hi): extract exactly documents lo..hi-1, one shard of
+    a plan made under `max_tokens` (glp.shards.plan_shards: the cap is already in the range, lo is a window start),
+    so its windows, batches and rows are the one-worker extraction's.
     """
     lm.block(layer)  # validate the layer before any work
-    window_docs = window_docs or cfg.batch_size * 16
+    window_docs = window_docs or window_docs_of(cfg)
     attrs = {**attrs, "layer": layer, "d_model": lm.d_model, "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."), "max_seq_len": cfg.max_seq_len,
              "max_tokens": max_tokens, "bos_id": lm.bos_id}
     writer = StoreWriter(out, lm.d_model, cfg.chunk_rows, attrs)
-    start_docs, start_rows = writer.n_docs, writer.n_rows
-    if start_docs and log:
-        log(f"resuming {out.name} after {start_docs} documents ({start_rows} rows)")
+    lo, hi = doc_range if doc_range is not None else (0, None)
+    start_docs, start_rows = max(writer.n_docs, lo), writer.n_rows
+    if writer.n_docs and log:
+        log(f"resuming {writer.path.name} after {start_docs} documents ({start_rows} rows)")
     t0 = time.perf_counter()
-    cap = max_tokens if max_tokens is not None else float("inf")
-    progress = Progress(f"extract {out.stem}", max_tokens, "tok", log, done=start_rows)
-    rows_total = writer.n_rows
+    cap = max_tokens if max_tokens is not None and doc_range is None else float("inf")
+    progress = Progress(f"extract {writer.path.stem}", max_tokens if doc_range is None else None, "tok", log,
+                        done=start_rows)
     docs = iter(texts)
-    for _ in range(writer.n_docs):  # resume: these documents are already in the store
+    for _ in range(start_docs):  # resume, or a shard: these documents are not this run's
         next(docs, None)
-    doc = writer.n_docs
-    exhausted = False
-    while not exhausted and rows_total < cap:
-        # one window: tokenize in corpus order, stopping once the cap is reached
-        window: list[tuple[int, list[int]]] = []
-        while len(window) < window_docs and rows_total < cap:
-            text = next(docs, None)
-            if text is None:
-                exhausted = True
-                break
-            seq = tokenize_doc(lm, text, cfg.max_seq_len)
-            if len(seq) > 1:  # a document with no token after BOS yields no row
-                window.append((doc, seq))
-                rows_total += len(seq) - 1
-            doc += 1
+    for window, doc in iter_windows(lm, docs, cfg.max_seq_len, window_docs, cap, start_docs, hi, writer.n_rows):
         window.sort(key=lambda item: -len(item[1]))
         parts: dict[str, list[np.ndarray]] = {"acts": [], "doc_id": [], "position": [], "token_id": []}
         for b in range(0, len(window), cfg.batch_size):
@@ -118,6 +139,6 @@ def extract_activations(
     seconds = time.perf_counter() - t0
     n_new = writer.n_rows - start_rows
     if log:
-        log(f"{out.name}: {writer.n_rows:,} rows from {writer.n_docs:,} docs ({n_new / max(seconds, 1e-9):,.0f} tok/s)")
+        log(f"{writer.path.name}: {writer.n_rows:,} rows from {writer.n_docs:,} docs ({n_new / max(seconds, 1e-9):,.0f} tok/s)")
     writer.close({"n_docs_seen": writer.n_docs, "tokens_per_s": n_new / max(seconds, 1e-9)})
-    return ExtractResult(out, writer.n_rows, writer.n_docs, lm.d_model, seconds, n_new / max(seconds, 1e-9))
+    return ExtractResult(writer.path, writer.n_rows, writer.n_docs, lm.d_model, seconds, n_new / max(seconds, 1e-9))

@@ -7,6 +7,8 @@ the layout below, writes its artifact atomically and returns a JSON-able summary
     <store.root>/source_model/<gguf sha256[:16]>/        packaged source LLM converted from its GGUF (save_pretrained)
     <store.root>/<model>/L<layer>/activations/train.zarr  activation store (and heldout.zarr), or with
                                                          store.activations_url: <url>/<model>/L<layer>/train.zarr
+    <store.root>/<model>/L<layer>/activations/shards/    train-<k>-of-<n>.zarr shard stores (store.shards > 1, until
+                                                         merged; beside the stores when they live at a URL) + plans
     <store.root>/<model>/L<layer>/norm_stats.safetensors
     <store.root>/<model>/L<layer>/prior/                  exported prior (prior.ckpt/ = DeepSpeed checkpoints)
     <store.root>/<model>/L<layer>/prior_eval.json
@@ -60,6 +62,17 @@ class SourcePaths:
 
         return as_location(f"{self.activations_url}/{split}.zarr") if self.activations_url else \
             self.activations / f"{split}.zarr"
+
+    def shard_store(self, split: str, k: int, n: int) -> Location:
+        """Shard k of n of a split's store (glp.shards), beside the stores."""
+        from glp.store import as_location
+
+        name = f"shards/{split}-{k}-of-{n}.zarr"
+        return as_location(f"{self.activations_url}/{name}") if self.activations_url else self.activations / name
+
+    def shard_plan(self, version: str, n: int) -> Path:
+        """The cached shard plan of an activations version (local: it is small)."""
+        return self.activations / "shards" / f"plan-{version}-{n}.json"
 
     @property
     def norm_stats(self) -> Path:
@@ -169,9 +182,10 @@ def activations_version(settings: Settings, source: SourceConfig) -> str:
 
 
 def build_activations(settings: Settings, source: SourceConfig, log: Log = _nolog) -> dict[str, Any]:
-    """Extract the train and held-out activation stores of one source."""
+    """Extract the train and held-out activation stores of one source (the train split in `store.shards` shards,
+    merged, when more than one: glp.shards)."""
     from glp.activations import extract_activations
-    from glp.corpus import corpus_hash, iter_documents
+    from glp.corpus import iter_documents
     from glp.lm import load_source_lm
 
     paths = source_paths(settings, source)
@@ -179,13 +193,15 @@ def build_activations(settings: Settings, source: SourceConfig, log: Log = _nolo
     lm = load_source_lm(mdir, settings.device, settings.store.dtype, settings.trust_remote_code)
     lm.block(source.layer)  # wrong layer: fail before reading the corpus
     version = activations_version(settings, source)
-    attrs = {"model": source.model_name, "model_path": str(mdir), "corpus_hash": corpus_hash(settings.corpus.path, settings.corpus),
-             "version": version}
+    attrs = _attrs(settings, source, mdir)
     out: dict[str, Any] = {"version": version, "model_path": str(mdir), "layer": source.layer, "d_model": lm.d_model,
                            "n_layers": lm.n_layers}
     for split, cap in (("train", settings.store.max_tokens), ("heldout", settings.store.heldout_max_tokens)):
         if (done := finished_store(paths.store(split), version, split, log)) is not None:
             out[split] = done  # e.g. the run was killed during held-out extraction: train is not redone
+            continue
+        if split == "train" and settings.store.shards > 1:
+            out[split] = merge_activation_shards(settings, source, lm, log)
             continue
         texts = (d["text"] for d in iter_documents(settings.corpus.path, split, settings.corpus))  # streamed: bounded memory
         res = extract_activations(lm, source.layer, texts, paths.store(split), settings.store, cap,
@@ -195,8 +211,88 @@ def build_activations(settings: Settings, source: SourceConfig, log: Log = _nolo
     return out
 
 
-def finished_store(path: Location, version: str, split: str, log: Log = _nolog) -> dict[str, Any] | None:
-    """The summary of a published store of this exact `version` whose every chunk verifies, or None (extract it).
+def _attrs(settings: Settings, source: SourceConfig, mdir: Path) -> dict[str, Any]:
+    from glp.corpus import corpus_hash
+
+    return {"model": source.model_name, "model_path": str(mdir),
+            "corpus_hash": corpus_hash(settings.corpus.path, settings.corpus), "version": activations_version(settings, source)}
+
+
+def shard_plan(settings: Settings, source: SourceConfig, lm: Any, log: Log = _nolog) -> Any:
+    """The train split's shard plan (glp.shards.ShardPlan), computed once per activations version and cached."""
+    from glp.activations import window_docs_of
+    from glp.corpus import iter_documents
+    from glp.shards import ShardPlan, plan_shards
+
+    from filelock import FileLock
+
+    n = settings.store.shards
+    path = source_paths(settings, source).shard_plan(activations_version(settings, source), n)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(path.name + ".lock")):  # shards starting together: one plans, the others read it
+        if path.is_file():
+            return ShardPlan.from_json(path.read_text())
+        texts = (d["text"] for d in iter_documents(settings.corpus.path, "train", settings.corpus))
+        plan = plan_shards(lm, texts, settings.store.max_seq_len, window_docs_of(settings.store),
+                           settings.store.max_tokens, n)
+        write_atomic(path, plan.to_json())
+    log(f"shard plan: {plan.n_rows:,} train rows from {plan.n_docs:,} documents in {n} shards of "
+        f"{', '.join(f'{r:,}' for _, _, r in plan.shards)} rows")
+    return plan
+
+
+def build_activation_shard(settings: Settings, source: SourceConfig, k: int, log: Log = _nolog,
+                           lm: Any = None) -> dict[str, Any]:
+    """Extract shard k of the train split (`store.shards` shards; glp.shards), or keep it when already published."""
+    from glp.activations import extract_activations
+    from glp.corpus import iter_documents
+    from glp.lm import load_source_lm
+    from glp.shards import shard_attrs
+
+    n = settings.store.shards
+    if not 0 <= k < n:
+        raise ValueError(f"shard {k} out of range for store.shards={n}: choose 0..{n - 1}")
+    paths, version = source_paths(settings, source), activations_version(settings, source)
+    path = paths.shard_store("train", k, n)
+    if lm is None:
+        lm = load_source_lm(model_dir(settings, source), settings.device, settings.store.dtype, settings.trust_remote_code)
+        lm.block(source.layer)
+    plan = shard_plan(settings, source, lm, log)
+    extra = shard_attrs(k, plan)
+    if (done := finished_store(path, version, "train", log, expect=extra)) is not None:
+        return done
+    texts = (d["text"] for d in iter_documents(settings.corpus.path, "train", settings.corpus))
+    res = extract_activations(lm, source.layer, texts, path, settings.store, settings.store.max_tokens,
+                              {**_attrs(settings, source, model_dir(settings, source)), "split": "train", **extra},
+                              log=log, doc_range=tuple(extra["doc_range"]))
+    return {"path": str(res.path), "rows": res.n_rows, "docs": res.n_docs, "tokens_per_s": res.tokens_per_s,
+            "seconds": res.seconds, "doc_range": extra["doc_range"]}
+
+
+def merge_activation_shards(settings: Settings, source: SourceConfig, lm: Any, log: Log = _nolog) -> dict[str, Any]:
+    """Extract the missing train shards (each kept when already published), merge them into the train store, and
+    delete them."""
+    import time
+
+    from glp.shards import merge_shards
+    from glp.store import ActivationStore, remove_store
+
+    n, paths = settings.store.shards, source_paths(settings, source)
+    for k in range(n):
+        build_activation_shard(settings, source, k, log, lm=lm)
+    t0 = time.perf_counter()
+    shards = [paths.shard_store("train", k, n) for k in range(n)]
+    store = ActivationStore(merge_shards(shards, paths.store("train"), log))
+    for shard in shards:
+        remove_store(shard)
+    return {"path": str(store.path), "rows": store.n_rows, "docs": int(store.attrs["n_docs"]),
+            "tokens_per_s": float(store.attrs["tokens_per_s"]), "seconds": time.perf_counter() - t0, "shards": n}
+
+
+def finished_store(path: Location, version: str, split: str, log: Log = _nolog,
+                   expect: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The summary of a published store of this exact `version` (and `expect`ed attrs, e.g. a shard's) whose every
+    chunk verifies, or None (extract it).
 
     Extraction is deterministic, so such a store is what extracting again would write; a store of another
     version, an unverifiable or a corrupt one is extracted again (the new store replaces it atomically)."""
@@ -207,6 +303,8 @@ def finished_store(path: Location, version: str, split: str, log: Log = _nolog) 
     try:
         store = ActivationStore(path)
         if store.attrs.get("version") != version or store.attrs.get("split") != split:
+            return None
+        if any(store.attrs.get(k) != v for k, v in (expect or {}).items()):
             return None
         problems = store.verify()
     except StoreError:

@@ -98,7 +98,10 @@ def _open_group(location: Location, mode: str, **kwargs: Any) -> Any:
     return zarr.open_group(location, mode=mode, **kwargs)
 
 
-def _remove(location: Location) -> None:
+def remove_store(location: Location) -> None:
+    """Delete a store (a local folder or an fsspec URL), if there is one."""
+    if not location.exists():
+        return
     if is_url(location):
         location.fs.rm(location.path, recursive=True)
     else:
@@ -148,7 +151,7 @@ class StoreWriter:
         if self.tmp.exists() and resume:
             group = _open_group(self.tmp, "r+")
             if group.attrs.get("fingerprint") != fingerprint or group.attrs.get("complete"):
-                _remove(self.tmp)  # a partial from another config, or a published store being replaced: start over
+                remove_store(self.tmp)  # a partial from another config, or a published store being replaced: start over
             else:
                 self.group = group
                 self.n_rows = int(group.attrs["n_rows"])
@@ -159,7 +162,7 @@ class StoreWriter:
                 self.written = self.n_rows
                 return
         elif self.tmp.exists():
-            _remove(self.tmp)
+            remove_store(self.tmp)
         if not self.in_place:
             self.tmp.parent.mkdir(parents=True, exist_ok=True)
         self.group = _open_group(self.tmp, "w", zarr_format=3)
