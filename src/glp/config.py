@@ -524,9 +524,10 @@ class ScalingPoint(_Strict):
 
 
 def _default_scaling_points() -> list[ScalingPoint]:
-    # N from 0.13M to 11.7M parameters (d = 576), D from 26k to 256k rows: C = 6ND over ~3 decades, ~17 min of
-    # training on one core of this machine (measured: README, "Scaling")
-    grid = [(1, 0.125, 1000), (1, 0.25, 1000), (1, 0.5, 1000), (2, 0.5, 1000), (2, 1.0, 1000), (4, 1.0, 800)]
+    # N from 0.06M to 11.7M parameters (d = 576), D from 51k to 256k rows: C = 6ND over 2.8 decades; ~8 min of
+    # training on one core of this machine (README, "Scaling")
+    grid = [(1, 0.0625, 1000), (1, 0.125, 1000), (1, 0.25, 1000), (1, 0.5, 1000), (2, 0.5, 1000), (2, 1.0, 1000),
+            (4, 1.0, 800)]
     return [ScalingPoint(n_blocks=b, width_mult=w, steps=s) for b, w, s in grid]
 
 
@@ -552,78 +553,15 @@ class ScalingConfig(_Strict):
     """Fixed noise levels of the held-out loss (glp.evaluate.heldout_ts)."""
     n_bootstrap: int = Field(1000, ge=10)
     """Bootstrap resamples of the fit (points) and of the correlations."""
-    downstream: Literal["final", "all"] = "final"
-    """Points measured downstream: each prior's final weights, or its snapshots too."""
+    downstream: Literal["final", "all"] = "all"
+    """Points measured downstream: every point (each prior's snapshots too: ~15 s each on SmolLM2), or each prior's
+    final weights only."""
     probe_tasks: list[str] | None = None
     """Probing tasks of the downstream 1-D probe AUC (a fixed subset); None = the first `n_probe_tasks` tasks."""
     n_probe_tasks: int = Field(4, ge=1)
     steer_r: float = Field(1.0, gt=0)
     """The one steering strength (r x mean activation norm, as in `steer`) of the downstream steering scores."""
-    n_prompts: int = Field(8, ge=1)
-    """Steering prompts (glp.steer.default_prompts, or the first `steer.prompts`); `steer.samples_per_prompt` each."""
-    max_new_tokens: int = Field(16, ge=1)
-    delta_lm_tokens: int = Field(1000, ge=16)
-    """Held-out tokens of the downstream ΔLM (GLP SDEdit at `delta_lm.t_start`)."""
-
-    @field_validator("points")
-    @classmethod
-    def _distinct_points(cls, points: list[ScalingPoint]) -> list[ScalingPoint]:
-        keys = [(p.n_blocks, p.width_mult, p.steps) for p in points]
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"scaling.points repeat a (n_blocks, width_mult, steps): {keys}; list each prior once")
-        return points
-
-
-class ScalingPoint(_Strict):
-    """One prior of the scaling sweep: its depth, its width and how long it trains. Its `snapshots` mid-training
-    weights are sweep points too (smaller D, same N)."""
-
-    n_blocks: int = Field(ge=1)
-    width_mult: float = Field(gt=0)
-    """D = width_mult * d_model; H = scaling.hidden_ratio * D (width scales both)."""
-    steps: int = Field(ge=1)
-    """Optimizer steps of `scaling.batch_size` rows (D = steps * batch_size activations seen)."""
-    snapshots: int = Field(3, ge=0)
-    """Evenly spaced mid-training snapshots kept as extra points."""
-
-
-def _default_scaling_points() -> list[ScalingPoint]:
-    # N from 0.13M to 11.7M parameters (d = 576), D from 26k to 256k rows: C = 6ND over ~3 decades, ~17 min of
-    # training on one core of this machine (measured: README, "Scaling")
-    grid = [(1, 0.125, 1000), (1, 0.25, 1000), (1, 0.5, 1000), (2, 0.5, 1000), (2, 1.0, 1000), (4, 1.0, 800)]
-    return [ScalingPoint(n_blocks=b, width_mult=w, steps=s) for b, w, s in grid]
-
-
-class ScalingConfig(_Strict):
-    """The scaling sweep (`scaling` asset, a separate selection): priors over depth x width x activations seen, their
-    held-out diffusion loss against C = 6·N·D, the fit L(C) = E + A·C^(−α), and downstream scores against loss.
-
-    Each point is trained once and cached under `<source root>/scaling/points/<hash>/`, the hash covering all it
-    depends on (activations, norm stats, its network and training config), so adding a point trains only it."""
-
-    points: list[ScalingPoint] = Field(default_factory=_default_scaling_points)
-    hidden_ratio: float = Field(2.0, gt=0)
-    """H / D of every sweep prior (paper: H = 4d = 2D)."""
-    skip: Literal["none", "affine"] = "none"
-    """The sweep's network: `none` = the paper's (its loss starts far above the Gaussian prior's, as the paper's law
-    does); `affine` = this project's recipe (starts at the Gaussian prior, glp.config.DenoiserConfig.skip)."""
-    batch_size: int = Field(256, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    seed: int = 0
-    heldout_rows: int = Field(4096, ge=64)
-    """Held-out rows scored for every point (the same rows, t levels and noise for all)."""
-    n_t: int = Field(16, ge=1)
-    """Fixed noise levels of the held-out loss (glp.evaluate.heldout_ts)."""
-    n_bootstrap: int = Field(1000, ge=10)
-    """Bootstrap resamples of the fit (points) and of the correlations."""
-    downstream: Literal["final", "all"] = "final"
-    """Points measured downstream: each prior's final weights, or its snapshots too."""
-    probe_tasks: list[str] | None = None
-    """Probing tasks of the downstream 1-D probe AUC (a fixed subset); None = the first `n_probe_tasks` tasks."""
-    n_probe_tasks: int = Field(4, ge=1)
-    steer_r: float = Field(1.0, gt=0)
-    """The one steering strength (r x mean activation norm, as in `steer`) of the downstream steering scores."""
-    n_prompts: int = Field(8, ge=1)
+    n_prompts: int = Field(16, ge=1)
     """Steering prompts (glp.steer.default_prompts, or the first `steer.prompts`); `steer.samples_per_prompt` each."""
     max_new_tokens: int = Field(16, ge=1)
     delta_lm_tokens: int = Field(1000, ge=16)
@@ -659,7 +597,6 @@ class Settings(BaseSettings):
     steer: SteerConfig = SteerConfig()
     delta_lm: DeltaLMConfig = DeltaLMConfig()
     ood: OodConfig = OodConfig()
-    scaling: ScalingConfig = ScalingConfig()
     scaling: ScalingConfig = ScalingConfig()
     profile: Literal["cpu", "gpu"] = "cpu"
     """Size preset. `cpu` (default): sized so the cold `make run` fits in 25 minutes on a 2-core CPU. `gpu`

@@ -394,7 +394,7 @@ def downstream_correlations(losses: np.ndarray, per_unit: dict[str, np.ndarray],
         unit_rhos = [r for r in (spearman(losses, boot_means[:, b]) for b in range(n_boot)) if np.isfinite(r)]
         label, sign = METRICS[m]
         ci_points = rho_ci_points(losses, means, n_boot, seed)
-        agree = [-sign * c for c in ci_points][::-1]
+        agree = sorted(-sign * c for c in ci_points)  # the CI of the agreement, low first
         verdict = ("holds" if agree[0] > 0 else "contradicted" if agree[1] < 0 else "inconclusive")
         out[m] = {"label": label, "higher_is_better": sign > 0, "values": means.tolist(), "spearman": rho,
                   "ci_points": ci_points,

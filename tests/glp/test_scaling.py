@@ -57,7 +57,7 @@ TINY_SCALING = {
                {"n_blocks": 2, "width_mult": 1.0, "steps": 16, "snapshots": 1},
                {"n_blocks": 2, "width_mult": 2.0, "steps": 20, "snapshots": 1}],
     "batch_size": 32, "heldout_rows": 256, "n_t": 4, "n_bootstrap": 50, "n_probe_tasks": 2, "n_prompts": 2,
-    "max_new_tokens": 4, "delta_lm_tokens": 64,
+    "max_new_tokens": 4, "delta_lm_tokens": 64, "downstream": "final",
 }
 
 
@@ -112,6 +112,11 @@ def test_downstream_correlations_read_the_sign_of_better() -> None:
         assert c["agreement"] == pytest.approx(1.0), m  # lower loss, better metric, whichever way "better" points
         assert c["verdict"] in ("holds", "inconclusive")
     assert corr["probe_auc"]["spearman"] == pytest.approx(-1.0) and corr["delta_lm"]["spearman"] == pytest.approx(1.0)
+    flat = {m: np.zeros_like(v) + np.array([0.0, 1.0, 0.0, 1.0, 0.0, 1.0])[:, None] for m, v in per_unit.items()}
+    assert all(c["verdict"] == "inconclusive" for c in downstream_correlations(  # alternating: no trend either way
+        losses, flat, units, n_boot=200, seed=0).values())
     worse = {m: -v for m, v in per_unit.items()}
     assert all(c["agreement"] == pytest.approx(-1.0) for c in downstream_correlations(
         losses, worse, units, n_boot=200, seed=0).values())
+    assert {c["verdict"] for c in downstream_correlations(losses, worse, units, n_boot=200, seed=0).values()} == {
+        "contradicted"}
