@@ -18,6 +18,7 @@ from glp.config import Settings, load_settings
 from glp_dagster.assets import build_assets
 from glp_dagster.checks import build_checks
 from glp_dagster.console import console_logger
+from glp_dagster.executors import glp_executor
 from glp_dagster.assets_probing import build_probing_assets, build_probing_checks
 from glp_dagster.assets_scaling import build_scaling_assets, build_scaling_checks
 from glp_dagster.assets_steering import build_steering_assets, build_steering_checks
@@ -66,8 +67,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         resources={"glp": settings_resource(settings)},
         # a quiet console (glp_dagster.console): step start/end lines and progress; every event stays in the event log
         loggers={"console": console_logger(a.node_def.name for a in assets if a.is_executable)},
-        # one process: steps share the loaded torch/transformers imports (STACK.md: 4.6 s vs 14 s)
-        executor=dg.in_process_executor,
+        # one process by default: steps share the loaded torch/transformers imports (STACK.md: 4.6 s vs 14 s); run
+        # config picks multiprocess or a Dask cluster instead (glp_dagster.executors, README "Scaling out")
+        executor=glp_executor,
     )
 
 
