@@ -234,13 +234,19 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
     @dg.asset(deps=[norm_stats], partitions_def=partitions, group_name=GROUP, kinds={"deepspeed"},
               code_version=f"{CODE_VERSION}-{config_hash(settings.denoiser)}-{config_hash(settings.train)}")
     def glp_prior(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
-        """The GLP denoiser trained by flow matching through DeepSpeed, exported as safetensors."""
+        """The GLP denoiser trained by flow matching through DeepSpeed, exported as safetensors (in this step's
+        process, or on `train.world_size` torchrun ranks launched through Dagster Pipes)."""
         from glp.report import loss_curve_inline, loss_curve_png
 
         s, src = glp.settings, glp.source(context)
         require_upstream(pipeline.source_paths(s, src).norm_stats, "norm_stats", "glp_prior", context.partition_key)
         with user_errors(), writing(context, pipeline.source_paths(s, src).prior):  # prior/ and its prior.ckpt/
-            out = pipeline.build_prior(s, src, log=context.log.info)
+            if s.train.world_size == 1:
+                out = pipeline.build_prior(s, src, log=context.log.info)
+            else:  # torchrun ranks through Dagster Pipes
+                from glp_dagster.pipes_train import launch_training
+
+                out = launch_training(context, s, src)
             losses = out["losses"]
             png_bytes = loss_curve_png(losses)
             (Path(out["path"]) / "loss_curve.png").write_bytes(png_bytes)
@@ -255,6 +261,7 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
                 "rows_per_s": fmt.count(out["rows_per_s"]),
                 "achieved GFLOP/s": out["achieved_flops"] / 1e9,
                 "precision": out["precision"],
+                "ranks": out.get("world_size", 1),
                 "resumed_from_step": out["resumed_from"],
                 "loss_curve_full": png(png_bytes, "loss curve"),
                 "path": out["path"],

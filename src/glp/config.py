@@ -233,6 +233,10 @@ class TrainConfig(_Strict):
     steps: int | None = Field(None, ge=1)
     """Optimizer steps in all, overriding `epochs` (the data repeats, in fresh shuffles, as often as needed)."""
     zero_stage: int = Field(0, ge=0, le=3)
+    world_size: int = Field(1, ge=1)
+    """Training processes (data parallel). 1: in the step's own process. More: the `glp_prior` step launches
+    `torchrun --nproc_per_node world_size` through Dagster Pipes (gloo on CPU, nccl on GPUs); each rank takes its
+    slice of every global batch, so the data order is fixed by (seed, step) whatever the world size."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """`auto`: bf16 on a GPU that supports it, fp32 on CPU."""
     checkpoint_every: int = Field(200, ge=1)
@@ -252,7 +256,14 @@ class TrainConfig(_Strict):
     """Weights kept at this many evenly spaced points of training (besides the end), for the fluency-cost vs
     held-out-loss trend of the steering asset (0: none)."""
 
-    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("steps", "t_mean", "t_std", "ema_decay")
+    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("steps", "t_mean", "t_std", "ema_decay", "world_size")
+
+    @model_validator(mode="after")
+    def _batch_splits_over_ranks(self) -> TrainConfig:
+        if self.batch_size % self.world_size:
+            raise ValueError(f"train.batch_size {self.batch_size} is not divisible by train.world_size {self.world_size}: "
+                             "every rank takes an equal slice of each global batch")
+        return self
 
 
 class EvalConfig(_Strict):

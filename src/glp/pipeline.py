@@ -353,13 +353,24 @@ def prior_meta(settings: Settings, source: SourceConfig) -> dict[str, Any]:
 
 
 def build_prior(settings: Settings, source: SourceConfig, log: Log = _nolog) -> dict[str, Any]:
-    """Train the prior through DeepSpeed (resuming from its checkpoints) and export it."""
+    """Train the prior through DeepSpeed (resuming from its checkpoints) and export it.
+
+    With `train.world_size` W > 1 this runs in each of W processes started by `torchrun` (glp_dagster.pipes_train):
+    all of them train, rank 0 exports and returns the summary; the other ranks return only their steps and losses."""
+    import os
+
     from glp.lm import resolve_device
     from glp.prior import save_prior
     from glp.stats import NormStats
     from glp.store import ActivationStore
     from glp.train import train_prior
 
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world != settings.train.world_size:
+        raise ValueError(f"train.world_size is {settings.train.world_size} but this process is one of {world}: "
+                         f"materialize `glp_prior` (it launches torchrun --nproc_per_node {settings.train.world_size}), "
+                         "or launch `python -m torch.distributed.run --nproc_per_node W -m glp_dagster.pipes_train` "
+                         "yourself")
     paths = source_paths(settings, source)
     store = ActivationStore(paths.store("train"))
     stats = NormStats.load(paths.norm_stats)
@@ -369,12 +380,14 @@ def build_prior(settings: Settings, source: SourceConfig, log: Log = _nolog) -> 
     # Checkpoints of another config or data must not be resumed: key the folder by what the run depends on.
     run_key = _hash(prior_meta(settings, source), store.attrs.get("version"), stats.n)
     ckpt = paths.checkpoints / run_key
-    if paths.checkpoints.exists():
+    if rank == 0 and paths.checkpoints.exists():
         for other in paths.checkpoints.iterdir():
             if other.name != run_key:
                 shutil.rmtree(other, ignore_errors=True)
     model, res = train_prior(store, stats.normalizer(), settings.denoiser, settings.train, ckpt,
                              resolve_device(settings.device), log=log)
+    if rank != 0:  # rank 0 exports
+        return {"steps": res.steps, "losses": res.losses, "rank": rank}
     meta = {**prior_meta(settings, source), "activations_version": store.attrs.get("version"), "steps": res.steps,
             "final_loss": float(sum(res.losses[-50:]) / len(res.losses[-50:])), "precision": res.precision,
             "losses": res.losses}
@@ -383,7 +396,7 @@ def build_prior(settings: Settings, source: SourceConfig, log: Log = _nolog) -> 
     return {"path": str(paths.prior), "version": short_sha256(paths.prior / "model.safetensors"), "steps": res.steps,
             "losses": res.losses, "n_params": res.n_params, "seconds": res.seconds, "rows_per_s": res.rows_per_s,
             "achieved_flops": res.flops / max(res.seconds, 1e-9), "precision": res.precision,
-            "resumed_from": res.resumed_from, "d_model": store.d_model}
+            "resumed_from": res.resumed_from, "d_model": store.d_model, "world_size": world}
 
 
 # ---------------------------------------------------------------- evaluation

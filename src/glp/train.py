@@ -1,9 +1,11 @@
 """Flow-matching training of the GLP denoiser through a DeepSpeed engine (CPU or GPU, same code).
 
 One process by default (the engine is initialised with a gloo/nccl group of size 1; launch with
-`deepspeed`/`torchrun` for more). Batches stream shuffled from the Zarr store; every random choice of step
-s (t and ε) comes from a generator seeded by (seed, s) and batch s is fixed by (seed, epoch, index), so a
-run resumed from a checkpoint takes exactly the same steps as an uninterrupted one.
+`deepspeed`/`torchrun` for more: `glp_dagster.pipes_train`). Batches stream shuffled from the Zarr store; every
+random choice of step s (t and ε) comes from a generator seeded by (seed, s) and batch s is fixed by (seed, epoch,
+index), so a run resumed from a checkpoint takes exactly the same steps as an uninterrupted one. With W ranks, each
+rank draws the same global batch, t and ε and trains on its W-th slice of them; DeepSpeed averages the gradients,
+so W ranks take the one-rank steps up to float rounding, and the logged loss is the global batch's (all-reduced).
 
 Checkpoints are trusted only after checks (docs/reliability_checkpoints.md): each tag folder gets a manifest of
 its files' sha256, written last and atomically, so a torn save (killed mid-write, a truncated or missing file) is
@@ -91,9 +93,9 @@ def init_distributed_env() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if "RANK" not in os.environ:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    if os.environ.get("WORLD_SIZE", "1") == "1":
-        # The shared-memory comm op is only used across processes; skip its ~55 s JIT build (STACK.md 3).
-        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    # The shared-memory comm op serves only DeepSpeed's inference_all_reduce (deepspeed 0.19 comm/torch.py), never
+    # training's gradient all-reduce (torch.distributed: gloo / nccl): skip its ~55 s JIT build (STACK.md 3).
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
 def lr_lambda(total_steps: int, cfg: TrainConfig) -> Callable[[int], float]:
@@ -258,7 +260,7 @@ def train_prior(
             engine.step()
             if ema is not None:
                 ema.update(engine.module)
-            losses.append(float(loss.detach()))
+            losses.append(_global_mean(loss.detach(), world))  # the global batch's loss, on every rank
             step += 1
             if step in keep_at:
                 weights = _full_state_dict(engine, tcfg.zero_stage)  # a collective under ZeRO-3: every rank
@@ -326,6 +328,17 @@ def _all_ranks_min(value: int, device: torch.device) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return int(t.item())
+
+
+def _global_mean(value: torch.Tensor, world: int) -> float:
+    """The mean of a per-rank scalar over all ranks (equal slices: the global batch's mean); itself when alone."""
+    if world == 1:
+        return float(value)
+    import torch.distributed as dist
+
+    t = value.float().reshape(1).clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t) / world
 
 
 def _barrier() -> None:
