@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -52,7 +53,8 @@ def _summary(args: argparse.Namespace) -> int:
         one_d = json.loads(probes.read_text())["summary"]["one_d"]
         print("  mean 1-D probe AUC [95% CI]   " + "   ".join(
             f"{fam} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" for fam, v in one_d.items()))
-    for name in ("steering.json", "steering_pareto.png", "delta_lm.json", "ood.json", "ood_roc.png"):
+    for name in ("steering.json", "steering_pareto.png", "delta_lm.json", "ood.json", "ood_roc.png",
+                 "scaling/scaling.json", "scaling/scaling.png"):
         if (paths.root / name).is_file():
             print(f"  {name:<28} {paths.root / name}")
     return 0
@@ -250,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # transformers' weight-loading bar (under a second) would sit in the middle of our printout
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     return int(args.func(args))
 
 

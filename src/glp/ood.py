@@ -527,5 +527,5 @@ def score_table(res: dict[str, Any]) -> str:
     for i, (tok, s, p, off) in enumerate(zip(res["tokens"], res["scores"], res["percentile"], res["off_manifold"])):
         lines.append(f"{i + 1:>4}  {tok!r:<18} {s:>8.4f} {p:>11.1f}%  {'<- off-manifold' if off else ''}".rstrip())
     n_off = sum(res["off_manifold"])
-    lines.append(f"{n_off} of {len(res['tokens'])} tokens flagged off-manifold at layer {res['source']}")
+    lines.append(f"{n_off} of {len(res['tokens'])} tokens flagged off-manifold (source {res['source']})")
     return "\n".join(lines)
