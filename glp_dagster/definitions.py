@@ -19,6 +19,7 @@ from glp_dagster.assets import build_assets
 from glp_dagster.checks import build_checks
 from glp_dagster.console import console_logger
 from glp_dagster.executors import glp_executor
+from glp_dagster.assets_ood import build_ood_assets, build_ood_checks
 from glp_dagster.assets_probing import build_probing_assets, build_probing_checks
 from glp_dagster.assets_scaling import build_scaling_assets, build_scaling_checks
 from glp_dagster.assets_steering import build_steering_assets, build_steering_checks
@@ -61,6 +62,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     checks += build_steering_checks(partitions)
     assets += build_scaling_assets(settings, partitions)  # a separate selection: not in make run
     checks += build_scaling_checks(partitions)
+    assets += build_ood_assets(settings, partitions)
+    checks += build_ood_checks(partitions)
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,

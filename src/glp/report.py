@@ -409,6 +409,11 @@ def results_markdown(settings, source) -> str:  # noqa: ANN001 (Settings, Source
         out.append(f"**Out-of-manifold detection** ({oo['n_rows']:,} rows per set; GLP scores at t ∈ "
                    f"{{{', '.join(f'{t:g}' for t in oo['config']['ts'])}}}, SDEdit from t = "
                    f"{oo['config']['sdedit_t_start']:g}):\n\n" + ood_markdown(oo))
+    if sc := read_json(root / "scaling" / "scaling.json"):
+        from glp.scaling import scaling_markdown
+
+        out.append("**Scaling** (`make scaling`; held-out loss vs C = 6·N·D, downstream vs loss):\n\n"
+                   + scaling_markdown(sc))
     seeds_md = root / "seeds" / "seeds.md"
     if seeds_md.is_file():
         out.append("**Over prior seeds** (`glp seeds`; the main run is seed 0):\n\n" + seeds_md.read_text().strip())

@@ -418,7 +418,7 @@ def scaling_png(report: dict[str, Any]) -> bytes:
     for i, prior in enumerate(report["priors"]):
         pts = prior["points"]
         ax.plot([p["C"] for p in pts], [p["loss"] for p in pts], "o-", color=plt.cm.viridis(i / max(1, len(report["priors"]) - 1)),
-                ms=5, lw=0.8, label=f"{prior['n_blocks']} blocks × D={prior['width']} ({prior['n_params'] / 1e6:.2f}M)")
+                ms=5, lw=0.8, label=f"{prior['n_blocks']} block{'s' * (prior['n_blocks'] > 1)} × D={prior['width']} ({prior['n_params'] / 1e6:.2f}M)")
     cv = fit["curve"]
     ax.fill_between(cv["C"], cv["lo"], cv["hi"], color="#9ecae1", alpha=0.5, label="fit, 95% band (bootstrap)")
     ax.plot(cv["C"], cv["L"], "--", color="#08519c",
