@@ -80,6 +80,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/store_integrity.py
 	$(BIN)/python benchmarks/ood.py
 	$(BIN)/python benchmarks/shards.py
+	$(BIN)/python benchmarks/train_ranks.py
 
 ## bench-recipe: after `make run`, which prior recipe buys the lowest held-out loss per CPU-minute (<= 15 min)
 bench-recipe: $(STAMP)
