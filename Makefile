@@ -35,7 +35,7 @@ $(DAGSTER_HOME)/dagster.yaml:
 	@cp dagster.yaml $@
 
 ## run: set up, prepare data, materialize the whole default chain for $(PARTITION), except the scaling sweep
-## (a separate selection, ~30 min: make scaling)
+## (a separate selection, 22 min measured: make scaling)
 ## (a quiet console: glp_dagster/console.yaml; every event stays in Dagster's event log, see `make dev`)
 run: export PYTHONWARNINGS = ignore:Function `asset_materialize_command` is superseded
 run: data $(DAGSTER_HOME)/dagster.yaml
@@ -44,7 +44,7 @@ run: data $(DAGSTER_HOME)/dagster.yaml
 	@echo "Open the UI with: make dev   (then http://127.0.0.1:3000)"
 
 ## scaling: after `make run` (its activations, norm stats, probe tasks), the scaling sweep for $(PARTITION): priors
-## over depth x width x activations, the fit L(C) = E + A*C^-alpha, downstream vs loss (~30 min on 2 cores; cached per
+## over depth x width x activations, the fit L(C) = E + A*C^-alpha, downstream vs loss (22 min cold on the shared 2-core box; cached per
 ## point, so adding a point to scaling.points trains only that point)
 scaling: export PYTHONWARNINGS = ignore:Function `asset_materialize_command` is superseded
 scaling: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
