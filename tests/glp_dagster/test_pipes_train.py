@@ -20,18 +20,25 @@ from tests.glp_dagster.conftest import tiny_settings
 KEY = "builtin/L1"
 
 
-# in CI (issue 12: "2-rank DeepSpeed matches 1-rank"): two ranks import torch + DeepSpeed, ~1 min on 2 cores
-def test_two_torchrun_ranks_through_pipes_match_one_rank_loss_for_loss(tmp_path):
-    train = {**tiny_settings(tmp_path).train.model_dump(mode="json"), "steps": 30, "snapshots": 1,
+def one_rank_reference(tmp_path, steps: int, snapshots: int):  # noqa: ANN001, ANN201
+    """The tiny chain trained on one rank in this process; its prior moved aside. -> (settings of the same run on 2
+    ranks, the one-rank build_prior summary)."""
+    train = {**tiny_settings(tmp_path).train.model_dump(mode="json"), "steps": steps, "snapshots": snapshots,
              "checkpoint_every": 10}
     one = tiny_settings(tmp_path, train=train)
     src = one.sources[0]
     pipeline.build_source_lm(one)
     pipeline.build_activations(one, src)
     pipeline.build_norm_stats(one, src)
-    ref = pipeline.build_prior(one, src)  # one rank, in this process
-    two = tiny_settings(tmp_path, train={**train, "world_size": 2})
+    ref = pipeline.build_prior(one, src)
     os.rename(pipeline.source_paths(one, src).prior, tmp_path / "prior-one-rank")
+    return tiny_settings(tmp_path, train={**train, "world_size": 2}), ref
+
+
+# in CI (issue 12: "2-rank DeepSpeed matches 1-rank"): two ranks import torch + DeepSpeed, ~1 min on 2 cores
+def test_two_torchrun_ranks_through_pipes_match_one_rank_loss_for_loss(tmp_path):
+    two, ref = one_rank_reference(tmp_path, steps=30, snapshots=1)
+    src = two.sources[0]
     defs = build_definitions(two)
     res = dg.materialize(list(defs.assets), selection=["glp_prior"], instance=dg.DagsterInstance.ephemeral(),
                          partition_key=KEY, resources=defs.resources)
@@ -46,17 +53,9 @@ def test_two_torchrun_ranks_through_pipes_match_one_rank_loss_for_loss(tmp_path)
 
 @pytest.mark.slow  # ~1.5 min: a one-rank reference, a killed two-rank run, its resume
 def test_two_ranks_killed_with_sigkill_resume_from_their_checkpoint_to_the_same_losses(tmp_path):
-    train = {**tiny_settings(tmp_path).train.model_dump(mode="json"), "steps": 200, "snapshots": 0,
-             "checkpoint_every": 10}
-    one = tiny_settings(tmp_path, train=train)
-    src = one.sources[0]
-    pipeline.build_source_lm(one)
-    pipeline.build_activations(one, src)
-    pipeline.build_norm_stats(one, src)
-    ref = pipeline.build_prior(one, src)
-    paths = pipeline.source_paths(one, src)
-    os.rename(paths.prior, tmp_path / "prior-one-rank")
-    two = tiny_settings(tmp_path, train={**train, "world_size": 2})
+    two, ref = one_rank_reference(tmp_path, steps=200, snapshots=0)
+    src = two.sources[0]
+    paths = pipeline.source_paths(two, src)
     (tmp_path / "settings.json").write_text(two.model_dump_json())
     # the torchrun command glp_prior runs, started by hand and killed after its first checkpoint
     ranks = subprocess.Popen(
