@@ -116,14 +116,21 @@ def gated_edit(gate: Gate, scores: Tensor, a: Tensor, project: Callable[[Tensor]
 # ---------------------------------------------------------------- baselines
 
 
-@torch.no_grad()
-def mahalanobis_score(z: Tensor, cov: ArrayLike, floor: float = 1e-6) -> Tensor:
-    """Squared Mahalanobis distance of normalized rows z (B, d) from the training mean (0 after normalization)
-    under the training covariance `cov` (d, d) of normalized rows; eigenvalues floored at `floor` x the largest."""
+def mahalanobis_whitener(cov: ArrayLike, floor: float = 1e-6) -> Tensor:
+    """W (d, d) float64 with ‖z W‖² the squared Mahalanobis distance under the covariance `cov` (d, d) of normalized
+    rows: its principal axes scaled by 1/sqrt(eigenvalue), eigenvalues floored at `floor` x the largest."""
     lam, vecs = np.linalg.eigh(np.asarray(cov, dtype=np.float64))
     lam = np.maximum(lam, floor * lam.max())
-    proj = z.double().cpu() @ torch.from_numpy(vecs)  # (B, d) coordinates on the principal axes
-    return (proj**2 / torch.from_numpy(lam)).sum(-1).float()
+    return torch.from_numpy(vecs / np.sqrt(lam))
+
+
+@torch.no_grad()
+def mahalanobis_score(z: Tensor, cov: ArrayLike | None = None, whitener: Tensor | None = None) -> Tensor:
+    """Squared Mahalanobis distance of normalized rows z (B, d) from the training mean (0 after normalization)
+    under the training covariance: pass `cov` (d, d), or its `mahalanobis_whitener` to score many sets with one
+    eigendecomposition."""
+    w = whitener if whitener is not None else mahalanobis_whitener(cov)
+    return ((z.double().cpu() @ w) ** 2).sum(-1).float()
 
 
 @torch.no_grad()
@@ -175,12 +182,13 @@ def position_matched(pool_positions: np.ndarray, want_positions: np.ndarray, see
     a text set is compared with real rows at the same positions."""
     rng = np.random.default_rng(seed)
     present = np.unique(pool_positions)
-    by_pos = {int(p): list(rng.permutation(np.flatnonzero(pool_positions == p))) for p in present}
+    members = {int(p): np.flatnonzero(pool_positions == p) for p in present}
+    by_pos = {p: list(rng.permutation(m)) for p, m in members.items()}
     out = np.empty(len(want_positions), dtype=np.int64)
     for i, p in enumerate(want_positions):
         q = int(present[np.argmin(np.abs(present - p))])
         bucket = by_pos[q]
-        out[i] = bucket.pop() if bucket else rng.choice(np.flatnonzero(pool_positions == q))
+        out[i] = bucket.pop() if bucket else rng.choice(members[q])
     return out
 
 
@@ -224,15 +232,17 @@ SCORE_LABELS = {"glp": "GLP diffusion loss", "sdedit": "GLP ‖a − SDEdit(a)�
                 "sae": "SAE error", "norm": "‖a‖"}
 
 
-def score_rows(prior: Any, cov: ArrayLike, sae: nn.Module, sae_norm: nn.Module, acts: Tensor, cfg: Any) -> dict[str, np.ndarray]:
-    """Every off-manifold score of raw activation rows acts (B, d): the GLP diffusion score and SDEdit error, the
-    Mahalanobis distance under the training covariance, the SAE's reconstruction error and the plain norm."""
+def score_rows(prior: Any, whitener: Tensor, sae: nn.Module, sae_norm: nn.Module, acts: Tensor,
+               cfg: Any) -> dict[str, np.ndarray]:
+    """Every off-manifold score of raw activation rows acts (B, d) under a prior on the cpu: the GLP diffusion score
+    and SDEdit error, the Mahalanobis distance under the training covariance (`mahalanobis_whitener`), the SAE's
+    reconstruction error and the plain norm."""
     acts = acts.float().cpu()
-    z = prior.normalizer.to("cpu").normalize(acts)
+    z = prior.normalizer.normalize(acts)
     return {
         "glp": diffusion_score(prior.denoiser, z, cfg.ts, cfg.seed).numpy(),
         "sdedit": sdedit_error(prior.denoiser, z, cfg.sdedit_t_start, cfg.sdedit_steps, cfg.seed).numpy(),
-        "mahalanobis": mahalanobis_score(z, cov).numpy(),
+        "mahalanobis": mahalanobis_score(z, whitener=whitener).numpy(),
         "sae": sae_error(sae, sae_norm.normalize(acts)).numpy(),
         "norm": acts.double().norm(dim=1).float().numpy(),
     }
@@ -250,6 +260,12 @@ def doc_rows(lm: Any, layers: Sequence[int], texts: Sequence[str], max_seq_len: 
     batches = batch_docs(lm, seqs)
     positions = np.concatenate([np.arange(1, len(s)) for s in seqs])
     return {layer: layer_rows(lm, layer, batches) for layer in layers}, positions
+
+
+def heldout_split(n_heldout: int, cfg: Any) -> tuple[int, np.ndarray]:
+    """(n, perm): rows per set, min(ood.n_rows, a third of the store), and the seeded shuffle of the held-out rows
+    whose first n are the real reference, the next n the base of the synthetic sets and the next n the null."""
+    return min(cfg.n_rows, n_heldout // 3), np.random.default_rng(cfg.seed).permutation(n_heldout)
 
 
 def default_other_layers(layer: int, n_layers: int) -> list[int]:
@@ -289,13 +305,12 @@ def build_ood(settings: Any, source: Any, log: Callable[[str], None] | None = No
     sae, sae_norm, _ = load_sae(sae_dir(paths.root), "cpu")
     if sae.d_model != prior.d_model:
         raise ValueError(f"SAE width {sae.d_model} != prior width {prior.d_model}: re-materialize `sae` for this source")
-    cov = NormStats.load(paths.norm_stats).cov_normalized
+    whitener = mahalanobis_whitener(NormStats.load(paths.norm_stats).cov_normalized)
     heldout, pos_all = torch.from_numpy(store.rows()), store.provenance("position")
-    n = min(cfg.n_rows, len(heldout) // 3)
+    n, perm = heldout_split(len(heldout), cfg)
     if n < 20:
         raise ValueError(f"the held-out store has {len(heldout)} rows: ood needs 3 x 20 (real, base of the synthetic "
                          "sets, null); raise store.heldout_max_tokens")
-    perm = np.random.default_rng(cfg.seed).permutation(len(heldout))
     real_idx, base_idx, null_idx = perm[:n], perm[n : 2 * n], perm[2 * n : 3 * n]
     pool = np.setdiff1d(np.arange(len(heldout)), base_idx)  # real rows for the position-matched references
     mean_norm = mean_activation_norm(heldout.numpy())
@@ -306,7 +321,7 @@ def build_ood(settings: Any, source: Any, log: Callable[[str], None] | None = No
             raise ValueError(f"ood.other_layers has {x}: choose layers in 0..{lm.n_layers - 1} other than {layer}")
 
     def scores(acts: Tensor) -> dict[str, np.ndarray]:
-        return score_rows(prior, cov, sae, sae_norm, acts, cfg)
+        return score_rows(prior, whitener, sae, sae_norm, acts, cfg)
 
     t1 = time.perf_counter()
     real = scores(heldout[real_idx])
@@ -314,14 +329,15 @@ def build_ood(settings: Any, source: Any, log: Callable[[str], None] | None = No
     w = sentiment_direction(lm, layer, movie_snippets(settings.steer.labelled, cfg.n_direction_texts, 2, cfg.seed),
                             settings.steer.direction_max_tokens)
     dirs = random_directions(n, prior.d_model, cfg.seed + 1)
-    z_base = prior.normalizer.to("cpu").normalize(base)
+    norm = prior.normalizer  # on the cpu: the prior was loaded there
+    z_base = norm.normalize(base)
     # name -> (kind, r or layer, off-manifold raw rows, key of the real reference)
     sets: list[tuple[str, str, float | None, Tensor, str]] = [("real (other held-out rows)", "null", None,
                                                               heldout[null_idx], "heldout")]
     sets += [(f"steered r={r:g}", "steered", r, moved_rows(base, w, r * mean_norm), "heldout") for r in cfg.r_values]
     sets += [(f"noised r={r:g}", "noised", r, moved_rows(base, dirs, r * mean_norm), "heldout") for r in cfg.r_values]
     sets.append(("dims shuffled", "shuffled_dims", None,
-                 prior.normalizer.to("cpu").denormalize(shuffle_dims(z_base, cfg.seed + 2)), "heldout"))
+                 norm.denormalize(shuffle_dims(z_base, cfg.seed + 2)), "heldout"))
     refs: dict[str, dict[str, np.ndarray]] = {"heldout": real}
     ref_info: dict[str, str] = {"heldout": f"{n} held-out rows (seeded shuffle)"}
     docs = [d["text"] for d in iter_documents(settings.corpus.path, "heldout", settings.corpus)]
@@ -330,7 +346,7 @@ def build_ood(settings: Any, source: Any, log: Callable[[str], None] | None = No
         refs["same_tokens"] = scores(by_layer[layer])
         ref_info["same_tokens"] = f"layer {layer} at the same {len(by_layer[layer])} held-out tokens"
         for x in other_layers:
-            renorm = prior.normalizer.to("cpu").denormalize(standardize(by_layer[x]))
+            renorm = norm.denormalize(standardize(by_layer[x]))
             sets.append((f"layer {x}", "other_layer", float(x), renorm, "same_tokens"))
     rng = np.random.default_rng(cfg.seed + 3)
     for kind in cfg.text_sets:
@@ -361,7 +377,6 @@ def build_ood(settings: Any, source: Any, log: Callable[[str], None] | None = No
         "sets": results, "nonfinite_real": {k: int((~np.isfinite(v)).sum()) for k, v in real.items()},
         # the real held-out distribution of the GLP score: `glp score` flags tokens above its (1 - fpr) quantile
         "glp_heldout_quantiles": {f"{q:g}": float(np.quantile(real_glp, q)) for q in (0.5, 0.9, 1 - cfg.fpr, 0.99)},
-        "glp_heldout_sorted": np.sort(real_glp)[:: max(1, n // 1000)].tolist(),
         "seconds": {"total": time.perf_counter() - t0},
     }
     report["headline"] = ood_headline(report)
@@ -504,11 +519,11 @@ def score_text(settings: Any, source: Any, text: str) -> dict[str, Any]:
         raise ValueError(f"prior width {prior.d_model}, model width {lm.d_model} and held-out store width "
                          f"{store.d_model} differ: re-materialize `glp_prior` for this source")
     acts, _, _ = forward_batch(lm, source.layer, [seq])
-    norm = prior.normalizer.to("cpu")
+    norm = prior.normalizer  # on the cpu: the prior was loaded there
     scores = diffusion_score(prior.denoiser, norm.normalize(acts[0, 1:]), cfg.ts, cfg.seed).numpy()
     heldout = store.rows()
-    n = min(cfg.n_rows, len(heldout) // 3) or len(heldout)
-    real_idx = np.random.default_rng(cfg.seed).permutation(len(heldout))[:n]
+    n, perm = heldout_split(len(heldout), cfg)
+    real_idx = perm[: n or len(heldout)]  # a store too small for the asset's three sets: every row
     ref = np.sort(diffusion_score(prior.denoiser, norm.normalize(torch.from_numpy(heldout[real_idx])), cfg.ts,
                                   cfg.seed).numpy())
     threshold = float(np.quantile(ref, 1 - cfg.fpr))

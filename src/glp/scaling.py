@@ -20,11 +20,10 @@ CIs are percentile bootstraps over points.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,9 @@ import numpy as np
 
 from glp.artifacts import write_atomic
 from glp.config import DenoiserConfig, ScalingConfig, ScalingPoint, TrainConfig, config_hash
+from glp.pipeline import Log, _nolog
+from glp.pipeline import _hash as pipeline_hash
 
-Log = Callable[[str], None]
 
 PAPER_FIT = {"E": 0.52, "A": 435.1, "alpha": 0.169}
 """The paper's fit on Llama-1B activations, C in FLOPs from 1e15 to 2e19."""
@@ -51,12 +51,9 @@ class ScalingError(ValueError):
     """The sweep cannot run as configured; the message says what to change."""
 
 
-def _hash(*parts: object, length: int = 12) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
-
-
-def _nolog(_: str) -> None:
-    pass
+def _hash(*parts: object) -> str:
+    """The pipeline's content hash (glp.pipeline._hash), 12 hex digits: cache keys of points, evals, downstream."""
+    return pipeline_hash(*parts, length=12)
 
 
 # ---------------------------------------------------------------- the sweep's priors

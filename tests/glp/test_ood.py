@@ -186,7 +186,7 @@ def test_auroc_table_pairs_its_bootstrap_so_a_better_score_wins_with_a_ci_above_
 
 
 def test_mahalanobis_score_is_the_quadratic_form_of_the_inverse_covariance():
-    from glp.ood import mahalanobis_score
+    from glp.ood import mahalanobis_score, mahalanobis_whitener
 
     g = torch.Generator().manual_seed(0)
     m = torch.randn(D, D, generator=g, dtype=torch.float64)
@@ -194,6 +194,8 @@ def test_mahalanobis_score_is_the_quadratic_form_of_the_inverse_covariance():
     z = torch.randn(100, D, generator=g)
     want = torch.einsum("bi,ij,bj->b", z.double(), torch.linalg.inv(torch.from_numpy(cov)), z.double())
     torch.testing.assert_close(mahalanobis_score(z, cov).double(), want, rtol=1e-4, atol=1e-4)
+    # one eigendecomposition for many sets: the whitener gives the same distances
+    torch.testing.assert_close(mahalanobis_score(z, whitener=mahalanobis_whitener(cov)), mahalanobis_score(z, cov))
     # rows drawn from the covariance itself score d on average
     rows = torch.from_numpy(np.random.default_rng(0).multivariate_normal(np.zeros(D), cov, 20_000)).float()
     assert abs(float(mahalanobis_score(rows, cov).mean()) - D) < 0.2
