@@ -56,19 +56,19 @@ class SourcePaths:
         """The local activations folder: the stores (unless `activations_url`) and their write lock."""
         return self.root / "activations"
 
-    def store(self, split: str) -> Location:
-        """The activation store of a split: a local Path, or a UPath at `store.activations_url`."""
+    def _located(self, name: str) -> Location:
+        """`name` under the activations: a local Path, or a UPath at `store.activations_url`."""
         from glp.store import as_location
 
-        return as_location(f"{self.activations_url}/{split}.zarr") if self.activations_url else \
-            self.activations / f"{split}.zarr"
+        return as_location(f"{self.activations_url}/{name}") if self.activations_url else self.activations / name
+
+    def store(self, split: str) -> Location:
+        """The activation store of a split: a local Path, or a UPath at `store.activations_url`."""
+        return self._located(f"{split}.zarr")
 
     def shard_store(self, split: str, k: int, n: int) -> Location:
         """Shard k of n of a split's store (glp.shards), beside the stores."""
-        from glp.store import as_location
-
-        name = f"shards/{split}-{k}-of-{n}.zarr"
-        return as_location(f"{self.activations_url}/{name}") if self.activations_url else self.activations / name
+        return self._located(f"shards/{split}-{k}-of-{n}.zarr")
 
     def shard_plan(self, version: str, n: int) -> Path:
         """The cached shard plan of an activations version (local: it is small)."""
@@ -193,7 +193,7 @@ def build_activations(settings: Settings, source: SourceConfig, log: Log = _nolo
     lm = load_source_lm(mdir, settings.device, settings.store.dtype, settings.trust_remote_code)
     lm.block(source.layer)  # wrong layer: fail before reading the corpus
     version = activations_version(settings, source)
-    attrs = _attrs(settings, source, mdir)
+    attrs = _attrs(settings, source, mdir, version)
     out: dict[str, Any] = {"version": version, "model_path": str(mdir), "layer": source.layer, "d_model": lm.d_model,
                            "n_layers": lm.n_layers}
     for split, cap in (("train", settings.store.max_tokens), ("heldout", settings.store.heldout_max_tokens)):
@@ -211,14 +211,16 @@ def build_activations(settings: Settings, source: SourceConfig, log: Log = _nolo
     return out
 
 
-def _attrs(settings: Settings, source: SourceConfig, mdir: Path) -> dict[str, Any]:
+def _attrs(settings: Settings, source: SourceConfig, mdir: Path, version: str) -> dict[str, Any]:
+    """The attrs every store of a source carries; `version` = activations_version (computed once by the caller: it
+    hashes the corpus and fingerprints the model)."""
     from glp.corpus import corpus_hash
 
     return {"model": source.model_name, "model_path": str(mdir),
-            "corpus_hash": corpus_hash(settings.corpus.path, settings.corpus), "version": activations_version(settings, source)}
+            "corpus_hash": corpus_hash(settings.corpus.path, settings.corpus), "version": version}
 
 
-def shard_plan(settings: Settings, source: SourceConfig, lm: Any, log: Log = _nolog) -> Any:
+def shard_plan(settings: Settings, source: SourceConfig, lm: Any, version: str, log: Log = _nolog) -> Any:
     """The train split's shard plan (glp.shards.ShardPlan), computed once per activations version and cached."""
     from glp.activations import window_docs_of
     from glp.corpus import iter_documents
@@ -227,7 +229,7 @@ def shard_plan(settings: Settings, source: SourceConfig, lm: Any, log: Log = _no
     from filelock import FileLock
 
     n = settings.store.shards
-    path = source_paths(settings, source).shard_plan(activations_version(settings, source), n)
+    path = source_paths(settings, source).shard_plan(version, n)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(path.with_name(path.name + ".lock")):  # shards starting together: one plans, the others read it
         if path.is_file():
@@ -257,13 +259,13 @@ def build_activation_shard(settings: Settings, source: SourceConfig, k: int, log
     if lm is None:
         lm = load_source_lm(model_dir(settings, source), settings.device, settings.store.dtype, settings.trust_remote_code)
         lm.block(source.layer)
-    plan = shard_plan(settings, source, lm, log)
+    plan = shard_plan(settings, source, lm, version, log)
     extra = shard_attrs(k, plan)
     if (done := finished_store(path, version, "train", log, expect=extra)) is not None:
         return done
     texts = (d["text"] for d in iter_documents(settings.corpus.path, "train", settings.corpus))
     res = extract_activations(lm, source.layer, texts, path, settings.store, settings.store.max_tokens,
-                              {**_attrs(settings, source, model_dir(settings, source)), "split": "train", **extra},
+                              {**_attrs(settings, source, model_dir(settings, source), version), "split": "train", **extra},
                               log=log, doc_range=tuple(extra["doc_range"]))
     return {"path": str(res.path), "rows": res.n_rows, "docs": res.n_docs, "tokens_per_s": res.tokens_per_s,
             "seconds": res.seconds, "doc_range": extra["doc_range"]}
