@@ -1,13 +1,28 @@
 """glp: Generative Latent Priors over LLM activations.
 
 `glp.load_prior(dir)` loads a trained prior (the store's `prior/` folder or a `glp export` folder) with plain
-torch + safetensors. Submodules import their heavy dependencies lazily, so `import glp` stays cheap.
+torch + safetensors; `glp.sample`, `glp.project_on_manifold`, `glp.sdedit` and `glp.diffusion_score` use it.
+The names resolve lazily, so `import glp` stays cheap (no torch until one is used).
 """
+
+_FACE = {
+    "load_prior": "glp.prior",
+    "Prior": "glp.prior",
+    "sample": "glp.flow",
+    "project_on_manifold": "glp.flow",
+    "sdedit": "glp.steer",
+    "diffusion_score": "glp.ood",
+}
+__all__ = sorted(_FACE)
 
 
 def __getattr__(name: str):  # noqa: ANN202 (module-level lazy attribute)
-    if name == "load_prior":
-        from glp.prior import load_prior
+    if name in _FACE:
+        import importlib
 
-        return load_prior
+        return getattr(importlib.import_module(_FACE[name]), name)
     raise AttributeError(f"module 'glp' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_FACE))
