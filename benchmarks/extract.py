@@ -1,4 +1,4 @@
-"""Extraction speed: `glp.activations.extract_activations` vs the true limit, a bare forward cut at the same layer.
+"""Extraction speed: `glp.data.activations.extract_activations` vs the true limit, a bare forward cut at the same layer.
 
     ratio = extract tokens/s / cut-forward tokens/s      (same model, dtype, documents, batches and layer; one run)
 
@@ -42,9 +42,9 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import torch
 
-from glp.activations import extract_activations, tokenize_doc
+from glp.data.activations import extract_activations, tokenize_doc
 from glp.config import CorpusConfig, SourceConfig, SourceLMConfig, StoreConfig
-from glp.lm import SourceLM, load_source_lm
+from glp.data.lm import SourceLM, load_source_lm
 
 WINDOW_BATCHES = 16  # extract_activations' default window: batch_size * 16 documents
 
@@ -78,7 +78,7 @@ def synthetic_texts(n: int, seed: int) -> list[str]:
 
 def corpus_texts(n: int, seed: int) -> list[str]:
     """A seeded sample of n documents from the prepared corpus's train split."""
-    from glp.corpus import load_documents
+    from glp.data.corpus import load_documents
 
     docs = load_documents(CorpusConfig().path, "train")
     return [d["text"] for d in random.Random(seed).sample(docs, min(n, len(docs)))]
@@ -88,7 +88,7 @@ def build_random_lm(path: Path, texts: list[str], cfg: SourceLMConfig) -> Path:
     """Byte-level BPE trained on `texts` + a random-init GPT-2 of the builtin LM's shape, saved to `path`."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from glp.source_lm import train_tokenizer
+    from glp.data.source_lm import train_tokenizer
 
     tok = train_tokenizer(texts, cfg.vocab_size, cfg.n_ctx)
     torch.manual_seed(cfg.seed)
@@ -132,7 +132,7 @@ def build_random_weights(src: Path, path: Path, blocks: dict | None, device: str
     """`src`'s config (with `blocks` overriding its block shapes) and tokenizer, random-init weights, saved to `path`."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from glp.lm import resolve_device
+    from glp.data.lm import resolve_device
 
     config = AutoConfig.from_pretrained(src)
     for k, v in (blocks or {}).items():
@@ -148,7 +148,7 @@ def build_random_weights(src: Path, path: Path, blocks: dict | None, device: str
 @contextmanager
 def cut_after(lm: SourceLM, layer: int) -> Iterator[torch.nn.Module]:
     """The base transformer (no LM head) with its block list truncated after block `layer`, restored on exit."""
-    from glp.lm import decoder_layers
+    from glp.data.lm import decoder_layers
 
     base = lm.model.base_model
     blocks = decoder_layers(lm.model)
@@ -186,7 +186,7 @@ def time_extract(lm: SourceLM, layer: int, texts: list[str], root: Path, cfg: St
 def default_model_dir() -> Path:
     """The default source's local folder (the packaged model, converted once and cached in the store)."""
     from glp.config import DEFAULT_MODEL, StoreConfig as _S
-    from glp.source_model import convert_packaged
+    from glp.data.source_model import convert_packaged
 
     return Path(convert_packaged(DEFAULT_MODEL, _S().root, log=print)["path"])
 
@@ -211,7 +211,7 @@ def measure(lm: SourceLM, layers: list[int], texts: list[str], cfg: StoreConfig,
 
 
 def rows_of(store: Path):
-    from glp.store import ActivationStore
+    from glp.data.store import ActivationStore
 
     return torch.from_numpy(ActivationStore(store).rows())
 

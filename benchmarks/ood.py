@@ -1,6 +1,6 @@
 """Cost of the off-manifold scores against their true limit, in one run.
 
-1. `diffusion_score / bare denoiser passes = X.XX`: `glp.ood.diffusion_score` on N held-out rows (3 noise levels:
+1. `diffusion_score / bare denoiser passes = X.XX`: `glp.uses.ood.diffusion_score` on N held-out rows (3 noise levels:
    noise drawn per level, loss per row, float64 accumulation) vs the same number of bare denoiser forwards on the
    same rows (len(ts) passes of the network at fixed t, nothing else), timed interleaved, median of repeats.
 2. `glp score per token / plain LM forward to the layer = X.XX`: scoring one text's tokens (the forward to the
@@ -31,13 +31,13 @@ def median_time(fn, repeats: int) -> float:  # noqa: ANN001
 
 def main() -> None:
     from glp import pipeline
-    from glp.activations import forward_batch, tokenize_doc
+    from glp.data.activations import forward_batch, tokenize_doc
     from glp.config import load_settings
-    from glp.lm import load_source_lm
-    from glp.ood import diffusion_score, mahalanobis_score, mahalanobis_whitener
+    from glp.data.lm import load_source_lm
+    from glp.uses.ood import diffusion_score, mahalanobis_score, mahalanobis_whitener
     from glp.prior import load_prior
-    from glp.stats import NormStats
-    from glp.store import ActivationStore
+    from glp.data.stats import NormStats
+    from glp.data.store import ActivationStore
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--partition", default=None, help="source key (default: the first configured source)")

@@ -10,7 +10,7 @@ idle 2-core CPU (its step time there, `--base-step-s`, measured by `make run`). 
 the machine is shared (wall time is not), and for fp32 recipes it is a budget in time: their step time is
 proportional to 6·N·batch (the skip path, the EMA and the t draw cost < 1 %). bf16 is a speed knob, not a FLOP
 knob: its speed-up over fp32 on the same model is measured interleaved (fp32, bf16, fp32, ...) and multiplies its
-step count. The trainer (`glp.train.train_prior`, DeepSpeed, cosine schedule over those steps) then runs; the
+step count. The trainer (`glp.prior.train.train_prior`, DeepSpeed, cosine schedule over those steps) then runs; the
 wall minutes it took here are printed as context.
 Snapshots at 1/4, 1/2 and 3/4 of each run give its loss-vs-minutes curve (a snapshot is the weights mid-way
 through a run sized for the whole budget: an upper bound on what a run sized for that time would reach).
@@ -45,12 +45,12 @@ import numpy as np
 import torch
 
 from glp.config import DenoiserConfig, TrainConfig
-from glp.denoiser import GLPDenoiser
-from glp.evaluate import AffineVelocity, gaussian_baseline_loss, heldout_loss, heldout_ts
-from glp.flow import flow_matching_loss
-from glp.stats import NormStats
-from glp.store import ActivationStore, StoreWriter
-from glp.train import draw_t, resolve_precision, train_prior
+from glp.prior.denoiser import GLPDenoiser
+from glp.prior.evaluate import AffineVelocity, gaussian_baseline_loss, heldout_loss, heldout_ts
+from glp.prior.flow import flow_matching_loss
+from glp.data.stats import NormStats
+from glp.data.store import ActivationStore, StoreWriter
+from glp.prior.train import draw_t, resolve_precision, train_prior
 
 BASE_D = {"width_mult": 1.0, "n_blocks": 2}
 BASE_T = {"lr": 2e-3, "batch_size": 512, "warmup_frac": 0.01, "min_lr_ratio": 0.1}

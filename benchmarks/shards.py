@@ -105,7 +105,7 @@ def main() -> None:
     from extract import build_random_lm, corpus_texts, synthetic_texts
 
     from glp.config import SourceLMConfig
-    from glp.store import ActivationStore
+    from glp.data.store import ActivationStore
 
     tmp = Path(tempfile.mkdtemp(prefix="glp-shards-"))
     try:

@@ -23,13 +23,13 @@ import torch
 def main() -> None:
     from glp import pipeline
     from glp.config import load_settings
-    from glp.evaluate import bootstrap_ci
-    from glp.judges import continuation_nll
-    from glp.lm import load_source_lm
+    from glp.prior.evaluate import bootstrap_ci
+    from glp.uses.judges import continuation_nll
+    from glp.data.lm import load_source_lm
     from glp.prior import load_prior
-    from glp.steer import (default_prompts, encode, generate, mean_activation_norm, movie_snippets, sdedit,
+    from glp.uses.steer import (default_prompts, encode, generate, mean_activation_norm, movie_snippets, sdedit,
                            sentiment_direction, solver_passes, steer_edit)
-    from glp.store import ActivationStore
+    from glp.data.store import ActivationStore
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--partition", default=None, help="source key (default: the first configured source)")

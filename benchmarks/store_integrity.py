@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glp.store import PROVENANCE, ActivationStore, StoreWriter, iter_shuffled_batches
+from glp.data.store import PROVENANCE, ActivationStore, StoreWriter, iter_shuffled_batches
 
 
 def make_store(path: Path, n: int, d: int, chunk_rows: int) -> Path:
@@ -59,7 +59,7 @@ def inject(kind: str, store: Path, name: str, i: int, rng: np.random.Generator) 
 def flip_silently(store: Path, i: int) -> None:
     """Flip one bit of the acts chunk i file so that it still decodes, to other values: the corruption no codec
     notices, which only the checksum catches."""
-    from glp.store import StoreCorrupt
+    from glp.data.store import StoreCorrupt
 
     f = ActivationStore(store, verify=False).chunk_path("acts", i)
     data, values = f.read_bytes(), ActivationStore(store, verify=False).chunk(i)

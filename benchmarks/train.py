@@ -1,14 +1,14 @@
-"""Training speed of the prior: `glp.train.train_prior` vs a plain matmul, and the store loader vs the trainer.
+"""Training speed of the prior: `glp.prior.train.train_prior` vs a plain matmul, and the store loader vs the trainer.
 
     (a) trainer FLOP/s / matmul FLOP/s    trainer FLOP/s = 6 · N · rows/s (N = denoiser parameters); matmul
         FLOP/s = 2·M·K·N/s of a (batch × 1024) @ (1024 × 1024) torch matmul in the trainer's precision (fp32 on
         CPU). How much of the machine's plain-matmul speed the training loop (DeepSpeed engine, flow-matching
         loss, backward, AdamW, loader) turns into model FLOPs; 6·N counts only the dense layers' forward and
         backward, so elementwise work and the optimizer step show up as a lower ratio.
-    (b) loader rows/s / trainer rows/s     `glp.store.iter_shuffled_batches` alone over one epoch of the same
+    (b) loader rows/s / trainer rows/s     `glp.data.store.iter_shuffled_batches` alone over one epoch of the same
         store vs the trainer's rows/s. Above 1, the loader keeps up with the trainer (it is not the bottleneck).
 
-The store holds `steps · batch` random N(0, 1) rows of width d, written with `glp.store.StoreWriter`, so one
+The store holds `steps · batch` random N(0, 1) rows of width d, written with `glp.data.store.StoreWriter`, so one
 epoch is `steps` trainer steps. Trainer time is `TrainResult.seconds`: the training loop from the first batch to
 the checkpoint after the last step. DeepSpeed's import and `deepspeed.initialize` (process group, engine
 build: a one-off cost per run, independent of its length) happen before it and are excluded; their time is
@@ -39,10 +39,10 @@ import numpy as np
 import torch
 
 from glp.config import DenoiserConfig, StoreConfig, TrainConfig
-from glp.lm import resolve_device
-from glp.stats import Normalizer
-from glp.store import ActivationStore, StoreWriter, iter_shuffled_batches
-from glp.train import init_distributed_env, resolve_precision, train_prior
+from glp.data.lm import resolve_device
+from glp.data.stats import Normalizer
+from glp.data.store import ActivationStore, StoreWriter, iter_shuffled_batches
+from glp.prior.train import init_distributed_env, resolve_precision, train_prior
 
 
 def random_store(path: Path, n_rows: int, d: int, chunk_rows: int, seed: int) -> ActivationStore:
@@ -77,8 +77,8 @@ def matmul_flops(m: int, k: int, n: int, device: torch.device, dtype: torch.dtyp
 def model_step_rows_per_s(d: int, dcfg: DenoiserConfig, batch_size: int, device: torch.device, dtype: torch.dtype,
                           steps: int = 20) -> float:
     """Rows/s of the bare denoiser step: loss, backward, AdamW on random batches already on `device`, params in `dtype`."""
-    from glp.denoiser import GLPDenoiser
-    from glp.flow import flow_matching_loss
+    from glp.prior.denoiser import GLPDenoiser
+    from glp.prior.flow import flow_matching_loss
 
     torch.manual_seed(0)
     model = GLPDenoiser(d, dcfg).to(device, dtype)
@@ -154,7 +154,7 @@ def main() -> None:
         identity = Normalizer(torch.zeros(args.d), torch.ones(args.d))  # rows are already N(0, 1)
         # Steady state: the loader is wrapped to stamp the time each batch is handed to the loop (batch i is taken
         # once step i-1 is done), so the rate between batch 10 and the last one leaves out warm-up and the save.
-        import glp.train as train_module
+        import glp.prior.train as train_module
 
         stamps: list[float] = []
 

@@ -1,6 +1,6 @@
 """Multi-process training speed-up: the prior's trainer on 2 torchrun ranks vs 1, on the same store and steps.
 
-    speed-up = 2-rank rows/s / 1-rank rows/s      (one run each, `glp.train.train_prior` under torchrun, gloo on CPU)
+    speed-up = 2-rank rows/s / 1-rank rows/s      (one run each, `glp.prior.train.train_prior` under torchrun, gloo on CPU)
 
 A random store (d = 256 by default; rows = steps x batch) and the default denoiser config; each run is the real
 trainer (DeepSpeed engine, the loader, checkpoints at the end) started as `torchrun --standalone --nproc_per_node
@@ -9,7 +9,7 @@ batch to the final checkpoint: imports, the process group and `deepspeed.initial
 timed twice, on 1 torch thread and on `--threads` (default: all cores); each of the 2 ranks gets 1 thread.
 So the two ratios are "2 ranks / 1 rank on 1 thread" (how ranks scale; 2.0 is perfect) and "2 ranks / 1 rank on all
 threads" (what ranks buy over intra-op threading on the same cores). The losses of the two are compared too
-(the same steps up to float rounding: glp.train).
+(the same steps up to float rounding: glp.prior.train).
 
     python benchmarks/train_ranks.py [--d 256] [--steps 60] [--batch-size 512] [--threads N]
 """
@@ -29,9 +29,9 @@ def rank_worker(store: Path, out: Path, steps: int, batch: int, threads: int) ->
     import torch
 
     from glp.config import DenoiserConfig, TrainConfig
-    from glp.stats import compute_stats
-    from glp.store import ActivationStore
-    from glp.train import train_prior
+    from glp.data.stats import compute_stats
+    from glp.data.store import ActivationStore
+    from glp.prior.train import train_prior
 
     torch.set_num_threads(threads)
     s = ActivationStore(store)

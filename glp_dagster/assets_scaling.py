@@ -1,5 +1,5 @@
 """The scaling asset: `scaling[src]`, a sweep of priors over compute with its power-law fit and downstream
-correlations (glp.scaling). A separate selection, not part of `make run`:
+correlations (glp.uses.scaling). A separate selection, not part of `make run`:
 
     dagster asset materialize -m glp_dagster.definitions --select scaling --partition smollm2-135m/L15
 
@@ -29,7 +29,7 @@ SCALING_VERSION = "1"
 
 
 def _root(s: Settings, src) -> Path:  # noqa: ANN001 (SourceConfig)
-    from glp.scaling import scaling_dir
+    from glp.uses.scaling import scaling_dir
 
     return scaling_dir(pipeline.source_paths(s, src).root)
 
@@ -41,7 +41,7 @@ def build_scaling_assets(settings: Settings, partitions: dg.PartitionsDefinition
     def scaling(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Priors over depth × width × activations seen: held-out loss vs C = 6·N·D, the fit L(C) = E + A·C^(−α)
         with bootstrap CIs, and probe AUC / steering / ΔLM against loss (Spearman, bootstrap CIs)."""
-        from glp.scaling import build_scaling, scaling_headline, scaling_inline, scaling_markdown
+        from glp.uses.scaling import build_scaling, scaling_headline, scaling_inline, scaling_markdown
 
         s, src, part = glp.settings, glp.source(context), context.partition_key
         paths = pipeline.source_paths(s, src)

@@ -1,5 +1,5 @@
 """Shard assets: with `store.shards = N > 1`, the train extraction of each source runs as N assets
-`activations_shard_<k>` (glp.shards), upstream of `activations`, which merges them. Each is its own step, so any
+`activations_shard_<k>` (glp.data.shards), upstream of `activations`, which merges them. Each is its own step, so any
 multi-process executor (multiprocess, dask: glp_dagster.executors) runs them in parallel, and a failed shard is
 re-executed alone. With N = 1 (the default) there are none and `activations` extracts the whole split itself.
 """
@@ -23,9 +23,9 @@ def _shard_asset(k: int, n: int, settings: Settings, partitions: dg.PartitionsDe
     @dg.asset(name=shard_asset_name(k), deps=list(upstream), partitions_def=partitions, group_name=GROUP,
               kinds={"zarr"}, code_version=f"{CODE_VERSION}-{config_hash(settings.store)}",
               description=f"Shard {k} of {n} of the source's train activations: a contiguous run of corpus windows, "
-                          "extracted as one worker would (glp.shards); `activations` merges the shards.")
+                          "extracted as one worker would (glp.data.shards); `activations` merges the shards.")
     def shard(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
-        from glp.source_model import is_packaged
+        from glp.data.source_model import is_packaged
 
         s, src = glp.settings, glp.source(context)
         if src.model == "builtin":

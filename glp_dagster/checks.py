@@ -99,7 +99,7 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
     @reports_errors
     def activations_finite(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Every stored activation (train and held-out) is finite."""
-        from glp.store import ActivationStore
+        from glp.data.store import ActivationStore
 
         meta = {}
         ok = True
@@ -114,7 +114,7 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
     @reports_errors
     def activations_checksums(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Every chunk of every array (train and held-out) decodes and matches the checksum recorded at publish."""
-        from glp.store import ActivationStore
+        from glp.data.store import ActivationStore
 
         meta: dict = {}
         problems: list[dict] = []
@@ -134,7 +134,7 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
     @reports_errors
     def activations_row_count(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Rows = non-BOS tokens of the covered documents (re-tokenized independently); no BOS row."""
-        from glp.store import ActivationStore
+        from glp.data.store import ActivationStore
 
         src = glp.source(context)
         meta, ok = {}, True
@@ -150,8 +150,8 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
     @reports_errors
     def norm_stats_expectations(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Great-expectations suite: finite mean, std > 0 on every dim, row count = store rows."""
-        from glp.stats import NormStats
-        from glp.store import ActivationStore
+        from glp.data.stats import NormStats
+        from glp.data.store import ActivationStore
 
         p = paths(glp, context)
         stats = NormStats.load(p.norm_stats)
@@ -163,8 +163,8 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
     def norm_stats_no_outlier_dims(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """No dimension's train std is more than 3x off (either way) the held-out store's: one corrupted value
         blows up one dimension's std, which the suite's per-dimension bounds cannot see."""
-        from glp.stats import NormStats, compute_stats, std_outliers
-        from glp.store import ActivationStore
+        from glp.data.stats import NormStats, compute_stats, std_outliers
+        from glp.data.store import ActivationStore
 
         p = paths(glp, context)
         stats = NormStats.load(p.norm_stats)
@@ -195,7 +195,7 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
     @reports_errors
     def prior_input_dim_matches_store(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """The prior's input width equals the activation store's width."""
-        from glp.store import ActivationStore
+        from glp.data.store import ActivationStore
 
         p = paths(glp, context)
         d_prior = json.loads((p.prior / "config.json").read_text())["denoiser"]["d_model"]
@@ -216,7 +216,7 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
     def prior_beats_gaussian_baseline(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """The prior beats the full-covariance Gaussian: held-out loss below the optimal affine predictor's, and
         GLP samples harder to tell from held-out rows (C2ST AUC, CIs apart) than the Gaussian's samples."""
-        from glp.evaluate import beats_gaussian
+        from glp.prior.evaluate import beats_gaussian
 
         rep = json.loads(Path(paths(glp, context).prior_eval).read_text())
         ok, reasons = beats_gaussian(rep)

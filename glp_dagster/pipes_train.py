@@ -5,7 +5,7 @@ With `train.world_size` W > 1, the `glp_prior` step calls `launch_training`. It 
     python -m torch.distributed.run --standalone --nproc_per_node W -m glp_dagster.pipes_train --settings F --source S
 
 through `dagster.PipesSubprocessClient`. Every rank runs `glp.pipeline.build_prior`: DeepSpeed data parallel, gloo
-on CPU and nccl on GPUs, and each rank takes its slice of every global batch (glp.train). Rank 0 alone opens the
+on CPU and nccl on GPUs, and each rank takes its slice of every global batch (glp.prior.train). Rank 0 alone opens the
 Pipes channel. Its progress lines go to the run's log, and its summary (the loss curve, throughput, the exported
 prior's path and version) comes back as a custom message that the asset turns into its metadata and data version.
 If a rank dies, torchrun stops the others and the step fails. Rerunning it resumes from the last checkpoint that

@@ -24,7 +24,7 @@ TEXTS = [
 
 
 def write_tiny_corpus(root: Path, texts: list[str] = TEXTS) -> Path:
-    """A corpus folder in the format of glp.corpus (train/heldout jsonl + manifest)."""
+    """A corpus folder in the format of glp.data.corpus (train/heldout jsonl + manifest)."""
     root.mkdir(parents=True, exist_ok=True)
     for split, rows in (("train", texts), ("heldout", texts[:16])):
         with open(root / f"{split}.jsonl", "w") as f:
@@ -59,7 +59,7 @@ def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_lm_dir: Path):
-    from glp.lm import load_source_lm
+    from glp.data.lm import load_source_lm
 
     return load_source_lm(tiny_lm_dir, device="cpu")
 

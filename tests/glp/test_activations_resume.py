@@ -3,7 +3,7 @@
 import os
 
 from glp import pipeline
-from glp.store import ActivationStore
+from glp.data.store import ActivationStore
 from tests.glp_dagster.conftest import tiny_settings
 
 

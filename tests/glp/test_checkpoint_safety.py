@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from glp.denoiser import GLPDenoiser
+from glp.prior.denoiser import GLPDenoiser
 from glp.prior import PriorCorrupt, load_prior, save_prior
-from glp.stats import Normalizer
-from glp.train import (
+from glp.data.stats import Normalizer
+from glp.prior.train import (
     MANIFEST,
     SAFE_CHECKPOINT_GLOBALS,
     UnsafeCheckpoint,
@@ -200,22 +200,22 @@ def _die_mid_file(monkeypatch):
 
 
 def _die_before_manifest(monkeypatch):
-    import glp.train
+    import glp.prior.train
 
-    real = glp.train.write_checkpoint_manifest
+    real = glp.prior.train.write_checkpoint_manifest
 
     def write(tag_dir, step):
         if step == 16:
             raise _Killed(tag_dir)
         return real(tag_dir, step)
 
-    monkeypatch.setattr(glp.train, "write_checkpoint_manifest", write)
+    monkeypatch.setattr(glp.prior.train, "write_checkpoint_manifest", write)
 
 
 def _die_mid_manifest(monkeypatch):
-    import glp.train
+    import glp.prior.train
 
-    real = glp.train.write_atomic
+    real = glp.prior.train.write_atomic
 
     def write(path, data):
         if "step16" in str(path):
@@ -223,7 +223,7 @@ def _die_mid_manifest(monkeypatch):
             raise _Killed(path)
         return real(path, data)
 
-    monkeypatch.setattr(glp.train, "write_atomic", write)
+    monkeypatch.setattr(glp.prior.train, "write_atomic", write)
 
 
 KILLS = {"mid-way through a DeepSpeed file": _die_mid_file, "after DeepSpeed, before the manifest": _die_before_manifest,

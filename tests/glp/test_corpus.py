@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from glp.config import CorpusConfig
-from glp.corpus import (
+from glp.data.corpus import (
     LABELLED_FILES,
     CorpusError,
     build_documents,
@@ -597,7 +597,7 @@ def test_a_lone_surrogate_is_rejected_at_the_corpus_step_naming_file_and_line(tm
 
 
 def test_a_prepared_corpus_line_that_is_not_utf8_is_named(tmp_path):
-    from glp.corpus import iter_documents
+    from glp.data.corpus import iter_documents
 
     root = tmp_path / "prepared"
     root.mkdir()

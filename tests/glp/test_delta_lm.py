@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from glp.config import DeltaLMConfig
-from glp.delta_lm import (
+from glp.uses.delta_lm import (
     batch_docs,
     delta_lm_markdown,
     delta_lm_report,
@@ -42,7 +42,7 @@ def test_pca_mse_falls_to_zero_with_every_component():
 
 
 def test_report_has_glp_sae_pca_and_mean_ablation_with_k_matched_on_other_documents(tiny_lm):
-    from glp.sae import TopKSAE
+    from glp.uses.sae import TopKSAE
 
     prior = tiny_prior(tiny_lm.d_model)
     torch.manual_seed(0)
@@ -64,9 +64,9 @@ def test_report_has_glp_sae_pca_and_mean_ablation_with_k_matched_on_other_docume
 def test_pca_k_is_matched_on_the_selection_documents_not_the_scored_ones(tiny_lm):
     """k is the smallest whose error on the selection documents is at most the GLP's there; the scored rows only
     report it (recomputed here from the same ingredients)."""
-    from glp.delta_lm import layer_rows
-    from glp.stats import Normalizer
-    from glp.steer import sdedit
+    from glp.uses.delta_lm import layer_rows
+    from glp.data.stats import Normalizer
+    from glp.uses.steer import sdedit
 
     prior = tiny_prior(tiny_lm.d_model)
     train = np.random.default_rng(1).normal(size=(400, tiny_lm.d_model)).astype(np.float32)
@@ -89,7 +89,7 @@ def test_selection_documents_follow_the_scored_ones_without_overlap(tiny_lm):
     scored, nxt = heldout_docs(tiny_lm, TEXTS, 32, 30)
     select, _ = heldout_docs(tiny_lm, TEXTS, 32, 30, start=nxt)
     assert sum(len(s) - 1 for s in scored) == 30 and 0 < nxt < len(TEXTS) and select
-    from glp.activations import tokenize_doc
+    from glp.data.activations import tokenize_doc
 
     assert select[0] == tokenize_doc(tiny_lm, TEXTS[nxt], 32)[: len(select[0])]
 

@@ -5,7 +5,7 @@ import torch
 from pydantic import ValidationError
 
 from glp.config import DenoiserConfig, load_settings
-from glp.denoiser import GLPDenoiser
+from glp.prior.denoiser import GLPDenoiser
 
 D_MODEL = 8
 
@@ -133,7 +133,7 @@ def test_the_default_denoiser_keeps_the_layout_of_saved_priors():
 
 
 def test_the_affine_skip_starts_as_the_gaussian_prior_exactly():
-    from glp.evaluate import AffineVelocity
+    from glp.prior.evaluate import AffineVelocity
 
     m = GLPDenoiser(8, DenoiserConfig())
     a = torch.randn(8, 8)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from glp.config import DenoiserConfig, EvalConfig
-from glp.denoiser import GLPDenoiser
-from glp.evaluate import (
+from glp.prior.denoiser import GLPDenoiser
+from glp.prior.evaluate import (
     AffineVelocity,
     auc_score,
     beats_gaussian,
@@ -20,7 +20,7 @@ from glp.evaluate import (
     heldout_loss,
     heldout_ts,
 )
-from glp.flow import flow_matching_loss
+from glp.prior.flow import flow_matching_loss
 
 
 def random_cov(d: int, seed: int) -> np.ndarray:
@@ -223,7 +223,7 @@ def test_affine_velocity_attains_the_gaussian_baseline_and_samples_the_gaussian(
     x = torch.as_tensor(np.random.default_rng(0).multivariate_normal(np.zeros(4), cov, size=20_000), dtype=torch.float32)
     loss = heldout_loss(model, x, n_t=4, seed=0)
     np.testing.assert_allclose(loss["loss"], gaussian_baseline_loss(cov, loss["t"]), rtol=0.03)
-    from glp.flow import sample
+    from glp.prior.flow import sample
 
     samples = sample(model, 20_000, 4, steps=200, generator=torch.Generator().manual_seed(0)).double().numpy()
     # within sampling noise plus the Euler discretization's small shrink (~3% at 200 steps)

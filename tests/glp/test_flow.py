@@ -3,8 +3,8 @@ import torch
 import torch.nn as nn
 
 from glp.config import DenoiserConfig
-from glp.denoiser import GLPDenoiser
-from glp.flow import euler_schedule, flow_matching_loss, interpolate, project_on_manifold, sample
+from glp.prior.denoiser import GLPDenoiser
+from glp.prior.flow import euler_schedule, flow_matching_loss, interpolate, project_on_manifold, sample
 
 
 class Oracle(nn.Module):

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glp.judges import (auc_ci, continuation_nll, continuation_nll_sets, distinct_n, fit_sentiment_judge,
+from glp.uses.judges import (auc_ci, continuation_nll, continuation_nll_sets, distinct_n, fit_sentiment_judge,
                         judge_training_data, vader_compound)
-from glp.steer import encode, generate
+from glp.uses.steer import encode, generate
 from tests.glp_dagster.conftest import write_tiny_labelled
 
 
@@ -52,7 +52,7 @@ def test_judge_learns_sentiment_and_reports_heldout_accuracy_with_cis(labelled):
 
 
 def test_missing_labelled_data_says_how_to_build_it(tmp_path):
-    from glp.corpus import CorpusError
+    from glp.data.corpus import CorpusError
 
     with pytest.raises(CorpusError, match="dvc repro labelled"):
         fit_sentiment_judge(tmp_path)

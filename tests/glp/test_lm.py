@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from glp.lm import SourceModelError, capture_residual, load_source_lm, run_until_captured
+from glp.data.lm import SourceModelError, capture_residual, load_source_lm, run_until_captured
 
 
 # The last block is excluded: HF applies the final LayerNorm to hidden_states[-1], while we read the raw
@@ -46,7 +46,7 @@ def test_missing_model_says_what_to_do(tmp_path):
 def test_a_truncated_model_safetensors_gives_one_line_naming_file_and_fix(tmp_path, tiny_lm):
     import pytest
 
-    from glp.lm import SourceModelError, load_source_lm
+    from glp.data.lm import SourceModelError, load_source_lm
 
     path = tmp_path / "source_model" / "abc"
     tiny_lm.model.save_pretrained(path)

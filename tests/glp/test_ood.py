@@ -1,4 +1,4 @@
-"""Off-manifold scores, the calibrated gate and gated post-processing (glp.ood, glp.steer)."""
+"""Off-manifold scores, the calibrated gate and gated post-processing (glp.uses.ood, glp.uses.steer)."""
 
 import math
 
@@ -8,12 +8,12 @@ import torch
 from scipy.stats import binomtest
 
 from glp.config import DenoiserConfig, SteerConfig
-from glp.denoiser import GLPDenoiser
-from glp.flow import flow_matching_loss
-from glp.ood import Gate, calibrate, diffusion_score, gated_edit, sdedit_error
+from glp.prior.denoiser import GLPDenoiser
+from glp.prior.flow import flow_matching_loss
+from glp.uses.ood import Gate, calibrate, diffusion_score, gated_edit, sdedit_error
 from glp.prior import Prior
-from glp.stats import Normalizer
-from glp.steer import calibrate_gate, generate, prefill, sdedit, steer_edit
+from glp.data.stats import Normalizer
+from glp.uses.steer import calibrate_gate, generate, prefill, sdedit, steer_edit
 from tests.glp.test_steer import LAYER, prompt_ids, tiny_prior
 
 D = 8
@@ -64,7 +64,7 @@ def test_scores_of_a_trained_prior_are_higher_off_the_manifold(trained):
         assert torch.isfinite(score).all()
     s_clean, s_noised = diffusion_score(trained, clean), diffusion_score(trained, noised)
     assert s_noised.mean() > 1.5 * s_clean.mean()
-    from glp.evaluate import auc_score
+    from glp.prior.evaluate import auc_score
 
     labels = np.r_[np.zeros(2000), np.ones(2000)]
     assert auc_score(labels, np.r_[s_clean.numpy(), s_noised.numpy()]) > 0.9
@@ -161,7 +161,7 @@ def test_calibrate_gate_on_heldout_activations_reports_a_measured_fpr():
 
 
 def test_auroc_of_a_score_on_identical_sets_is_chance_within_noise():
-    from glp.ood import auroc_table
+    from glp.uses.ood import auroc_table
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=2000), rng.normal(size=2000)  # two samples of one law
@@ -173,7 +173,7 @@ def test_auroc_of_a_score_on_identical_sets_is_chance_within_noise():
 
 
 def test_auroc_table_pairs_its_bootstrap_so_a_better_score_wins_with_a_ci_above_zero():
-    from glp.ood import auroc_table
+    from glp.uses.ood import auroc_table
 
     rng = np.random.default_rng(1)
     real = {"glp": rng.normal(size=500), "weak": rng.normal(size=500)}
@@ -186,7 +186,7 @@ def test_auroc_table_pairs_its_bootstrap_so_a_better_score_wins_with_a_ci_above_
 
 
 def test_mahalanobis_score_is_the_quadratic_form_of_the_inverse_covariance():
-    from glp.ood import mahalanobis_score, mahalanobis_whitener
+    from glp.uses.ood import mahalanobis_score, mahalanobis_whitener
 
     g = torch.Generator().manual_seed(0)
     m = torch.randn(D, D, generator=g, dtype=torch.float64)
@@ -202,7 +202,7 @@ def test_mahalanobis_score_is_the_quadratic_form_of_the_inverse_covariance():
 
 
 def test_off_manifold_transforms_keep_what_they_promise():
-    from glp.ood import moved_rows, random_directions, shuffle_dims, standardize
+    from glp.uses.ood import moved_rows, random_directions, shuffle_dims, standardize
 
     z = mixture(400, seed=2)
     u = random_directions(400, D, seed=0)
@@ -220,7 +220,7 @@ def test_off_manifold_transforms_keep_what_they_promise():
 
 
 def test_position_matching_draws_real_rows_at_the_wanted_positions():
-    from glp.ood import position_matched, shuffle_words
+    from glp.uses.ood import position_matched, shuffle_words
 
     pool = np.array([1, 1, 2, 2, 2, 3, 5, 5])
     want = np.array([1, 2, 2, 5, 4, 9])
@@ -233,7 +233,7 @@ def test_position_matching_draws_real_rows_at_the_wanted_positions():
 
 
 def test_default_other_layers_are_valid_and_never_the_source_layer():
-    from glp.ood import default_other_layers
+    from glp.uses.ood import default_other_layers
 
     assert default_other_layers(15, 30) == [14, 7]
     assert default_other_layers(0, 4) == [1, 3]

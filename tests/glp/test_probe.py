@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from glp.config import DenoiserConfig, ProbeConfig
-from glp.denoiser import GLPDenoiser
-from glp.probe import (auc_columns, mean_and_ci, extract_features, fit_logreg_1d, glp_meta_neurons,
+from glp.prior.denoiser import GLPDenoiser
+from glp.uses.probe import (auc_columns, mean_and_ci, extract_features, fit_logreg_1d, glp_meta_neurons,
                        last_token_features, mlp_out_proj, prefilter, probe_1d, run_probing, summarize)
-from glp.probe_tasks import ProbeTask
+from glp.data.probe_tasks import ProbeTask
 from glp.prior import Prior
-from glp.stats import Normalizer
+from glp.data.stats import Normalizer
 
 CFG = ProbeConfig(prefilter=32, n_bootstrap=500, dense_c_grid=[0.1])
 
@@ -131,7 +131,7 @@ def test_cv_auc_shortcut_equals_fitted_probes_for_every_c():
     """The 1-D CV AUC needs no fit: it equals that of StandardScaler + fitted logistic regressions at any C."""
     from sklearn.model_selection import StratifiedKFold
 
-    from glp.probe import _standardize, cv_auc_1d
+    from glp.uses.probe import _standardize, cv_auc_1d
 
     X, y = _synthetic(n=300, m=40, unit=7)
     folds = list(StratifiedKFold(5, shuffle=True, random_state=0).split(X, y))

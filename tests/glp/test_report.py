@@ -1,4 +1,4 @@
-"""Readable numbers (glp.fmt) and the inline charts the Dagster UI shows in place (glp.report, glp.probe)."""
+"""Readable numbers (glp.fmt) and the inline charts the Dagster UI shows in place (glp.report, glp.uses.probe)."""
 
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from glp import fmt
-from glp.probe import mean_auc_inline, probing_headline
+from glp.uses.probe import mean_auc_inline, probing_headline
 from glp.report import INLINE_LIMIT, TOO_LONG, inline_interval_chart, inline_line_chart, loss_curve_inline
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import torch
 
 from glp.config import SAEConfig
-from glp.sae import TopKSAE, load_sae, save_sae, train_sae
-from glp.stats import Normalizer
-from glp.store import ActivationStore, StoreWriter
+from glp.uses.sae import TopKSAE, load_sae, save_sae, train_sae
+from glp.data.stats import Normalizer
+from glp.data.store import ActivationStore, StoreWriter
 
 
 def _sparse_store(path, n=2048, d=16, n_atoms=48, seed=0) -> ActivationStore:
@@ -54,8 +54,8 @@ def test_a_corrupt_or_truncated_sae_export_is_refused_naming_the_fix(tmp_path):
     import pytest
     import torch
 
-    from glp.sae import TopKSAE, load_sae, save_sae
-    from glp.stats import ArtifactCorrupt, Normalizer
+    from glp.uses.sae import TopKSAE, load_sae, save_sae
+    from glp.data.stats import ArtifactCorrupt, Normalizer
 
     torch.manual_seed(0)
     path = save_sae(tmp_path / "sae", TopKSAE(8, 16, 2), Normalizer(torch.zeros(8), torch.ones(8)), {})

@@ -1,4 +1,4 @@
-"""glp.scaling: the power-law fitter recovers known parameters; the sweep trains each point once (cache)."""
+"""glp.uses.scaling: the power-law fitter recovers known parameters; the sweep trains each point once (cache)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from glp.scaling import ScalingError, fit_power_law, power_law, spearman
+from glp.uses.scaling import ScalingError, fit_power_law, power_law, spearman
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -63,7 +63,7 @@ TINY_SCALING = {
 
 def test_adding_a_point_trains_and_scores_only_that_point(tmp_path: Path) -> None:
     from glp import pipeline
-    from glp.scaling import build_scaling, scaling_dir
+    from glp.uses.scaling import build_scaling, scaling_dir
     from tests.glp_dagster.conftest import tiny_settings
 
     s = tiny_settings(tmp_path, scaling=TINY_SCALING)
@@ -99,7 +99,7 @@ def test_adding_a_point_trains_and_scores_only_that_point(tmp_path: Path) -> Non
 
 
 def test_downstream_correlations_read_the_sign_of_better() -> None:
-    from glp.scaling import downstream_correlations
+    from glp.uses.scaling import downstream_correlations
 
     losses = np.array([1.0, 0.9, 0.8, 0.7, 0.6, 0.5])
     units = {"probe_auc": np.arange(3), "steer_concept": np.arange(3), "steer_nll_cost": np.arange(3),

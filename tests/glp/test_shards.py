@@ -5,11 +5,11 @@ import os
 import numpy as np
 import pytest
 
-import glp.activations
+import glp.data.activations
 from glp import pipeline
-from glp.shards import ShardError
-from glp.stats import NormStats
-from glp.store import PROVENANCE, ActivationStore
+from glp.data.shards import ShardError
+from glp.data.stats import NormStats
+from glp.data.store import PROVENANCE, ActivationStore
 from tests.glp_dagster.conftest import tiny_settings
 
 # batch_size 1: windows of 16 documents; the tiny corpus (64 docs, ~30 rows each) under the 1,500-row cap is four
@@ -67,7 +67,7 @@ def test_a_crashed_shard_reruns_alone_and_resumes(tmp_path, monkeypatch):
     first = pipeline.build_activation_shard(s, src, 0)
     assert first["doc_range"][0] == 0 and first["rows"] > 0
     # shard 1 dies after its first window (16 forward passes of one document)
-    real, calls = glp.activations.forward_batch, []
+    real, calls = glp.data.activations.forward_batch, []
 
     def dying(*args, **kwargs):
         calls.append(1)
@@ -75,10 +75,10 @@ def test_a_crashed_shard_reruns_alone_and_resumes(tmp_path, monkeypatch):
             raise RuntimeError("worker lost")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(glp.activations, "forward_batch", dying)
+    monkeypatch.setattr(glp.data.activations, "forward_batch", dying)
     with pytest.raises(RuntimeError, match="worker lost"):
         pipeline.build_activation_shard(s, src, 1)
-    monkeypatch.setattr(glp.activations, "forward_batch", real)
+    monkeypatch.setattr(glp.data.activations, "forward_batch", real)
     logs = []
     pipeline.build_activations(s, src, log=logs.append)
     assert any("train-0-of-2.zarr: already extracted" in m for m in logs), logs  # shard 0 is not redone

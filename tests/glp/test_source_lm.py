@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from glp.config import CorpusConfig, SourceLMConfig
-from glp.corpus import corpus_hash, write_corpus
-from glp.source_lm import REPORT, source_lm_dir, train_source_lm
+from glp.data.corpus import corpus_hash, write_corpus
+from glp.data.source_lm import REPORT, source_lm_dir, train_source_lm
 
 
 def tiny_cfg(**overrides) -> SourceLMConfig:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from glp import source_model
-from glp.activations import extract_activations
+from glp.data import source_model
+from glp.data.activations import extract_activations
 from glp.config import StoreConfig, load_settings
-from glp.lm import capture_residual, load_source_lm, run_until_captured
-from glp.source_model import PACKAGED, PackagedModel, PackagedModelError, convert_packaged, converted_dir
+from glp.data.lm import capture_residual, load_source_lm, run_until_captured
+from glp.data.source_model import PACKAGED, PackagedModel, PackagedModelError, convert_packaged, converted_dir
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +53,7 @@ def test_extraction_from_the_real_model_never_stores_the_sink(smollm2, tmp_path)
     texts = ["The markets rose sharply on Monday.", "She scored twice in the second half.", "Prices fell."]
     cfg = StoreConfig(chunk_rows=64, batch_size=2, max_seq_len=16)
     res = extract_activations(lm, 15, texts, tmp_path / "s.zarr", cfg, None, {"model": "smollm2-135m"})
-    from glp.store import ActivationStore
+    from glp.data.store import ActivationStore
 
     store = ActivationStore(res.path)
     n_tokens = sum(len(lm.tokenizer(t, add_special_tokens=False)["input_ids"][:15]) for t in texts)

@@ -1,8 +1,8 @@
 import numpy as np
 import torch
 
-from glp.stats import NormStats, Normalizer, compute_stats
-from glp.store import ActivationStore, StoreWriter
+from glp.data.stats import NormStats, Normalizer, compute_stats
+from glp.data.store import ActivationStore, StoreWriter
 
 
 def _store(path, rows, chunk_rows=64):
@@ -40,7 +40,7 @@ def test_normalizer_round_trips_and_saved_stats_reload(tmp_path):
 
 
 def test_one_corrupted_value_is_caught_as_a_one_dimension_std_outlier(tmp_path):
-    from glp.stats import std_outliers
+    from glp.data.stats import std_outliers
 
     rng = np.random.default_rng(0)
     rows, held = rng.normal(size=(5000, 16)).astype(np.float32), rng.normal(size=(1000, 16)).astype(np.float32)
@@ -54,7 +54,7 @@ def test_one_corrupted_value_is_caught_as_a_one_dimension_std_outlier(tmp_path):
 def test_norm_stats_record_a_checksum_and_a_flipped_bit_is_refused(tmp_path):
     import pytest
 
-    from glp.stats import ArtifactCorrupt
+    from glp.data.stats import ArtifactCorrupt
 
     stats = compute_stats(_store(tmp_path / "a.zarr", np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32)))
     path = tmp_path / "norm_stats.safetensors"

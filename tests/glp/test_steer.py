@@ -5,15 +5,15 @@ import pytest
 import torch
 
 from glp.config import DenoiserConfig, SteerConfig
-from glp.denoiser import GLPDenoiser
-from glp.evaluate import bootstrap_ci
-from glp.flow import project_on_manifold, sample
-from glp.judges import fit_sentiment_judge
-from glp.ood import Gate
-from glp.lm import capture_residual
+from glp.prior.denoiser import GLPDenoiser
+from glp.prior.evaluate import bootstrap_ci
+from glp.prior.flow import project_on_manifold, sample
+from glp.uses.judges import fit_sentiment_judge
+from glp.uses.ood import Gate
+from glp.data.lm import capture_residual
 from glp.prior import Prior
-from glp.stats import Normalizer
-from glp.steer import (
+from glp.data.stats import Normalizer
+from glp.uses.steer import (
     concept_rises, default_prompts, degeneration_point, diffmean_direction, direction_auc, encode, first_sentence,
     frontier, generate, movie_snippets, newest_position_hook, prefill, r0_matches_unsteered, sdedit, sdedit_levels,
     pareto_inline, pareto_png, sentiment_direction, solver_passes, steer_edit, steering_markdown, steering_report,

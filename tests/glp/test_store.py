@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from glp.activations import extract_activations
+from glp.data.activations import extract_activations
 from glp.config import StoreConfig
-from glp.store import ActivationStore, StoreError, StoreWriter, iter_shuffled_batches, n_batches
+from glp.data.store import ActivationStore, StoreError, StoreWriter, iter_shuffled_batches, n_batches
 from tests.conftest import TEXTS
 
 
@@ -90,7 +90,7 @@ def test_extraction_respects_the_token_cap_at_a_document_boundary(tiny_lm, tmp_p
 
 
 def test_resumed_extraction_equals_an_uninterrupted_one(tiny_lm, tmp_path):
-    from glp.store import StoreWriter as W
+    from glp.data.store import StoreWriter as W
 
     cfg = StoreConfig(chunk_rows=64, batch_size=4, max_seq_len=32)
     full = ActivationStore(extract_activations(tiny_lm, 1, TEXTS, tmp_path / "full.zarr", cfg, None, {}, window_docs=8).path)
@@ -120,7 +120,7 @@ def test_resumed_extraction_equals_an_uninterrupted_one(tiny_lm, tmp_path):
 
 
 def test_wrong_layer_fails_before_any_work(tiny_lm, tmp_path):
-    from glp.lm import SourceModelError
+    from glp.data.lm import SourceModelError
 
     with pytest.raises(SourceModelError, match="choose 0..2"):
         extract_activations(tiny_lm, 9, TEXTS, tmp_path / "s.zarr", StoreConfig(), None, {})

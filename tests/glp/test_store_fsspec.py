@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from glp import pipeline
-from glp.stats import compute_stats
-from glp.store import ActivationStore, StoreError, StoreWriter, as_location, is_url
+from glp.data.stats import compute_stats
+from glp.data.store import ActivationStore, StoreError, StoreWriter, as_location, is_url
 from tests.glp_dagster.conftest import tiny_settings
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks.store_integrity import flip_silently, inject
-from glp.store import PROVENANCE, ActivationStore, StoreCorrupt, StoreWriter, chunk_checksum, iter_shuffled_batches
+from glp.data.store import PROVENANCE, ActivationStore, StoreCorrupt, StoreWriter, chunk_checksum, iter_shuffled_batches
 
 CHUNK = 32
 

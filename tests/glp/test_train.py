@@ -4,9 +4,9 @@ import torch
 
 from glp.config import DenoiserConfig, TrainConfig
 from glp.prior import load_prior, save_prior
-from glp.stats import compute_stats
-from glp.store import ActivationStore, StoreWriter
-from glp.train import TrainingInterrupted, train_prior
+from glp.data.stats import compute_stats
+from glp.data.store import ActivationStore, StoreWriter
+from glp.prior.train import TrainingInterrupted, train_prior
 
 DCFG = DenoiserConfig(n_blocks=2, time_dim=16, skip="none")  # from a random start: the loss must fall by itself
 
@@ -53,8 +53,8 @@ def test_resumed_training_equals_an_uninterrupted_run(store, tmp_path):
 def test_deepspeed_checkpoint_save_then_load_gives_identical_weights(tmp_path):
     import deepspeed
 
-    from glp.denoiser import GLPDenoiser
-    from glp.train import ds_config, init_distributed_env
+    from glp.prior.denoiser import GLPDenoiser
+    from glp.prior.train import ds_config, init_distributed_env
 
     init_distributed_env()
 
@@ -98,8 +98,8 @@ def _train_with(store, ckpt, dcfg, interrupt_after=None, **overrides):
 
 
 def test_affine_skip_starts_as_the_gaussian_prior_and_trains_below_it(store, tmp_path):
-    from glp.evaluate import AffineVelocity, heldout_loss
-    from glp.train import normalized_moments
+    from glp.prior.evaluate import AffineVelocity, heldout_loss
+    from glp.prior.train import normalized_moments
 
     dcfg = DenoiserConfig(n_blocks=2, time_dim=16, skip="affine")
     norm = compute_stats(store, with_cov=False).normalizer()
@@ -116,7 +116,7 @@ def test_affine_skip_starts_as_the_gaussian_prior_and_trains_below_it(store, tmp
 
 
 def test_logit_normal_t_concentrates_mid_noise_levels():
-    from glp.train import draw_t
+    from glp.prior.train import draw_t
 
     g = torch.Generator().manual_seed(0)
     uni = draw_t(20_000, TrainConfig(t_sampling="uniform"), g)

@@ -27,9 +27,9 @@ TINY = {
 
 
 def write_tiny_probe_tasks(path: Path) -> dict:
-    """Two templated binary tasks in the format of glp.probe_tasks; returns their config values."""
+    """Two templated binary tasks in the format of glp.data.probe_tasks; returns their config values."""
     from glp.config import ProbeTasksConfig
-    from glp.probe_tasks import balance_and_split, write_tasks
+    from glp.data.probe_tasks import balance_and_split, write_tasks
 
     cfg = ProbeTasksConfig(path=path, max_train=24, min_examples=20)
     words = {"animal": ["cat", "dog", "bird", "horse"], "thing": ["mat", "bread", "letter", "garden"]}
@@ -99,7 +99,7 @@ def build_prior_chain(s: Settings, src) -> None:  # noqa: ANN001 (SourceConfig)
     """Every library step up to the evaluated prior, in pipeline order: source LM, activations, norm stats, prior,
     SAE (prior_eval compares with it), prior_eval."""
     from glp import pipeline
-    from glp.sae import build_sae
+    from glp.uses.sae import build_sae
 
     pipeline.build_source_lm(s)
     pipeline.build_activations(s, src)

@@ -7,7 +7,7 @@ import json
 import dagster as dg
 from dagster._core.instance.ref import InstanceRef
 
-from glp.store import ActivationStore
+from glp.data.store import ActivationStore
 from tests.glp_dagster.conftest import TINY
 from tests.glp_dagster.test_cli import _dagster, _env
 

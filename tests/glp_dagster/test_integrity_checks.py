@@ -5,7 +5,7 @@ great-expectations suite stays green; a clean chain passes both."""
 from __future__ import annotations
 
 from benchmarks.store_integrity import flip_silently
-from glp.stats import NormStats
+from glp.data.stats import NormStats
 from tests.glp_dagster.test_checks_never_error import chain, materialized, run_checks_only  # noqa: F401 (fixtures)
 
 

@@ -43,7 +43,7 @@ def test_ood_materializes_with_every_set_scored_and_its_checks_pass_then_fail_on
     assert names == ["real (other held-out rows)", *(f"steered r={r:g}" for r in (0.25, 0.5, 1, 2)),
                      *(f"noised r={r:g}" for r in (0.25, 0.5, 1, 2)), "dims shuffled", "layer 0", "tweets",
                      "shuffled words"]
-    from glp.store import ActivationStore
+    from glp.data.store import ActivationStore
 
     n_heldout = ActivationStore(root / "activations" / "heldout.zarr").n_rows
     assert rep["n_rows"] == n_heldout // 3 and rep["other_layers"] == [0]  # real, synthetic base, null: disjoint

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from glp import pipeline
-from glp.store import ActivationStore
+from glp.data.store import ActivationStore
 from glp_dagster.definitions import build_definitions
 from tests.glp_dagster.conftest import tiny_settings
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from glp.config import EvalConfig
 from glp.progress import Progress
-from glp.flow import affine_velocity, flow_matching_loss, module_device_dtype, sample
+from glp.prior.flow import affine_velocity, flow_matching_loss, module_device_dtype, sample
 
 ArrayLike = np.ndarray | Tensor
 Reconstruct = Callable[[Tensor], Tensor]  # normalized rows (n, d) -> reconstructions (n, d)

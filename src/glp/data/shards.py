@@ -1,7 +1,7 @@
 """Sharded extraction: one source's train extraction cut into N corpus shards, merged into one store.
 
 The plan tokenizes the corpus once (no forward pass) and cuts it into the extraction windows of
-`glp.activations.iter_windows`, applying the token cap exactly as one worker does. Shard k gets a contiguous run of
+`glp.data.activations.iter_windows`, applying the token cap exactly as one worker does. Shard k gets a contiguous run of
 whole windows (balanced by rows), so each shard's windows, batches and padding are the one-worker extraction's:
 its rows are bitwise the same rows, in the same order. Each shard is an independent unit of work with its own
 store (resumable, published atomically); the merge concatenates the shard stores in shard order.
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from glp.store import PROVENANCE, ActivationStore, Location, StoreError, StoreWriter
+from glp.data.store import PROVENANCE, ActivationStore, Location, StoreError, StoreWriter
 
 Log = Callable[[str], None]
 
@@ -57,7 +57,7 @@ def plan_shards(lm: Any, texts: Iterable[str], max_seq_len: int, window_docs: in
                 n_shards: int) -> ShardPlan:
     """Cut the corpus (capped at `max_tokens` rows as one worker caps it) into `n_shards` runs of whole windows
     with about equal rows (`lm`: a SourceLM, for its tokenizer only)."""
-    from glp.activations import iter_windows
+    from glp.data.activations import iter_windows
 
     cap = max_tokens if max_tokens is not None else float("inf")
     windows: list[tuple[int, int, int]] = []  # (doc lo, doc hi, rows)

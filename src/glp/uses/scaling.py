@@ -3,7 +3,7 @@ whether loss predicts the downstream uses (1-D probing, steering, ΔLM).
 
 A sweep point is one prior (depth n_blocks, width D = width_mult·d with H = hidden_ratio·D, `steps` batches of
 activations) and each of its mid-training snapshots (same N, fewer activations D seen), as in the paper. Every
-prior is trained once through `glp.train.train_prior` (the DeepSpeed engine) and cached under
+prior is trained once through `glp.prior.train.train_prior` (the DeepSpeed engine) and cached under
 
     <source root>/scaling/points/<key>/        exported prior (glp.prior.save_prior: atomic) with its snapshots
     <source root>/scaling/evals/<key>-<h>.json  held-out loss of the prior and each snapshot (eval config hash h)
@@ -86,7 +86,7 @@ def train_point(store: Any, normalizer: Any, dcfg: DenoiserConfig, tcfg: TrainCo
     import shutil
 
     from glp.prior import save_prior
-    from glp.train import train_prior
+    from glp.prior.train import train_prior
 
     if (out / "config.json").is_file():
         meta = json.loads((out / "config.json").read_text())
@@ -212,9 +212,9 @@ def rho_ci_points(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int, level: f
 
 
 def point_losses(prior_dir: Path, z: Any, n_t: int, seed: int, out: Path) -> list[dict[str, Any]]:
-    """Held-out loss (glp.evaluate.heldout_loss: fixed t levels, seeded noise) of a sweep prior's snapshots and final
+    """Held-out loss (glp.prior.evaluate.heldout_loss: fixed t levels, seeded noise) of a sweep prior's snapshots and final
     weights on normalized rows z (n, d), cached in `out` (JSON, atomic)."""
-    from glp.evaluate import heldout_loss
+    from glp.prior.evaluate import heldout_loss
 
     if out.is_file():
         return json.loads(out.read_text())
@@ -240,8 +240,8 @@ def spearman_loss_vs_c(points: Sequence[dict[str, Any]]) -> float:
 
 def steering_prompts(settings: Any) -> list[str]:
     """The downstream steering prompts: the first `scaling.n_prompts` of `steer.prompts`, else of the corpus's
-    (glp.steer.default_prompts)."""
-    from glp.steer import default_prompts
+    (glp.uses.steer.default_prompts)."""
+    from glp.uses.steer import default_prompts
 
     n, sc = settings.scaling.n_prompts, settings.steer
     return list(sc.prompts)[:n] if sc.prompts else default_prompts(settings.corpus.path, n, settings.corpus)
@@ -250,8 +250,8 @@ def steering_prompts(settings: Any) -> list[str]:
 def downstream_version(settings: Any, source: Any) -> str:
     """Hash of everything a prior's downstream scores depend on besides the prior (cache key of its scores)."""
     from glp import pipeline
-    from glp.corpus import labelled_hash
-    from glp.probe_tasks import tasks_hash
+    from glp.data.corpus import labelled_hash
+    from glp.data.probe_tasks import tasks_hash
 
     keep = {"probe_tasks", "n_probe_tasks", "steer_r", "n_prompts", "max_new_tokens", "delta_lm_tokens"}
     return _hash("downstream/1", settings.scaling.model_dump(mode="json", include=keep), config_hash(settings.probe),
@@ -271,15 +271,15 @@ class Downstream:
         import torch
 
         from glp import pipeline
-        from glp.corpus import load_documents
-        from glp.delta_lm import batch_docs, heldout_docs, token_ce, token_doc_ids
-        from glp.judges import continuation_nll_sets, fit_sentiment_judge
-        from glp.lm import load_source_lm
-        from glp.probe import last_token_features
-        from glp.probe_tasks import load_tasks
-        from glp.steer import (encode, generate, mean_activation_norm, movie_snippets, prefill,
+        from glp.data.corpus import load_documents
+        from glp.uses.delta_lm import batch_docs, heldout_docs, token_ce, token_doc_ids
+        from glp.uses.judges import continuation_nll_sets, fit_sentiment_judge
+        from glp.data.lm import load_source_lm
+        from glp.uses.probe import last_token_features
+        from glp.data.probe_tasks import load_tasks
+        from glp.uses.steer import (encode, generate, mean_activation_norm, movie_snippets, prefill,
                                sentiment_direction, steer_edit)
-        from glp.store import ActivationStore
+        from glp.data.store import ActivationStore
 
         t0 = time.perf_counter()
         cfg: ScalingConfig = settings.scaling
@@ -336,10 +336,10 @@ class Downstream:
     def scores(self, prior: Any) -> dict[str, Any]:
         """Per-unit scores of one prior: probe test AUC per task; SDEdit concept and NLL − raw NLL per continuation
         (same prompts, seeds and r as the raw rows); CE increase per ΔLM token."""
-        from glp.delta_lm import token_ce
-        from glp.judges import continuation_nll_sets
-        from glp.probe import glp_meta_neurons, probe_1d
-        from glp.steer import generate, sdedit, steer_edit
+        from glp.uses.delta_lm import token_ce
+        from glp.uses.judges import continuation_nll_sets
+        from glp.uses.probe import glp_meta_neurons, probe_1d
+        from glp.uses.steer import generate, sdedit, steer_edit
 
         torch, lm, sc, pc = self._torch, self.lm, self.steer_cfg, self.probe_cfg
         t0 = time.perf_counter()
@@ -528,10 +528,10 @@ def build_scaling(settings: Any, source: Any, log: Log = _nolog) -> dict[str, An
     import torch
 
     from glp import pipeline
-    from glp.evaluate import AffineVelocity, gaussian_baseline_loss, heldout_loss, heldout_ts
-    from glp.lm import resolve_device
-    from glp.stats import NormStats
-    from glp.store import ActivationStore
+    from glp.prior.evaluate import AffineVelocity, gaussian_baseline_loss, heldout_loss, heldout_ts
+    from glp.data.lm import resolve_device
+    from glp.data.stats import NormStats
+    from glp.data.store import ActivationStore
 
     t0 = time.perf_counter()
     cfg: ScalingConfig = settings.scaling

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from glp.config import DenoiserConfig
-from glp.flow import affine_velocity
+from glp.prior.flow import affine_velocity
 
 TIME_SCALE = 1000.0
 """t in [0, 1] is multiplied by this before the sinusoidal embedding, as for 1000 discrete diffusion levels."""

@@ -5,7 +5,7 @@
 
 Direction: DiffMean of last-token activations, human-rated movie snippets rated >= +1 minus <= -1 (the
 `direction` half of `movie_snippets.jsonl`); its ROC-AUC is measured on the other (`probe`) half. The concept
-judge (glp.judges) never sees movie snippets, so the direction and the judge come from different sources.
+judge (glp.uses.judges) never sees movie snippets, so the direction and the judge come from different sources.
 
 Position 0 (BOS) is never steered, scored or used: prompts are `[BOS] + tokens` with at least one token after
 BOS, they are prefilled up to their last token unsteered, and during generation only the newest position is
@@ -30,13 +30,13 @@ from torch import Tensor, nn
 
 from glp.artifacts import write_atomic
 from glp.config import SteerConfig
-from glp.evaluate import bootstrap_ci
-from glp.flow import euler_schedule, interpolate, module_device_dtype, project_on_manifold
-from glp.ood import Gate, calibrate, diffusion_score, gated_edit
-from glp.judges import (MOVIE_SNIPPETS, SentimentJudge, auc_ci, continuation_nll_sets, distinct_n,
+from glp.prior.evaluate import bootstrap_ci
+from glp.prior.flow import euler_schedule, interpolate, module_device_dtype, project_on_manifold
+from glp.uses.ood import Gate, calibrate, diffusion_score, gated_edit
+from glp.uses.judges import (MOVIE_SNIPPETS, SentimentJudge, auc_ci, continuation_nll_sets, distinct_n,
                         fit_sentiment_judge, left_pad, rewind_cache, vader_compound)
-from glp.corpus import load_labelled
-from glp.lm import SourceLM
+from glp.data.corpus import load_labelled
+from glp.data.lm import SourceLM
 from glp.progress import Progress
 from glp.prior import Prior
 
@@ -59,7 +59,7 @@ def default_prompts(corpus: Path, n: int, corpus_cfg: Any = None, max_words: int
     """Neutral prompts: first sentences (<= max_words words) of the first `n` held-out BBC news documents, filled
     from other held-out documents' first sentences when there are fewer BBC ones; sentences under `min_words`
     words and repeats are skipped. `corpus_cfg` (a CorpusConfig) splits a user corpus as the pipeline does."""
-    from glp.corpus import iter_documents
+    from glp.data.corpus import iter_documents
 
     bbc: list[str] = []
     other: list[str] = []
@@ -131,7 +131,7 @@ def last_token_acts(lm: SourceLM, layer: int, texts: Sequence[str], max_tokens: 
                     batch_size: int = 64) -> Tensor:
     """Block `layer`'s residual output at the last token of each text (`[BOS] + tokens` truncated to
     `max_tokens`; never BOS), (n, d) float32 on cpu. Batches are length-sorted; rows come back in text order."""
-    from glp.activations import forward_batch, tokenize_doc
+    from glp.data.activations import forward_batch, tokenize_doc
 
     seqs = [tokenize_doc(lm, t, min(max_tokens, max_positions(lm) or max_tokens)) for t in texts]
     if any(len(s) < 2 for s in seqs):
@@ -180,7 +180,7 @@ def mean_activation_norm(acts: np.ndarray | Tensor) -> float:
 
 def sdedit_levels(t_start: float, steps: int) -> Tensor:
     """The noise levels SDEdit integrates: t_start, then the `steps`-step grid levels strictly below it
-    (the same path as `glp.flow.project_on_manifold`)."""
+    (the same path as `glp.prior.flow.project_on_manifold`)."""
     ts = euler_schedule(steps)
     return torch.cat([torch.tensor([t_start], dtype=ts.dtype), ts[ts < t_start - 1e-6]])
 
@@ -236,7 +236,7 @@ def steer_edit(
     weights: list[Tensor] | None = None,
 ) -> Edit:
     """The edit a -> a + alpha w (alpha scalar or per row (B,)), then SDEdit with `prior` if given; with `gate`
-    too, SDEdit only in proportion to the gate's weight of each steered row (glp.ood.gated_edit), the weights
+    too, SDEdit only in proportion to the gate's weight of each steered row (glp.uses.ood.gated_edit), the weights
     appended to `weights` if given."""
 
     def edit(a: Tensor) -> Tensor:
@@ -535,7 +535,7 @@ def steering_report(lm: SourceLM, layer: int, prior: Prior, w: Tensor, mean_norm
         t_of.update({"glp": cfg.t_start, **{glp_mode(t): t for t in cfg.extra_t_starts}})
     if "gated" in cfg.post:
         if gate is None:
-            raise ValueError("steer.post has 'gated' but no calibrated gate was given (glp.ood.calibrate)")
+            raise ValueError("steer.post has 'gated' but no calibrated gate was given (glp.uses.ood.calibrate)")
         t_of["gated"] = cfg.t_start
     progress = Progress("steer generate", len(t_of) * len(cfg.r_values), "setting", log)
     for mode in t_of:
@@ -798,9 +798,9 @@ def build_steering(settings: Any, source: Any, log: Callable[[str], None] | None
     """Pipeline step: direction (+ held-out AUC), judge, Pareto report, plot; written atomically to
     `<source root>/steering.json` and `steering_pareto.png`."""
     from glp import pipeline
-    from glp.lm import load_source_lm
+    from glp.data.lm import load_source_lm
     from glp.prior import load_prior
-    from glp.store import ActivationStore
+    from glp.data.store import ActivationStore
 
     t0 = time.perf_counter()
     paths = pipeline.source_paths(settings, source)
@@ -869,9 +869,9 @@ def trend_priors(prior: Prior, paths: Any, heldout: np.ndarray, settings: Any) -
     """The priors of the fluency trend, weakest first: the Gaussian prior (the affine velocity of the training
     covariance), the prior's mid-training snapshots, and the prior itself, each with its held-out loss (the
     prior_eval protocol: n_t fixed levels, seeded noise, on up to 4,096 held-out rows)."""
-    from glp.evaluate import AffineVelocity, heldout_loss
+    from glp.prior.evaluate import AffineVelocity, heldout_loss
     from glp.prior import load_snapshots
-    from glp.stats import NormStats
+    from glp.data.stats import NormStats
 
     snaps = load_snapshots(prior, paths.prior)
     if not snaps:

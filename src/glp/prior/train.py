@@ -37,11 +37,11 @@ import torch
 
 from glp.artifacts import sha256_file, write_atomic
 from glp.config import DenoiserConfig, TrainConfig
-from glp.denoiser import GLPDenoiser
-from glp.flow import flow_matching_loss
+from glp.prior.denoiser import GLPDenoiser
+from glp.prior.flow import flow_matching_loss
 from glp.progress import Progress
-from glp.stats import Normalizer
-from glp.store import ActivationStore, iter_shuffled_batches, n_batches
+from glp.data.stats import Normalizer
+from glp.data.store import ActivationStore, iter_shuffled_batches, n_batches
 
 
 class TrainingInterrupted(RuntimeError):
@@ -464,7 +464,7 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = None) -> A
             m = re.search(r"GLOBAL (\S+)", str(e))
             what = f"a reference to {m.group(1)}" if m else " ".join(str(e).split())[:200]
             raise UnsafeCheckpoint(
-                f"{path} holds {what}, which is not in glp.train.SAFE_CHECKPOINT_GLOBALS: refused, nothing in it was "
+                f"{path} holds {what}, which is not in glp.prior.train.SAFE_CHECKPOINT_GLOBALS: refused, nothing in it was "
                 f"run. Delete {Path(path).parent} to resume from the checkpoint before it (or, if a DeepSpeed upgrade "
                 "added a plain data type, review it and add it to the list)") from e
 

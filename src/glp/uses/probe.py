@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from glp.config import ProbeConfig
-from glp.evaluate import bootstrap_ci
+from glp.prior.evaluate import bootstrap_ci
 from glp.progress import Progress
 
 FAMILY_LABELS = {"sae": "SAE", "layer": "raw layer", "mlp": "raw MLP neuron", "glp": "GLP"}
@@ -47,13 +47,13 @@ class ProbeError(ValueError):
 
 def mlp_out_proj(block: nn.Module) -> nn.Module:
     """The MLP output projection of a decoder block (we hook its input), or a clear error."""
-    from glp.lm import find_module
+    from glp.data.lm import find_module
 
     found = find_module(block, _MLP_OUT)
     if found is not None:
         return found
     raise ProbeError(f"cannot find the MLP output projection in {type(block).__name__} "
-                     f"(looked for {', '.join(_MLP_OUT)}): add its name to glp.probe._MLP_OUT")
+                     f"(looked for {', '.join(_MLP_OUT)}): add its name to glp.uses.probe._MLP_OUT")
 
 
 @torch.no_grad()
@@ -64,8 +64,8 @@ def last_token_features(lm: Any, layer: int, texts: Sequence[str], max_seq_len: 
     Texts are tokenized as in the activation store (`[BOS] + tokens`, truncated) and right-padded; the
     forward stops after the block.
     """
-    from glp.activations import tokenize_doc
-    from glp.lm import capture_residual, run_until_captured
+    from glp.data.activations import tokenize_doc
+    from glp.data.lm import capture_residual, run_until_captured
 
     block = lm.block(layer)
     box: dict[str, torch.Tensor] = {}
@@ -124,7 +124,7 @@ def glp_meta_neurons(prior: Any, acts: np.ndarray, t: float, seed: int, batch_si
 
 def sae_features(sae: Any, normalizer: Any, acts: np.ndarray) -> np.ndarray:
     """TopK SAE latents (n, n_latents) of raw activations."""
-    from glp.sae import sae_latents
+    from glp.uses.sae import sae_latents
 
     return sae_latents(sae, normalizer, torch.from_numpy(np.ascontiguousarray(acts, dtype=np.float32))).numpy()
 
@@ -463,13 +463,13 @@ def meta_neuron_dashboards(prior: Any, store: Any, tokenizer: Any, units: dict[s
 
 def build_probes(settings: Any, source: Any, log: Log | None = None) -> dict[str, Any]:
     """Probe every task with every family for one source; write `probes/` (results.json, plot, dashboards)."""
-    from glp.lm import load_source_lm, resolve_device
+    from glp.data.lm import load_source_lm, resolve_device
     from glp.pipeline import model_dir, source_paths
     from glp.prior import load_prior
-    from glp.probe_tasks import load_tasks, tasks_hash
-    from glp.sae import load_sae, sae_dir
+    from glp.data.probe_tasks import load_tasks, tasks_hash
+    from glp.uses.sae import load_sae, sae_dir
     from glp.artifacts import fresh_temp_dir, publish_dir, write_manifest
-    from glp.store import ActivationStore
+    from glp.data.store import ActivationStore
 
     cfg: ProbeConfig = settings.probe
     paths = source_paths(settings, source)

@@ -24,7 +24,7 @@ import torch.nn as nn
 from numpy.typing import ArrayLike
 from torch import Tensor
 
-from glp.flow import flow_matching_loss, module_device_dtype
+from glp.prior.flow import flow_matching_loss, module_device_dtype
 
 DEFAULT_TS = (0.1, 0.3, 0.5)
 
@@ -55,7 +55,7 @@ def diffusion_score(model: nn.Module, z: Tensor, ts: Sequence[float] = DEFAULT_T
 @torch.no_grad()
 def sdedit_error(model: nn.Module, z: Tensor, t_start: float = 0.5, steps: int = 20, seed: int = 0) -> Tensor:
     """Per-row mean squared change ‖z − SDEdit(z)‖² / d of normalized rows z (B, d) under the prior."""
-    from glp.flow import project_on_manifold
+    from glp.prior.flow import project_on_manifold
 
     device, dtype = module_device_dtype(model)
     z = z.reshape(-1, z.shape[-1]).to(device, dtype)
@@ -201,7 +201,7 @@ def auroc_table(real: dict[str, np.ndarray], off: dict[str, np.ndarray], n_boot:
     for every other score, the paired CI of AUROC(reference) − AUROC(score) on the same resamples.
 
     `real` and `off` map score name -> (n,) scores, higher = more off-manifold."""
-    from glp.evaluate import auc_score
+    from glp.prior.evaluate import auc_score
 
     names = list(real)
     n_real, n_off = len(real[names[0]]), len(off[names[0]])
@@ -252,7 +252,7 @@ def doc_rows(lm: Any, layers: Sequence[int], texts: Sequence[str], max_seq_len: 
              max_tokens: int) -> tuple[dict[int, Tensor], np.ndarray]:
     """Block outputs at each of `layers` for every non-BOS token of the first texts up to `max_tokens` tokens,
     ({layer: (n, d)}, positions (n,)), rows in document order."""
-    from glp.delta_lm import batch_docs, heldout_docs, layer_rows
+    from glp.uses.delta_lm import batch_docs, heldout_docs, layer_rows
 
     seqs, _ = heldout_docs(lm, list(texts), max_seq_len, max_tokens)
     if not seqs:
@@ -284,13 +284,13 @@ def build_ood(settings: Any, source: Any, log: Callable[[str], None] | None = No
 
     from glp import pipeline
     from glp.artifacts import write_atomic
-    from glp.corpus import iter_documents, load_labelled
-    from glp.lm import load_source_lm
+    from glp.data.corpus import iter_documents, load_labelled
+    from glp.data.lm import load_source_lm
     from glp.prior import load_prior
-    from glp.sae import load_sae, sae_dir
-    from glp.stats import NormStats
-    from glp.steer import mean_activation_norm, movie_snippets, sentiment_direction
-    from glp.store import ActivationStore
+    from glp.uses.sae import load_sae, sae_dir
+    from glp.data.stats import NormStats
+    from glp.uses.steer import mean_activation_norm, movie_snippets, sentiment_direction
+    from glp.data.store import ActivationStore
 
     say = log or (lambda _m: None)
     t0 = time.perf_counter()
@@ -502,10 +502,10 @@ def score_text(settings: Any, source: Any, text: str) -> dict[str, Any]:
     tokens (the `ood` asset's reference rows: same seeded shuffle, same noise) and a flag above the (1 − ood.fpr)
     quantile."""
     from glp import pipeline
-    from glp.activations import forward_batch, tokenize_doc
-    from glp.lm import load_source_lm
+    from glp.data.activations import forward_batch, tokenize_doc
+    from glp.data.lm import load_source_lm
     from glp.prior import load_prior
-    from glp.store import ActivationStore
+    from glp.data.store import ActivationStore
 
     cfg = settings.ood
     paths = pipeline.source_paths(settings, source)

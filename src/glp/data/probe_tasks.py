@@ -1,6 +1,6 @@
 """Binary probing tasks built offline from the corpus, the labelled data and vaderSentiment's lexicon.
 
-`python -m glp.probe_tasks --out assets/datasets/probe_tasks/data` (the DVC stage `probe_tasks`) writes
+`python -m glp.data.probe_tasks --out assets/datasets/probe_tasks/data` (the DVC stage `probe_tasks`) writes
 
     tasks.json       one entry per task: name, category, description, source, licence, counts, token estimate
     examples.jsonl   one row per example: task, id, text, label (0/1), split (train/test)
@@ -89,7 +89,7 @@ def bbc_lead(text: str, words: int = BBC_LEAD_WORDS) -> str:
 
 def _views(corpus: Path, labelled: Path | None) -> dict:
     """Everything the task builders read, from the prepared corpus and (if given) the labelled data."""
-    from glp.corpus import load_documents, load_labelled, text_key
+    from glp.data.corpus import load_documents, load_labelled, text_key
 
     docs = load_documents(corpus, "train") + load_documents(corpus, "heldout")
     docs.sort(key=lambda d: d["id"])
@@ -278,9 +278,9 @@ def balance_and_split(
     """Drop forbidden texts and texts found in both classes, take the first `per_class` distinct texts of each
     class in the shared seeded order (`text_rank`), split each class train/test (stratified), mix the classes.
 
-    `forbidden` holds `glp.corpus.text_key`s of texts no task may use (the movie snippets' direction half).
+    `forbidden` holds `glp.data.corpus.text_key`s of texts no task may use (the movie snippets' direction half).
     """
-    from glp.corpus import text_key
+    from glp.data.corpus import text_key
 
     both = {t for _, t in pos} & {t for _, t in neg}
     classes = []
@@ -407,7 +407,7 @@ def split_counts(task: ProbeTask) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from glp.corpus import LABELLED_DIR, MANIFEST as DATA_MANIFEST, corpus_hash
+    from glp.data.corpus import LABELLED_DIR, MANIFEST as DATA_MANIFEST, corpus_hash
 
     default = ProbeTasksConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from glp.config import CorpusConfig, SourceLMConfig, config_hash
 from glp.artifacts import fresh_temp_dir, publish_dir
-from glp.corpus import corpus_hash, load_documents
+from glp.data.corpus import corpus_hash, load_documents
 
 EOT = "<|endoftext|>"
 REPORT = "train_report.json"

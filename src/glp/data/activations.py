@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from glp.config import StoreConfig
-from glp.lm import SourceLM, capture_residual, run_until_captured
+from glp.data.lm import SourceLM, capture_residual, run_until_captured
 from glp.progress import Progress
-from glp.store import StoreWriter
+from glp.data.store import StoreWriter
 
 
 @dataclass
@@ -67,7 +67,7 @@ def iter_windows(
 
     `docs` yields the texts from document `doc` on. A window holds `window_docs` documents that yield rows; the
     token cap is checked per document (the document that reaches it is the last one), and reading stops before
-    `stop_doc`. Extraction and the shard plan (glp.shards) both cut windows here, so they always agree."""
+    `stop_doc`. Extraction and the shard plan (glp.data.shards) both cut windows here, so they always agree."""
     exhausted = False
     while not exhausted and rows_total < cap:
         window: list[tuple[int, list[int]]] = []
@@ -100,7 +100,7 @@ def extract_activations(
 
     `texts` is consumed as a stream (pass a generator to keep memory independent of the corpus size) and always
     starts at the corpus's first document. `doc_range` = (lo, hi): extract exactly documents lo..hi-1, one shard of
-    a plan made under `max_tokens` (glp.shards.plan_shards: the cap is already in the range, lo is a window start),
+    a plan made under `max_tokens` (glp.data.shards.plan_shards: the cap is already in the range, lo is a window start),
     so its windows, batches and rows are the one-worker extraction's.
     """
     lm.block(layer)  # validate the layer before any work

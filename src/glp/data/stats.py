@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from glp.artifacts import write_atomic
-from glp.store import ActivationStore
+from glp.data.store import ActivationStore
 
 EPS = 1e-6
 

@@ -28,7 +28,7 @@ from glp.artifacts import sha256_file, write_atomic
 from glp.config import BUILTIN_MODEL, Settings, SourceConfig, config_hash
 
 if TYPE_CHECKING:
-    from glp.store import Location
+    from glp.data.store import Location
 
 Log = Callable[[str], None]
 
@@ -58,7 +58,7 @@ class SourcePaths:
 
     def _located(self, name: str) -> Location:
         """`name` under the activations: a local Path, or a UPath at `store.activations_url`."""
-        from glp.store import as_location
+        from glp.data.store import as_location
 
         return as_location(f"{self.activations_url}/{name}") if self.activations_url else self.activations / name
 
@@ -67,7 +67,7 @@ class SourcePaths:
         return self._located(f"{split}.zarr")
 
     def shard_store(self, split: str, k: int, n: int) -> Location:
-        """Shard k of n of a split's store (glp.shards), beside the stores."""
+        """Shard k of n of a split's store (glp.data.shards), beside the stores."""
         return self._located(f"shards/{split}-{k}-of-{n}.zarr")
 
     def shard_plan(self, version: str, n: int) -> Path:
@@ -102,7 +102,7 @@ def source_paths(settings: Settings, source: SourceConfig) -> SourcePaths:
 
 def check_corpus(settings: Settings) -> dict[str, Any]:
     """Validate the prepared corpus (both splits parse, none empty) and describe it."""
-    from glp.corpus import corpus_hash, load_documents
+    from glp.data.corpus import corpus_hash, load_documents
 
     path = settings.corpus.path
     counts = {split: load_documents(path, split, settings.corpus) for split in ("train", "heldout")}
@@ -116,8 +116,8 @@ def check_corpus(settings: Settings) -> dict[str, Any]:
 
 
 def builtin_lm_dir(settings: Settings) -> Path:
-    from glp.corpus import corpus_hash
-    from glp.source_lm import source_lm_dir
+    from glp.data.corpus import corpus_hash
+    from glp.data.source_lm import source_lm_dir
 
     return source_lm_dir(settings.store.root, settings.source_lm, corpus_hash(settings.corpus.path, settings.corpus))
 
@@ -128,7 +128,7 @@ def uses_builtin(settings: Settings) -> bool:
 
 def build_source_lm(settings: Settings, log: Log = _nolog) -> dict[str, Any]:
     """Train (or reuse) the builtin source LM; returns its training report plus its path."""
-    from glp.source_lm import train_source_lm
+    from glp.data.source_lm import train_source_lm
 
     out = builtin_lm_dir(settings)
     report = train_source_lm(settings.corpus.path, settings.source_lm, out, log=log, corpus_cfg=settings.corpus)
@@ -136,15 +136,15 @@ def build_source_lm(settings: Settings, log: Log = _nolog) -> dict[str, Any]:
 
 
 def uses_packaged(settings: Settings) -> list[str]:
-    """The packaged source models (glp.source_model.PACKAGED) the configured sources name."""
-    from glp.source_model import is_packaged
+    """The packaged source models (glp.data.source_model.PACKAGED) the configured sources name."""
+    from glp.data.source_model import is_packaged
 
     return sorted({s.model for s in settings.sources if is_packaged(s.model)})
 
 
 def build_source_model(settings: Settings, log: Log = _nolog) -> list[dict[str, Any]]:
     """Convert (or reuse) every packaged source model into its `save_pretrained` folder; one report each."""
-    from glp.source_model import convert_packaged
+    from glp.data.source_model import convert_packaged
 
     return [convert_packaged(name, settings.store.root, log=log) for name in uses_packaged(settings)]
 
@@ -152,7 +152,7 @@ def build_source_model(settings: Settings, log: Log = _nolog) -> list[dict[str, 
 def model_dir(settings: Settings, source: SourceConfig) -> Path:
     """The local folder `from_pretrained` loads for a source: the builtin LM's, a packaged model's conversion, or
     the user's own folder."""
-    from glp.source_model import converted_dir, is_packaged
+    from glp.data.source_model import converted_dir, is_packaged
 
     if source.model == BUILTIN_MODEL:
         return builtin_lm_dir(settings)
@@ -175,7 +175,7 @@ def model_fingerprint(path: Path) -> str:
 
 def activations_version(settings: Settings, source: SourceConfig) -> str:
     """What the stored activations depend on: model identity, layer, corpus, extraction config."""
-    from glp.corpus import corpus_hash
+    from glp.data.corpus import corpus_hash
 
     return _hash(model_fingerprint(model_dir(settings, source)), source.layer, corpus_hash(settings.corpus.path, settings.corpus),
                  config_hash(settings.store))
@@ -183,10 +183,10 @@ def activations_version(settings: Settings, source: SourceConfig) -> str:
 
 def build_activations(settings: Settings, source: SourceConfig, log: Log = _nolog) -> dict[str, Any]:
     """Extract the train and held-out activation stores of one source (the train split in `store.shards` shards,
-    merged, when more than one: glp.shards)."""
-    from glp.activations import extract_activations
-    from glp.corpus import iter_documents
-    from glp.lm import load_source_lm
+    merged, when more than one: glp.data.shards)."""
+    from glp.data.activations import extract_activations
+    from glp.data.corpus import iter_documents
+    from glp.data.lm import load_source_lm
 
     paths = source_paths(settings, source)
     mdir = model_dir(settings, source)
@@ -214,17 +214,17 @@ def build_activations(settings: Settings, source: SourceConfig, log: Log = _nolo
 def _attrs(settings: Settings, source: SourceConfig, mdir: Path, version: str) -> dict[str, Any]:
     """The attrs every store of a source carries; `version` = activations_version (computed once by the caller: it
     hashes the corpus and fingerprints the model)."""
-    from glp.corpus import corpus_hash
+    from glp.data.corpus import corpus_hash
 
     return {"model": source.model_name, "model_path": str(mdir),
             "corpus_hash": corpus_hash(settings.corpus.path, settings.corpus), "version": version}
 
 
 def shard_plan(settings: Settings, source: SourceConfig, lm: Any, version: str, log: Log = _nolog) -> Any:
-    """The train split's shard plan (glp.shards.ShardPlan), computed once per activations version and cached."""
-    from glp.activations import window_docs_of
-    from glp.corpus import iter_documents
-    from glp.shards import ShardPlan, plan_shards
+    """The train split's shard plan (glp.data.shards.ShardPlan), computed once per activations version and cached."""
+    from glp.data.activations import window_docs_of
+    from glp.data.corpus import iter_documents
+    from glp.data.shards import ShardPlan, plan_shards
 
     from filelock import FileLock
 
@@ -245,11 +245,11 @@ def shard_plan(settings: Settings, source: SourceConfig, lm: Any, version: str, 
 
 def build_activation_shard(settings: Settings, source: SourceConfig, k: int, log: Log = _nolog,
                            lm: Any = None) -> dict[str, Any]:
-    """Extract shard k of the train split (`store.shards` shards; glp.shards), or keep it when already published."""
-    from glp.activations import extract_activations
-    from glp.corpus import iter_documents
-    from glp.lm import load_source_lm
-    from glp.shards import shard_attrs
+    """Extract shard k of the train split (`store.shards` shards; glp.data.shards), or keep it when already published."""
+    from glp.data.activations import extract_activations
+    from glp.data.corpus import iter_documents
+    from glp.data.lm import load_source_lm
+    from glp.data.shards import shard_attrs
 
     n = settings.store.shards
     if not 0 <= k < n:
@@ -276,8 +276,8 @@ def merge_activation_shards(settings: Settings, source: SourceConfig, lm: Any, l
     delete them."""
     import time
 
-    from glp.shards import merge_shards
-    from glp.store import ActivationStore, remove_store
+    from glp.data.shards import merge_shards
+    from glp.data.store import ActivationStore, remove_store
 
     n, paths = settings.store.shards, source_paths(settings, source)
     for k in range(n):
@@ -298,7 +298,7 @@ def finished_store(path: Location, version: str, split: str, log: Log = _nolog,
 
     Extraction is deterministic, so such a store is what extracting again would write; a store of another
     version, an unverifiable or a corrupt one is extracted again (the new store replaces it atomically)."""
-    from glp.store import ActivationStore, StoreError
+    from glp.data.store import ActivationStore, StoreError
 
     if not path.exists():
         return None
@@ -321,12 +321,12 @@ def finished_store(path: Location, version: str, split: str, log: Log = _nolog,
 
 def count_tokens(settings: Settings, source: SourceConfig, split: str) -> int:
     """Non-BOS tokens of the documents a store says it covers, re-tokenized independently of extraction."""
-    from glp.activations import tokenize_doc
+    from glp.data.activations import tokenize_doc
     from itertools import islice
 
-    from glp.corpus import iter_documents
-    from glp.lm import load_source_lm
-    from glp.store import ActivationStore
+    from glp.data.corpus import iter_documents
+    from glp.data.lm import load_source_lm
+    from glp.data.store import ActivationStore
 
     store = ActivationStore(source_paths(settings, source).store(split))
     lm = load_source_lm(model_dir(settings, source), "cpu", "float32", settings.trust_remote_code)
@@ -338,8 +338,8 @@ def count_tokens(settings: Settings, source: SourceConfig, split: str) -> int:
 
 
 def build_norm_stats(settings: Settings, source: SourceConfig) -> dict[str, Any]:
-    from glp.stats import compute_stats
-    from glp.store import ActivationStore
+    from glp.data.stats import compute_stats
+    from glp.data.store import ActivationStore
 
     paths = source_paths(settings, source)
     stats = compute_stats(ActivationStore(paths.store("train")))
@@ -361,11 +361,11 @@ def build_prior(settings: Settings, source: SourceConfig, log: Log = _nolog) -> 
     all of them train, rank 0 exports and returns the summary; the other ranks return only their steps and losses."""
     import os
 
-    from glp.lm import resolve_device
+    from glp.data.lm import resolve_device
     from glp.prior import save_prior
-    from glp.stats import NormStats
-    from glp.store import ActivationStore
-    from glp.train import train_prior
+    from glp.data.stats import NormStats
+    from glp.data.store import ActivationStore
+    from glp.prior.train import train_prior
 
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world != settings.train.world_size:
@@ -418,13 +418,13 @@ def evaluate(settings: Settings, source: SourceConfig, log: Log = _nolog) -> dic
     import numpy as np
     import torch
 
-    from glp.delta_lm import pca_mse_by_k
-    from glp.evaluate import evaluate_prior
-    from glp.lm import resolve_device
+    from glp.uses.delta_lm import pca_mse_by_k
+    from glp.prior.evaluate import evaluate_prior
+    from glp.data.lm import resolve_device
     from glp.prior import load_prior
-    from glp.sae import load_sae, sae_dir
-    from glp.stats import NormStats
-    from glp.store import ActivationStore
+    from glp.uses.sae import load_sae, sae_dir
+    from glp.data.stats import NormStats
+    from glp.data.store import ActivationStore
 
     paths = source_paths(settings, source)
     device = resolve_device(settings.device)

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glp.corpus import load_labelled
-from glp.lm import SourceLM
+from glp.data.corpus import load_labelled
+from glp.data.lm import SourceLM
 
 MOVIE_SNIPPETS = "movie_snippets.jsonl"
 AMAZON_REVIEWS = "amazon_reviews.jsonl"
@@ -89,7 +89,7 @@ def fit_sentiment_judge(folder: Path, seed: int = 0, test_fraction: float = 0.2,
     from sklearn.model_selection import train_test_split
     from sklearn.pipeline import make_pipeline
 
-    from glp.evaluate import bootstrap_ci
+    from glp.prior.evaluate import bootstrap_ci
 
     t0 = time.perf_counter()
     texts, y, src = judge_training_data(folder)

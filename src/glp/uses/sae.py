@@ -26,9 +26,9 @@ from torch import Tensor, nn
 
 from glp.config import SAEConfig
 from glp.progress import Progress
-from glp.stats import ArtifactCorrupt, Normalizer, tensors_sha256
+from glp.data.stats import ArtifactCorrupt, Normalizer, tensors_sha256
 from glp.artifacts import fresh_temp_dir, publish_dir
-from glp.store import ActivationStore, iter_shuffled_batches, n_batches
+from glp.data.store import ActivationStore, iter_shuffled_batches, n_batches
 
 WEIGHTS, CONFIG = "sae.safetensors", "config.json"
 
@@ -215,9 +215,9 @@ def sae_dir(source_root: Path) -> Path:
 def build_sae(settings: Any, source: Any, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train the SAE of one source on its train store (the prior's budget of rows) and export it."""
     from glp.config import config_hash
-    from glp.lm import resolve_device
+    from glp.data.lm import resolve_device
     from glp.pipeline import short_sha256, source_paths
-    from glp.stats import NormStats
+    from glp.data.stats import NormStats
 
     paths = source_paths(settings, source)
     store = ActivationStore(paths.store("train"))

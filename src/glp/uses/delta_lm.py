@@ -26,8 +26,8 @@ from torch import Tensor
 
 from glp.config import DeltaLMConfig
 from glp.artifacts import write_atomic
-from glp.evaluate import bootstrap_ci
-from glp.lm import SourceLM
+from glp.prior.evaluate import bootstrap_ci
+from glp.data.lm import SourceLM
 from glp.prior import Prior
 from glp.progress import Log, Progress
 
@@ -55,7 +55,7 @@ def heldout_docs(lm: SourceLM, texts: Sequence[str], max_seq_len: int, max_token
                  start: int = 0) -> tuple[list[list[int]], int]:
     """`[BOS] + tokens` of texts[start:], in order, up to `max_tokens` non-BOS tokens; (docs, index after the last
     text used), so that a second call from that index takes documents disjoint from the first."""
-    from glp.activations import tokenize_doc
+    from glp.data.activations import tokenize_doc
 
     seqs, total, i = [], 0, start
     while i < len(texts) and total < max_tokens:
@@ -136,7 +136,7 @@ def pca_mse_by_k(z: Tensor, mu: Tensor, axes: Tensor) -> np.ndarray:
 
 def layer_rows(lm: SourceLM, layer: int, batches: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
     """Block `layer`'s residual output at every non-BOS position of `batches`, (n_tokens, d) float32 on cpu."""
-    from glp.lm import capture_residual, run_until_captured
+    from glp.data.lm import capture_residual, run_until_captured
 
     rows = []
     with torch.inference_mode(), capture_residual(lm, layer, stop=True) as box:
@@ -151,14 +151,14 @@ def layer_rows(lm: SourceLM, layer: int, batches: Sequence[tuple[Tensor, Tensor]
 def delta_lm_report(lm: SourceLM, layer: int, prior: Prior, texts: Sequence[str], train_rows: np.ndarray,
                     cfg: DeltaLMConfig, max_seq_len: int = 128, sae: Any = None,
                     log: Log | None = None) -> dict[str, Any]:
-    """ΔCE of GLP, SAE (if given: a `glp.sae.TopKSAE` on normalized rows), PCA-k and mean-ablation reconstructions
+    """ΔCE of GLP, SAE (if given: a `glp.uses.sae.TopKSAE` on normalized rows), PCA-k and mean-ablation reconstructions
     on held-out `texts`; train_rows (n, d) fit the PCA.
 
     The first `cfg.max_tokens` tokens of `texts` are scored; the next `cfg.select_tokens` (later documents) are
     where PCA-k is matched to the GLP's error.
     """
-    from glp.stats import Normalizer
-    from glp.steer import sdedit, sdedit_levels
+    from glp.data.stats import Normalizer
+    from glp.uses.steer import sdedit, sdedit_levels
 
     norm = Normalizer(prior.normalizer.mean.cpu(), prior.normalizer.std.cpu())
     scored, next_doc = heldout_docs(lm, texts, max_seq_len, cfg.max_tokens)
@@ -248,10 +248,10 @@ def delta_lm_markdown(report: dict[str, Any]) -> str:
 def build_delta_lm(settings: Any, source: Any, log: Log | None = None) -> dict[str, Any]:
     """Pipeline step: the ΔLM report on the held-out split, written atomically to `<source root>/delta_lm.json`."""
     from glp import pipeline
-    from glp.corpus import load_documents
-    from glp.lm import load_source_lm
+    from glp.data.corpus import load_documents
+    from glp.data.lm import load_source_lm
     from glp.prior import load_prior
-    from glp.store import ActivationStore
+    from glp.data.store import ActivationStore
 
     paths = pipeline.source_paths(settings, source)
     cfg: DeltaLMConfig = settings.delta_lm
@@ -260,7 +260,7 @@ def build_delta_lm(settings: Any, source: Any, log: Log | None = None) -> dict[s
     store = ActivationStore(paths.store("train"))
     train_rows = store.rows(0, cfg.pca_rows)
     texts = [d["text"] for d in load_documents(settings.corpus.path, "heldout", settings.corpus)]
-    from glp.sae import load_sae, sae_dir
+    from glp.uses.sae import load_sae, sae_dir
 
     if not (sae_dir(paths.root) / "config.json").is_file():
         raise FileNotFoundError(f"no SAE at {sae_dir(paths.root)}: delta_lm compares the GLP with the SAE's "
