@@ -15,14 +15,9 @@ import warnings
 import dagster as dg
 
 from glp.config import Settings, load_settings
-from glp_dagster.assets import build_assets
-from glp_dagster.checks import build_checks
 from glp_dagster.console import console_logger
+from glp_dagster.defs import data, ood, prior, probing, scaling, steering
 from glp_dagster.executors import glp_executor
-from glp_dagster.assets_ood import build_ood_assets, build_ood_checks
-from glp_dagster.assets_probing import build_probing_assets, build_probing_checks
-from glp_dagster.assets_scaling import build_scaling_assets, build_scaling_checks
-from glp_dagster.assets_steering import build_steering_assets, build_steering_checks
 from glp_dagster.resources import settings_resource
 
 # Two framework notices about features we chose knowingly, printed once per check or selection on every run:
@@ -54,16 +49,13 @@ def source_partitions(settings: Settings) -> dg.StaticPartitionsDefinition:
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     partitions = source_partitions(settings)
-    assets = build_assets(settings, partitions)
-    checks = build_checks(partitions)
-    assets += build_probing_assets(settings, partitions)
-    checks += build_probing_checks(partitions)
-    assets += build_steering_assets(settings, partitions)
-    checks += build_steering_checks(partitions)
-    assets += build_scaling_assets(settings, partitions)  # a separate selection: not in make run
-    checks += build_scaling_checks(partitions)
-    assets += build_ood_assets(settings, partitions)
-    checks += build_ood_checks(partitions)
+    assets = [*data.build_data_assets(settings, partitions), *prior.build_prior_assets(settings, partitions),
+              *probing.build_probing_assets(settings, partitions), *steering.build_steering_assets(settings, partitions),
+              *scaling.build_scaling_assets(settings, partitions),  # a separate selection: not in make run
+              *ood.build_ood_assets(settings, partitions)]
+    checks = [*data.build_data_checks(partitions), *prior.build_prior_checks(partitions),
+              *probing.build_probing_checks(partitions), *steering.build_steering_checks(partitions),
+              *scaling.build_scaling_checks(partitions), *ood.build_ood_checks(partitions)]
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,

@@ -14,8 +14,8 @@ import numpy as np
 
 from glp import fmt, pipeline
 from glp.config import Settings, config_hash
-from glp_dagster.assets import GROUP, _materialize_hint, user_errors, writing
-from glp_dagster.checks import reports_errors
+from glp_dagster.step import GROUP, _materialize_hint, user_errors, writing, reports_errors
+
 from glp_dagster.metadata import inline, png, readable
 from glp_dagster.resources import GLPSettings
 
@@ -34,13 +34,13 @@ def require(path: Path, upstream: str, asset: str, partition: str | None) -> Non
 
 
 def _sae_dir(s: Settings, src) -> Path:  # noqa: ANN001 (SourceConfig)
-    from glp.uses.sae import sae_dir
+    from glp.pipeline.layout import sae_dir
 
     return sae_dir(pipeline.source_paths(s, src).root)
 
 
 def _probes_dir(s: Settings, src) -> Path:  # noqa: ANN001
-    from glp.uses.probe import probes_dir
+    from glp.pipeline.layout import probes_dir
 
     return probes_dir(pipeline.source_paths(s, src).root)
 
@@ -81,7 +81,7 @@ def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition
         require(paths.store("train"), "activations", "sae", context.partition_key)
         require(paths.norm_stats, "norm_stats", "sae", context.partition_key)
         with user_errors(), writing(context, _sae_dir(s, src)):
-            from glp.uses.sae import build_sae
+            from glp.pipeline.probing import build_sae
 
             out = build_sae(s, src, log=context.log.info)
         fvu = "fraction of variance unexplained"
@@ -115,7 +115,7 @@ def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition
         if "sae" in s.probe.families:
             require(_sae_dir(s, src), "sae", "probes", part)
         with user_errors(), writing(context, _probes_dir(s, src)):
-            from glp.uses.probe import build_probes
+            from glp.pipeline.probing import build_probes
 
             rep = build_probes(s, src, log=context.log.info)
         fams, summ = rep["families"], rep["summary"]

@@ -13,8 +13,8 @@ import numpy as np
 
 from glp import fmt, pipeline
 from glp.config import Settings, config_hash
-from glp_dagster.assets import GROUP, require_upstream, user_errors, writing
-from glp_dagster.checks import reports_errors
+from glp_dagster.step import GROUP, require_upstream, user_errors, writing, reports_errors
+
 from glp_dagster.metadata import inline, png, readable
 from glp_dagster.resources import GLPSettings
 
@@ -28,7 +28,8 @@ def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinitio
               code_version=f"{STEERING_VERSION}-{config_hash(settings.steer)}")
     def steering(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """DiffMean sentiment steering with and without GLP post-processing: a concept–fluency Pareto report."""
-        from glp.uses.steer import build_steering, gated_statement, pareto_inline, steering_markdown, trend_statement
+        from glp.pipeline.steering import build_steering
+        from glp.uses.steer_report import gated_statement, pareto_inline, steering_markdown, trend_statement
 
         s, src = glp.settings, glp.source(context)
         require_upstream(pipeline.source_paths(s, src).prior, "glp_prior", "steering", context.partition_key)
@@ -68,9 +69,10 @@ def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinitio
               code_version=f"{DELTA_LM_VERSION}-{config_hash(settings.delta_lm)}")
     def delta_lm(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Next-token CE increase when the layer is replaced by GLP / SAE / PCA-k / mean reconstructions."""
-        from glp.uses.delta_lm import build_delta_lm, delta_lm_markdown
+        from glp.pipeline.steering import build_delta_lm
+        from glp.uses.delta_lm import delta_lm_markdown
         from glp.report import delta_lm_inline
-        from glp.uses.sae import sae_dir
+        from glp.pipeline.layout import sae_dir
 
         s, src = glp.settings, glp.source(context)
         require_upstream(pipeline.source_paths(s, src).prior, "glp_prior", "delta_lm", context.partition_key)
@@ -126,7 +128,7 @@ def build_steering_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetC
     def steering_r0_is_unsteered(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """The raw r=0 row equals plain generation (no hook), regenerated here, token for token."""
         from glp.data.lm import load_source_lm
-        from glp.uses.steer import encode, generate
+        from glp.uses.generate import encode, generate
 
         s, src = glp.settings, glp.source(context)
         rep = report(glp, context, "steering.json")
@@ -174,7 +176,7 @@ def build_steering_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetC
     def steering_concept_rises_with_r(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Raw steering moves the judge: Spearman rho of r vs P(positive) over raw rows > 0, its CI (prompts
         resampled) above 0 (warning only)."""
-        from glp.uses.steer import concept_rises
+        from glp.uses.steer_report import concept_rises
 
         rep = report(glp, context, "steering.json")
         t = rep["concept_trend"]

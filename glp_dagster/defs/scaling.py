@@ -20,8 +20,8 @@ import numpy as np
 
 from glp import fmt, pipeline
 from glp.config import Settings, config_hash
-from glp_dagster.assets import GROUP, require_upstream, user_errors, writing
-from glp_dagster.checks import reports_errors
+from glp_dagster.step import GROUP, require_upstream, user_errors, writing, reports_errors
+
 from glp_dagster.metadata import inline, png, readable
 from glp_dagster.resources import GLPSettings
 
@@ -29,7 +29,7 @@ SCALING_VERSION = "1"
 
 
 def _root(s: Settings, src) -> Path:  # noqa: ANN001 (SourceConfig)
-    from glp.uses.scaling import scaling_dir
+    from glp.pipeline.layout import scaling_dir
 
     return scaling_dir(pipeline.source_paths(s, src).root)
 
@@ -41,7 +41,8 @@ def build_scaling_assets(settings: Settings, partitions: dg.PartitionsDefinition
     def scaling(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Priors over depth × width × activations seen: held-out loss vs C = 6·N·D, the fit L(C) = E + A·C^(−α)
         with bootstrap CIs, and probe AUC / steering / ΔLM against loss (Spearman, bootstrap CIs)."""
-        from glp.uses.scaling import build_scaling, scaling_headline, scaling_inline, scaling_markdown
+        from glp.pipeline.scaling import build_scaling
+        from glp.uses.scaling import scaling_headline, scaling_inline, scaling_markdown
 
         s, src, part = glp.settings, glp.source(context), context.partition_key
         paths = pipeline.source_paths(s, src)
