@@ -34,7 +34,8 @@ def main() -> None:
     from glp.data.activations import forward_batch, tokenize_doc
     from glp.config import load_settings
     from glp.data.lm import load_source_lm
-    from glp.uses.ood import diffusion_score, mahalanobis_score, mahalanobis_whitener
+    from glp.prior.manifold import diffusion_score
+    from glp.uses.ood import mahalanobis_score, mahalanobis_whitener
     from glp.prior import load_prior
     from glp.data.stats import NormStats
     from glp.data.store import ActivationStore

@@ -23,12 +23,13 @@ import torch
 def main() -> None:
     from glp import pipeline
     from glp.config import load_settings
-    from glp.prior.evaluate import bootstrap_ci
+    from glp.ci import bootstrap_ci
     from glp.uses.judges import continuation_nll
     from glp.data.lm import load_source_lm
     from glp.prior import load_prior
-    from glp.uses.steer import (default_prompts, encode, generate, mean_activation_norm, movie_snippets, sdedit,
-                           sentiment_direction, solver_passes, steer_edit)
+    from glp.uses.direction import default_prompts, mean_activation_norm, movie_snippets, sentiment_direction
+    from glp.uses.generate import encode, generate, steer_edit
+    from glp.prior.manifold import sdedit, solver_passes
     from glp.data.store import ActivationStore
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

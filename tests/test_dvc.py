@@ -60,7 +60,7 @@ def test_dataset_stages_are_wired_corpus_and_labelled_into_probe_tasks():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert set(stages) >= {"corpus", "labelled", "probe_tasks"}
     assert stages["labelled"]["outs"] == ["assets/datasets/labelled"]
-    assert "python -m glp.data.corpus labelled" in stages["labelled"]["cmd"]
+    assert "python -m glp.data.corpus_build labelled" in stages["labelled"]["cmd"]
     probe = stages["probe_tasks"]
     assert {"assets/datasets/corpus", "assets/datasets/labelled", "src/glp/data/corpus.py"} <= set(probe["deps"])
     assert "--labelled assets/datasets/labelled" in probe["cmd"]

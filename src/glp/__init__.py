@@ -10,8 +10,8 @@ _FACE = {
     "Prior": "glp.prior",
     "sample": "glp.prior.flow",
     "project_on_manifold": "glp.prior.flow",
-    "sdedit": "glp.uses.steer",
-    "diffusion_score": "glp.uses.ood",
+    "sdedit": "glp.prior.manifold",
+    "diffusion_score": "glp.prior.manifold",
 }
 __all__ = sorted(_FACE)
 

@@ -198,3 +198,9 @@ def artifact_lock(path: Path, asset: str, partition: str | None = None, wait_s: 
             record.unlink(missing_ok=True)  # while still holding the lock: the next holder writes its own
         finally:
             lock.release()
+
+
+def content_hash(*parts: object, length: int = 16) -> str:
+    """A short sha256 of the parts as sorted JSON: the versions and cache keys that name an artifact by what it was
+    made from."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]

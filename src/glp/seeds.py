@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from glp.progress import Log
 from glp.artifacts import write_atomic
 from glp.report import read_json
 from glp.config import Settings, SourceConfig
 
-Log = Callable[[str], None]
 SHARED = ("activations", "norm_stats.safetensors", "sae")  # inputs a replicate reuses (do not depend on the prior)
 
 
@@ -58,15 +58,15 @@ def link_shared(settings: Settings, rep: Settings, source: SourceConfig) -> None
 def run_replicate(settings: Settings, source: SourceConfig, seed: int, log: Log = print) -> Path:
     """Train and evaluate the prior of one seed (every prior-dependent step); return the replicate's source root."""
     from glp import pipeline
-    from glp.uses.delta_lm import build_delta_lm
-    from glp.uses.probe import build_probes
-    from glp.uses.steer import build_steering
+    from glp.pipeline.steering import build_delta_lm
+    from glp.pipeline.probing import build_probes
+    from glp.pipeline.steering import build_steering
 
     rep = replicate_settings(settings, seed)
     link_shared(settings, rep, source)
     steps: list[tuple[str, Callable[[], Any], Path]] = [
         ("glp_prior", lambda: pipeline.build_prior(rep, source, log=log), pipeline.source_paths(rep, source).prior),
-        ("prior_eval", lambda: pipeline.evaluate(rep, source), pipeline.source_paths(rep, source).prior_eval),
+        ("prior_eval", lambda: pipeline.build_prior_eval(rep, source), pipeline.source_paths(rep, source).prior_eval),
         ("steering", lambda: build_steering(rep, source, log=log), pipeline.source_paths(rep, source).root / "steering.json"),
         ("delta_lm", lambda: build_delta_lm(rep, source), pipeline.source_paths(rep, source).root / "delta_lm.json"),
         ("probes", lambda: build_probes(rep, source, log=log), pipeline.source_paths(rep, source).root / "probes"),

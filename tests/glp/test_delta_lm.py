@@ -3,16 +3,8 @@ import pytest
 import torch
 
 from glp.config import DeltaLMConfig
-from glp.uses.delta_lm import (
-    batch_docs,
-    delta_lm_markdown,
-    delta_lm_report,
-    fit_pca,
-    heldout_docs,
-    pca_mse_by_k,
-    token_ce,
-    token_doc_ids,
-)
+from glp.uses.delta_lm import batch_docs, delta_lm_markdown, delta_lm_report, heldout_docs, token_ce, token_doc_ids
+from glp.data.stats import fit_pca, pca_mse_by_k
 from tests.conftest import TEXTS
 from tests.glp.test_steer import tiny_prior
 
@@ -66,7 +58,7 @@ def test_pca_k_is_matched_on_the_selection_documents_not_the_scored_ones(tiny_lm
     report it (recomputed here from the same ingredients)."""
     from glp.uses.delta_lm import layer_rows
     from glp.data.stats import Normalizer
-    from glp.uses.steer import sdedit
+    from glp.prior.manifold import sdedit
 
     prior = tiny_prior(tiny_lm.d_model)
     train = np.random.default_rng(1).normal(size=(400, tiny_lm.d_model)).astype(np.float32)

@@ -6,20 +6,8 @@ import torch
 
 from glp.config import DenoiserConfig, EvalConfig
 from glp.prior.denoiser import GLPDenoiser
-from glp.prior.evaluate import (
-    AffineVelocity,
-    auc_score,
-    beats_gaussian,
-    c2st,
-    diag_gaussian_samples,
-    gaussian_samples,
-    evaluate_prior,
-    frechet_distance,
-    gaussian_baseline_from_data,
-    gaussian_baseline_loss,
-    heldout_loss,
-    heldout_ts,
-)
+from glp.prior.evaluate import AffineVelocity, beats_gaussian, c2st, diag_gaussian_samples, gaussian_samples, evaluate_prior, frechet_distance, gaussian_baseline_from_data, gaussian_baseline_loss, heldout_loss, heldout_ts
+from glp.ci import auc_score
 from glp.prior.flow import flow_matching_loss
 
 

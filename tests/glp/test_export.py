@@ -17,7 +17,7 @@ def test_export_round_trips_to_identical_outputs_with_a_model_card(tmp_path, mon
     build_prior_chain(s, src)
     out = tmp_path / "export"
     from glp.prior import export_prior
-    from glp.report import model_card
+    from glp.summary import model_card
 
     paths = pipeline.source_paths(s, src)
     export_prior(paths.prior, out, model_card(s, src), paths.norm_stats)

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glp.uses.judges import (auc_ci, continuation_nll, continuation_nll_sets, distinct_n, fit_sentiment_judge,
-                        judge_training_data, vader_compound)
-from glp.uses.steer import encode, generate
+from glp.ci import auc_ci
+from glp.uses.judges import continuation_nll, continuation_nll_sets, distinct_n, fit_sentiment_judge, judge_training_data, vader_compound
+from glp.uses.generate import encode, generate
 from tests.glp_dagster.conftest import write_tiny_labelled
 
 

@@ -10,10 +10,12 @@ from scipy.stats import binomtest
 from glp.config import DenoiserConfig, SteerConfig
 from glp.prior.denoiser import GLPDenoiser
 from glp.prior.flow import flow_matching_loss
-from glp.uses.ood import Gate, calibrate, diffusion_score, gated_edit, sdedit_error
+from glp.prior.manifold import Gate, calibrate, diffusion_score, gated_edit, sdedit_error
 from glp.prior import Prior
 from glp.data.stats import Normalizer
-from glp.uses.steer import calibrate_gate, generate, prefill, sdedit, steer_edit
+from glp.pipeline.steering import calibrate_gate
+from glp.uses.generate import generate, prefill, steer_edit
+from glp.prior.manifold import sdedit
 from tests.glp.test_steer import LAYER, prompt_ids, tiny_prior
 
 D = 8
@@ -64,7 +66,7 @@ def test_scores_of_a_trained_prior_are_higher_off_the_manifold(trained):
         assert torch.isfinite(score).all()
     s_clean, s_noised = diffusion_score(trained, clean), diffusion_score(trained, noised)
     assert s_noised.mean() > 1.5 * s_clean.mean()
-    from glp.prior.evaluate import auc_score
+    from glp.ci import auc_score
 
     labels = np.r_[np.zeros(2000), np.ones(2000)]
     assert auc_score(labels, np.r_[s_clean.numpy(), s_noised.numpy()]) > 0.9

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from glp.config import ProbeTasksConfig
-from glp.data.corpus import load_labelled, text_key, write_labelled
+from glp.data.corpus import load_labelled, text_key
+from glp.data.corpus_build import write_labelled
 from glp.data.probe_tasks import (BBC_LEAD_WORDS, TASKS, ProbeTasksError, TaskSpec, balance_and_split, build_tasks, gloss_of,
                              load_tasks, split_counts, tasks_hash, unique_text_tokens, write_tasks)
 

@@ -63,7 +63,8 @@ TINY_SCALING = {
 
 def test_adding_a_point_trains_and_scores_only_that_point(tmp_path: Path) -> None:
     from glp import pipeline
-    from glp.uses.scaling import build_scaling, scaling_dir
+    from glp.pipeline.scaling import build_scaling
+    from glp.pipeline.layout import scaling_dir
     from tests.glp_dagster.conftest import tiny_settings
 
     s = tiny_settings(tmp_path, scaling=TINY_SCALING)

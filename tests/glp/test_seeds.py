@@ -11,9 +11,9 @@ from tests.glp_dagster.conftest import build_prior_chain, tiny_settings
 
 
 def _main_chain(s, src) -> None:
-    from glp.uses.delta_lm import build_delta_lm
-    from glp.uses.probe import build_probes
-    from glp.uses.steer import build_steering
+    from glp.pipeline.steering import build_delta_lm
+    from glp.pipeline.probing import build_probes
+    from glp.pipeline.steering import build_steering
 
     build_prior_chain(s, src)
     build_steering(s, src)

@@ -51,7 +51,7 @@ def test_a_three_shard_store_is_the_one_worker_store_row_for_row(tmp_path):
     assert {k: v for k, v in merged.attrs.items() if k not in skip} == {k: v for k, v in one.attrs.items() if k not in skip}
     assert merged.verify() == [] and merged.n_rows >= s.store.max_tokens
     # the shard stores are gone once merged; the norm stats over the merged store are the one-worker stats, exactly
-    assert not list((pipeline.source_paths(s, src).activations / "shards").glob("*.zarr"))
+    assert not list((pipeline.source_paths(s, src).activations_dir / "shards").glob("*.zarr"))
     pipeline.build_norm_stats(s, src)
     stats = NormStats.load(pipeline.source_paths(s, src).norm_stats)
     assert stats.n == one_stats.n

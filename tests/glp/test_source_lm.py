@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from glp.config import CorpusConfig, SourceLMConfig
-from glp.data.corpus import corpus_hash, write_corpus
+from glp.data.corpus import corpus_hash
+from glp.data.corpus_build import write_corpus
 from glp.data.source_lm import REPORT, source_lm_dir, train_source_lm
 
 

@@ -13,7 +13,8 @@ from glp.data import source_model
 from glp.data.activations import extract_activations
 from glp.config import StoreConfig, load_settings
 from glp.data.lm import capture_residual, load_source_lm, run_until_captured
-from glp.data.source_model import PACKAGED, PackagedModel, PackagedModelError, convert_packaged, converted_dir
+from glp.config import PACKAGED, PackagedModel
+from glp.data.source_model import PackagedModelError, convert_packaged, converted_dir
 
 
 @pytest.fixture(scope="session")

@@ -6,18 +6,18 @@ import torch
 
 from glp.config import DenoiserConfig, SteerConfig
 from glp.prior.denoiser import GLPDenoiser
-from glp.prior.evaluate import bootstrap_ci
+from glp.ci import bootstrap_ci
 from glp.prior.flow import project_on_manifold, sample
 from glp.uses.judges import fit_sentiment_judge
-from glp.uses.ood import Gate
+from glp.prior.manifold import Gate
 from glp.data.lm import capture_residual
 from glp.prior import Prior
 from glp.data.stats import Normalizer
-from glp.uses.steer import (
-    concept_rises, default_prompts, degeneration_point, diffmean_direction, direction_auc, encode, first_sentence,
-    frontier, generate, movie_snippets, newest_position_hook, prefill, r0_matches_unsteered, sdedit, sdedit_levels,
-    pareto_inline, pareto_png, sentiment_direction, solver_passes, steer_edit, steering_markdown, steering_report,
-)
+from glp.uses.steer_report import concept_rises, r0_matches_unsteered, pareto_inline, pareto_png, steering_markdown
+from glp.uses.direction import default_prompts, diffmean_direction, direction_auc, first_sentence, movie_snippets, sentiment_direction
+from glp.uses.steer import degeneration_point, frontier, steering_report
+from glp.uses.generate import encode, generate, newest_position_hook, prefill, steer_edit
+from glp.prior.manifold import sdedit, sdedit_levels, solver_passes
 from tests.glp_dagster.conftest import write_tiny_labelled
 
 LAYER = 1

@@ -99,14 +99,14 @@ def build_prior_chain(s: Settings, src) -> None:  # noqa: ANN001 (SourceConfig)
     """Every library step up to the evaluated prior, in pipeline order: source LM, activations, norm stats, prior,
     SAE (prior_eval compares with it), prior_eval."""
     from glp import pipeline
-    from glp.uses.sae import build_sae
+    from glp.pipeline.probing import build_sae
 
     pipeline.build_source_lm(s)
     pipeline.build_activations(s, src)
     pipeline.build_norm_stats(s, src)
     pipeline.build_prior(s, src)
     build_sae(s, src)
-    pipeline.evaluate(s, src)
+    pipeline.build_prior_eval(s, src)
 
 
 @pytest.fixture()

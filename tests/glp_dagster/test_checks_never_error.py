@@ -94,7 +94,7 @@ def test_a_second_run_writing_an_artifact_fails_naming_the_first_and_runs_once_i
     defs = build_definitions(s)
     train = paths.store("train")
     before = sha256_file(train / "zarr.json")
-    with holding(paths.activations, run_id="run-holder") as holder:
+    with holding(paths.activations_dir, run_id="run-holder") as holder:
         res = dg.materialize(list(defs.assets), selection="activations", instance=dg.DagsterInstance.ephemeral(),
                              partition_key=KEY, resources=defs.resources, raise_on_error=False)
         assert not res.success
@@ -109,7 +109,7 @@ def test_a_second_run_writing_an_artifact_fails_naming_the_first_and_runs_once_i
     res = dg.materialize(list(defs.assets), selection="activations", instance=dg.DagsterInstance.ephemeral(),
                          partition_key=KEY, resources=defs.resources)
     assert res.success  # the OS freed the killed holder's lock; its stale record did not stop us
-    assert not holder_path(paths.activations).exists()
+    assert not holder_path(paths.activations_dir).exists()
 
 
 def test_a_run_tagged_to_wait_queues_behind_the_writer_and_a_bad_wait_is_a_readable_failure(chain):

@@ -3,7 +3,7 @@ import json
 import dagster as dg
 
 from glp import pipeline
-from glp.uses.scaling import scaling_dir
+from glp.pipeline.layout import scaling_dir
 from glp_dagster.definitions import build_definitions
 from tests.glp.test_scaling import TINY_SCALING
 from tests.glp_dagster.conftest import tiny_settings

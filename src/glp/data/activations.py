@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from glp.config import StoreConfig
-from glp.data.lm import SourceLM, capture_residual, run_until_captured
-from glp.progress import Progress
+from glp.data.lm import SourceLM, capture_residual, pad_tokens, run_until_captured
 from glp.data.store import StoreWriter
+from glp.progress import Progress
 
 
 @dataclass
@@ -43,12 +43,7 @@ def tokenize_doc(lm: SourceLM, text: str, max_seq_len: int) -> list[int]:
 
 def forward_batch(lm: SourceLM, layer: int, seqs: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded forward of token lists; returns (acts (B,T,d) float32 on cpu, ids (B,T), mask (B,T))."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), lm.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
+    ids, mask = pad_tokens(seqs, lm.pad_id)
     with torch.inference_mode(), capture_residual(lm, layer, stop=True) as box:
         acts = run_until_captured(lm, box, input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device))
     return acts.float().cpu(), ids, mask

@@ -6,7 +6,7 @@ forward hook on the block module (no `output_hidden_states`, which would keep ev
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +149,36 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     if not lists:
         raise SourceModelError(f"cannot find decoder blocks in {type(model).__name__}")
     return max(lists, key=len)
+
+
+def pad_tokens(seqs: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), each (B, W) long with W the longest sequence: right-padded (or left-padded, every sequence ending
+    in the last column), mask 1 on real tokens."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        cols = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, cols] = torch.tensor(s, dtype=torch.long)
+        mask[i, cols] = 1
+    return ids, mask
+
+
+@contextmanager
+def replace_block_output(block: nn.Module, edit: Callable[[torch.Tensor], None]) -> Iterator[None]:
+    """While active, the block's output hidden states (B, T, d) are cloned and `edit` changes the clone in place
+    (e.g. `h[keep] = ...`); the rest of a tuple output (caches, attentions) passes through."""
+
+    def hook(_module: nn.Module, _inputs: tuple, output: Any) -> Any:
+        hidden = (output[0] if isinstance(output, tuple) else output).clone()
+        edit(hidden)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class StopForward(Exception):

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from glp.config import ProbeTasksConfig
 from glp.artifacts import fresh_temp_dir, publish_dir, sha256_file
+from glp.config import ProbeTasksConfig
 
 TASKS_FILE, EXAMPLES_FILE, MANIFEST = "tasks.json", "examples.jsonl", "manifest.json"
 WORDNET_LICENCE = "WordNet-3.0 (Princeton, permissive; notice in the corpus's licenses/wordnet-base.copyright)"
@@ -407,7 +407,8 @@ def split_counts(task: ProbeTask) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from glp.data.corpus import LABELLED_DIR, MANIFEST as DATA_MANIFEST, corpus_hash
+    from glp.data.corpus import LABELLED_DIR, corpus_hash
+    from glp.data.corpus import MANIFEST as DATA_MANIFEST
 
     default = ProbeTasksConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -15,15 +15,14 @@ version.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from glp.data.store import PROVENANCE, ActivationStore, Location, StoreError, StoreWriter
-
-Log = Callable[[str], None]
+from glp.progress import Log
 
 SHARD_ATTRS = ("shard", "shards", "doc_range")
 """Attrs a shard store has beyond the merged store's."""

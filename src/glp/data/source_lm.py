@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from glp.config import CorpusConfig, SourceLMConfig, config_hash
 from glp.artifacts import fresh_temp_dir, publish_dir
+from glp.config import CorpusConfig, SourceLMConfig, config_hash
 from glp.data.corpus import corpus_hash, load_documents
 
 EOT = "<|endoftext|>"

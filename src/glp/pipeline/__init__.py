@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_MODULES = ("layout",)
+_MODULES = ("layout", "data", "prior", "probing", "steering", "ood", "scaling")
 
 
 def __getattr__(name: str) -> Any:

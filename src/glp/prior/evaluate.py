@@ -20,42 +20,20 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from glp.ci import auc_ci, auc_score
 from glp.config import EvalConfig
-from glp.progress import Progress
 from glp.prior.flow import affine_velocity, flow_matching_loss, module_device_dtype, sample
+from glp.progress import Progress
 
 ArrayLike = np.ndarray | Tensor
 Reconstruct = Callable[[Tensor], Tensor]  # normalized rows (n, d) -> reconstructions (n, d)
+
 
 
 def _np64(x: ArrayLike) -> np.ndarray:
     if isinstance(x, Tensor):
         return x.detach().to("cpu", torch.float64).numpy()
     return np.asarray(x, dtype=np.float64)
-
-
-def bootstrap_ci(
-    x: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95, groups: np.ndarray | None = None
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of x (n,) (or of a paired difference passed as x).
-
-    With `groups` (n,) (e.g. the prompt of each continuation) whole groups are resampled, keeping each group's
-    rows together (a cluster bootstrap); the statistic is the mean over the resampled rows.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    if groups is None:
-        means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
-    else:
-        codes = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
-        if len(codes) != len(x):
-            raise ValueError(f"groups has {len(codes)} entries for {len(x)} values")
-        n_groups = int(codes.max()) + 1
-        sums, counts = np.bincount(codes, x, n_groups), np.bincount(codes, minlength=n_groups)
-        pick = rng.integers(0, n_groups, size=(n_boot, n_groups))
-        means = sums[pick].sum(1) / counts[pick].sum(1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
 
 
 def heldout_ts(n_t: int) -> np.ndarray:
@@ -160,29 +138,6 @@ def gaussian_samples(cov: ArrayLike, n: int, seed: int, mean: ArrayLike | None =
     root = v * np.sqrt(np.clip(w, 0.0, None))  # root @ root.T = cov
     x = np.random.default_rng(seed).standard_normal((n, len(w))) @ root.T
     return x if mean is None else x + _np64(mean)
-
-
-def auc_score(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC of `scores` for binary `labels` (1 = positive), ties counted half (Mann-Whitney U)."""
-    from scipy.stats import rankdata
-
-    labels = np.asarray(labels).astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"AUC needs both classes; got {n_pos} positives and {n_neg} negatives")
-    ranks = rankdata(scores)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def auc_ci(labels: np.ndarray, scores: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the AUC, resampling each class separately (stratified)."""
-    labels = np.asarray(labels).astype(bool)
-    pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
-    rng = np.random.default_rng(seed)
-    y = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
-    aucs = [auc_score(y, scores[np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]]) for _ in range(n_boot)]
-    lo, hi = np.quantile(aucs, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
 
 
 def c2st(real: ArrayLike, other: ArrayLike, cfg: EvalConfig, seed: int = 0) -> dict[str, Any]:
@@ -356,3 +311,4 @@ def evaluate_prior(
     }
     report["beats_gaussian"], report["beats_gaussian_reasons"] = beats_gaussian(report)
     return report
+

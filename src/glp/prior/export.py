@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from glp.artifacts import fresh_temp_dir, publish_dir, sha256_file
-from glp.prior.denoiser import GLPDenoiser
 from glp.data.stats import Normalizer
+from glp.prior.denoiser import GLPDenoiser
 
 CHECKSUMS = {"model.safetensors": "weights_sha256", "norm.safetensors": "norm_sha256"}  # file -> config.json key
 

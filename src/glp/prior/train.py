@@ -37,11 +37,11 @@ import torch
 
 from glp.artifacts import sha256_file, write_atomic
 from glp.config import DenoiserConfig, TrainConfig
+from glp.data.stats import Normalizer
+from glp.data.store import ActivationStore, iter_shuffled_batches, n_batches
 from glp.prior.denoiser import GLPDenoiser
 from glp.prior.flow import flow_matching_loss
 from glp.progress import Progress
-from glp.data.stats import Normalizer
-from glp.data.store import ActivationStore, iter_shuffled_batches, n_batches
 
 
 class TrainingInterrupted(RuntimeError):

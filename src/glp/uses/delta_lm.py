@@ -14,7 +14,6 @@ resampled together: they are not independent). BOS keeps its activation (the pri
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -24,12 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from glp.ci import bootstrap_ci
 from glp.config import DeltaLMConfig
-from glp.artifacts import write_atomic
-from glp.prior.evaluate import bootstrap_ci
 from glp.data.lm import SourceLM
+from glp.data.stats import fit_pca, pca_mse_by_k
 from glp.prior import Prior
 from glp.progress import Log, Progress
+from glp.data.lm import pad_tokens, replace_block_output
 
 Replace = Callable[[Tensor], Tensor]  # rows (n, d) -> reconstructions (n, d)
 
@@ -38,17 +38,11 @@ Replace = Callable[[Tensor], Tensor]  # rows (n, d) -> reconstructions (n, d)
 def replace_positions(lm: SourceLM, layer: int, keep: Tensor, fn: Replace):
     """While active, block `layer`'s output rows where `keep` (B, T) is True are replaced by `fn` of them."""
 
-    def hook(_module: torch.nn.Module, _inputs: tuple, output: Any) -> Any:
-        hidden = output[0] if isinstance(output, tuple) else output
-        hidden = hidden.clone()
+    def edit(hidden: Tensor) -> None:
         hidden[keep] = fn(hidden[keep]).to(hidden.dtype)
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
-    handle = lm.block(layer).register_forward_hook(hook)
-    try:
+    with replace_block_output(lm.block(layer), edit):
         yield
-    finally:
-        handle.remove()
 
 
 def heldout_docs(lm: SourceLM, texts: Sequence[str], max_seq_len: int, max_tokens: int,
@@ -73,13 +67,7 @@ def batch_docs(lm: SourceLM, seqs: Sequence[Sequence[int]], batch_size: int = 32
     out = []
     for b in range(0, len(seqs), batch_size):
         chunk = seqs[b : b + batch_size]
-        width = max(len(s) for s in chunk)
-        ids = torch.full((len(chunk), width), lm.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(chunk):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        out.append((ids, mask))
+        out.append(pad_tokens(chunk, lm.pad_id))
     return out
 
 
@@ -117,23 +105,6 @@ def _null():
     yield
 
 
-def fit_pca(rows: np.ndarray) -> tuple[Tensor, Tensor]:
-    """Mean (d,) and principal axes (d, d), columns by decreasing variance, of rows (n, d)."""
-    x = torch.as_tensor(rows, dtype=torch.float64)
-    mu = x.mean(0)
-    cov = (x - mu).T @ (x - mu) / max(len(x) - 1, 1)
-    evals, evecs = torch.linalg.eigh(cov)
-    return mu.float(), evecs.flip(1).float()
-
-
-def pca_mse_by_k(z: Tensor, mu: Tensor, axes: Tensor) -> np.ndarray:
-    """Reconstruction MSE (per dim) of rows z (n, d) with the top-k axes, for k = 0..d, (d + 1,)."""
-    c = (z - mu) @ axes  # (n, d) coefficients
-    total = ((z - mu) ** 2).sum(1).mean()
-    explained = torch.cat([torch.zeros(1), (c**2).mean(0).cumsum(0)])
-    return ((total - explained) / z.shape[1]).clamp(min=0).double().numpy()
-
-
 def layer_rows(lm: SourceLM, layer: int, batches: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
     """Block `layer`'s residual output at every non-BOS position of `batches`, (n_tokens, d) float32 on cpu."""
     from glp.data.lm import capture_residual, run_until_captured
@@ -158,7 +129,7 @@ def delta_lm_report(lm: SourceLM, layer: int, prior: Prior, texts: Sequence[str]
     where PCA-k is matched to the GLP's error.
     """
     from glp.data.stats import Normalizer
-    from glp.uses.steer import sdedit, sdedit_levels
+    from glp.prior.manifold import sdedit, sdedit_levels
 
     norm = Normalizer(prior.normalizer.mean.cpu(), prior.normalizer.std.cpu())
     scored, next_doc = heldout_docs(lm, texts, max_seq_len, cfg.max_tokens)
@@ -245,33 +216,3 @@ def delta_lm_markdown(report: dict[str, Any]) -> str:
     return head + markdown_table(["replacement", "ΔCE (nats)", "95% CI", "recon MSE (normalized)"], rows)
 
 
-def build_delta_lm(settings: Any, source: Any, log: Log | None = None) -> dict[str, Any]:
-    """Pipeline step: the ΔLM report on the held-out split, written atomically to `<source root>/delta_lm.json`."""
-    from glp import pipeline
-    from glp.data.corpus import load_documents
-    from glp.data.lm import load_source_lm
-    from glp.prior import load_prior
-    from glp.data.store import ActivationStore
-
-    paths = pipeline.source_paths(settings, source)
-    cfg: DeltaLMConfig = settings.delta_lm
-    lm = load_source_lm(pipeline.model_dir(settings, source), settings.device, "float32", settings.trust_remote_code)
-    prior = load_prior(paths.prior, lm.device)
-    store = ActivationStore(paths.store("train"))
-    train_rows = store.rows(0, cfg.pca_rows)
-    texts = [d["text"] for d in load_documents(settings.corpus.path, "heldout", settings.corpus)]
-    from glp.uses.sae import load_sae, sae_dir
-
-    if not (sae_dir(paths.root) / "config.json").is_file():
-        raise FileNotFoundError(f"no SAE at {sae_dir(paths.root)}: delta_lm compares the GLP with the SAE's "
-                                "reconstructions; materialize `sae` for this source first")
-    sae = load_sae(sae_dir(paths.root), lm.device)[0]
-    if sae.d_model != prior.d_model:
-        raise ValueError(f"SAE width {sae.d_model} != prior width {prior.d_model}: re-materialize `sae` for this source")
-    report = delta_lm_report(lm, source.layer, prior, texts, train_rows, cfg, settings.store.max_seq_len, sae=sae,
-                             log=log)
-    report["prior_heldout_loss"] = (json.loads(paths.prior_eval.read_text())["heldout_loss_mean"]
-                                    if paths.prior_eval.is_file() else None)
-    out = paths.root / "delta_lm.json"
-    write_atomic(out, json.dumps(report, indent=1))
-    return {**report, "path": str(out)}

@@ -24,8 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from glp.ci import auc_ci
 from glp.data.corpus import load_labelled
 from glp.data.lm import SourceLM
+from glp.data.lm import pad_tokens
 
 MOVIE_SNIPPETS = "movie_snippets.jsonl"
 AMAZON_REVIEWS = "amazon_reviews.jsonl"
@@ -53,21 +55,6 @@ def judge_training_data(folder: Path) -> tuple[list[str], np.ndarray, np.ndarray
 # ---------------------------------------------------------------- concept: the sentiment classifier
 
 
-def auc_ci(labels: np.ndarray, scores: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the ROC-AUC (rows resampled; draws missing a class are skipped)."""
-    from sklearn.metrics import roc_auc_score
-
-    labels, scores = np.asarray(labels), np.asarray(scores)
-    rng = np.random.default_rng(seed)
-    aucs = []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(labels), len(labels))
-        if 0 < labels[i].sum() < len(i):
-            aucs.append(roc_auc_score(labels[i], scores[i]))
-    lo, hi = np.quantile(aucs, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
-
-
 @dataclass
 class SentimentJudge:
     """A fitted text → P(positive) classifier and its held-out report."""
@@ -89,7 +76,7 @@ def fit_sentiment_judge(folder: Path, seed: int = 0, test_fraction: float = 0.2,
     from sklearn.model_selection import train_test_split
     from sklearn.pipeline import make_pipeline
 
-    from glp.prior.evaluate import bootstrap_ci
+    from glp.ci import bootstrap_ci
 
     t0 = time.perf_counter()
     texts, y, src = judge_training_data(folder)
@@ -148,12 +135,7 @@ def distinct_n(ids: Sequence[int], n: int = 2) -> float:
 
 def left_pad(prompts: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded (ids, mask, position_ids), each (B, W): every prompt ends in the last column."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p) :] = 1
+    ids, mask = pad_tokens(prompts, pad_id, left=True)
     return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
 
 

@@ -14,8 +14,7 @@ the manifold is returned untouched (bit for bit), one far off gets exactly the S
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,94 +23,7 @@ import torch.nn as nn
 from numpy.typing import ArrayLike
 from torch import Tensor
 
-from glp.prior.flow import flow_matching_loss, module_device_dtype
-
-DEFAULT_TS = (0.1, 0.3, 0.5)
-
-
-@torch.no_grad()
-def diffusion_score(model: nn.Module, z: Tensor, ts: Sequence[float] = DEFAULT_TS, seed: int = 0,
-                    batch_size: int = 4096) -> Tensor:
-    """Per-row flow-matching loss of `model` on normalized rows z (B, d), averaged over the noise levels `ts`.
-
-    The noise of row i at level k is the same in every call with the same seed and width (drawn on the CPU per
-    batch from a generator seeded by (seed, k)), so scores are reproducible and comparable across calls.
-    """
-    device, dtype = module_device_dtype(model)
-    z = z.reshape(-1, z.shape[-1])
-    out = torch.zeros(len(z), dtype=torch.float64)
-    for k, t in enumerate(ts):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + k)
-        # one draw reused by every batch; a draw of fewer rows is the prefix of the full-size draw (same values),
-        # so small batches (one token per prompt while steering) pay for their rows only
-        noise = torch.randn((min(batch_size, len(z)), z.shape[-1]), generator=g)
-        for i in range(0, len(z), batch_size):
-            xb = z[i : i + batch_size].to(device, dtype)
-            eps = noise[: len(xb)].to(device, dtype)
-            out[i : i + len(xb)] += flow_matching_loss(model, xb, t=float(t), eps=eps, per_sample=True).double().cpu()
-    return (out / len(ts)).float()
-
-
-@torch.no_grad()
-def sdedit_error(model: nn.Module, z: Tensor, t_start: float = 0.5, steps: int = 20, seed: int = 0) -> Tensor:
-    """Per-row mean squared change ‖z − SDEdit(z)‖² / d of normalized rows z (B, d) under the prior."""
-    from glp.prior.flow import project_on_manifold
-
-    device, dtype = module_device_dtype(model)
-    z = z.reshape(-1, z.shape[-1]).to(device, dtype)
-    g = torch.Generator(device=device).manual_seed(seed)
-    return ((project_on_manifold(model, z, t_start, steps, generator=g) - z).float() ** 2).mean(-1).cpu()
-
-
-@dataclass(frozen=True)
-class Gate:
-    """A calibrated off-manifold gate: weight 0 at or below `threshold`, rising linearly to 1 at `full`."""
-
-    threshold: float
-    full: float
-    fpr: float
-    full_fpr: float
-    n_calibration: int
-    ts: tuple[float, ...] = DEFAULT_TS
-    seed: int = 0
-
-    def weight(self, score: Tensor) -> Tensor:
-        """Edit weight in [0, 1] per score."""
-        score = score.float()
-        span = self.full - self.threshold
-        ramp = ((score - self.threshold) / span).clamp(0.0, 1.0) if 0 < span < float("inf") else score * 0
-        ramp = torch.where(score >= self.full, torch.ones_like(score), ramp)
-        return torch.where(score <= self.threshold, torch.zeros_like(score), ramp)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def calibrate(scores: Tensor | np.ndarray, fpr: float, full_fpr: float, ts: Sequence[float] = DEFAULT_TS,
-              seed: int = 0) -> Gate:
-    """The gate whose threshold flags a share `fpr` of these (held-out, real) scores and whose edit is full
-    beyond the share `full_fpr` (0 < full_fpr < fpr < 1)."""
-    if not 0.0 < full_fpr < fpr < 1.0:
-        raise ValueError(f"gate rates fpr={fpr}, full_fpr={full_fpr}: need 0 < full_fpr < fpr < 1")
-    s = np.asarray(scores, dtype=np.float64)
-    if s.ndim != 1 or len(s) < 10 or not np.isfinite(s).all():
-        raise ValueError(f"calibration needs at least 10 finite held-out scores, got {s.shape} "
-                         f"({int((~np.isfinite(s)).sum())} non-finite)")
-    hi, full = np.quantile(s, [1.0 - fpr, 1.0 - full_fpr])
-    return Gate(float(hi), float(max(full, hi)), fpr, full_fpr, len(s), tuple(float(t) for t in ts), seed)
-
-
-def gated_edit(gate: Gate, scores: Tensor, a: Tensor, project: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
-    """Rows a (B, d) and their off-manifold scores (B,) -> (lerp(a, project(a), w), w), w = gate.weight(scores).
-
-    `project` (the SDEdit projection) runs on the whole batch when any weight is positive, so its random draws
-    are those of plain SDEdit on the same batch; w = 0 returns a exactly, w = 1 exactly project(a)."""
-    w = gate.weight(scores.float()).to(a.device)
-    if not bool((w > 0).any()):
-        return a, w
-    projected = project(a).to(a.dtype)
-    return torch.lerp(a, projected, w.to(a.dtype)[:, None]), w
-
+from glp.prior.manifold import diffusion_score, sdedit_error
 
 # ---------------------------------------------------------------- baselines
 
@@ -201,7 +113,7 @@ def auroc_table(real: dict[str, np.ndarray], off: dict[str, np.ndarray], n_boot:
     for every other score, the paired CI of AUROC(reference) − AUROC(score) on the same resamples.
 
     `real` and `off` map score name -> (n,) scores, higher = more off-manifold."""
-    from glp.prior.evaluate import auc_score
+    from glp.ci import auc_score
 
     names = list(real)
     n_real, n_off = len(real[names[0]]), len(off[names[0]])
@@ -273,119 +185,6 @@ def default_other_layers(layer: int, n_layers: int) -> list[int]:
     and 1), without `layer` itself."""
     cand = [layer - 1 if layer > 0 else layer + 1, layer // 2 if layer >= 2 else n_layers - 1]
     return [x for x in dict.fromkeys(cand) if x != layer and 0 <= x < n_layers]
-
-
-def build_ood(settings: Any, source: Any, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Pipeline step: real held-out activations vs the off-manifold sets, every score's AUROC with CIs; written
-    atomically to `<source root>/ood.json`, `ood_roc.png` and `ood_hist.png`."""
-    import json
-    import time
-    from pathlib import Path
-
-    from glp import pipeline
-    from glp.artifacts import write_atomic
-    from glp.data.corpus import iter_documents, load_labelled
-    from glp.data.lm import load_source_lm
-    from glp.prior import load_prior
-    from glp.uses.sae import load_sae, sae_dir
-    from glp.data.stats import NormStats
-    from glp.uses.steer import mean_activation_norm, movie_snippets, sentiment_direction
-    from glp.data.store import ActivationStore
-
-    say = log or (lambda _m: None)
-    t0 = time.perf_counter()
-    cfg = settings.ood
-    paths = pipeline.source_paths(settings, source)
-    lm = load_source_lm(pipeline.model_dir(settings, source), settings.device, "float32", settings.trust_remote_code)
-    prior = load_prior(paths.prior, "cpu")
-    store = ActivationStore(paths.store("heldout"))
-    if store.d_model != prior.d_model:
-        raise ValueError(f"prior input dim {prior.d_model} != held-out store dim {store.d_model}: re-materialize "
-                         "`glp_prior` for this source")
-    sae, sae_norm, _ = load_sae(sae_dir(paths.root), "cpu")
-    if sae.d_model != prior.d_model:
-        raise ValueError(f"SAE width {sae.d_model} != prior width {prior.d_model}: re-materialize `sae` for this source")
-    whitener = mahalanobis_whitener(NormStats.load(paths.norm_stats).cov_normalized)
-    heldout, pos_all = torch.from_numpy(store.rows()), store.provenance("position")
-    n, perm = heldout_split(len(heldout), cfg)
-    if n < 20:
-        raise ValueError(f"the held-out store has {len(heldout)} rows: ood needs 3 x 20 (real, base of the synthetic "
-                         "sets, null); raise store.heldout_max_tokens")
-    real_idx, base_idx, null_idx = perm[:n], perm[n : 2 * n], perm[2 * n : 3 * n]
-    pool = np.setdiff1d(np.arange(len(heldout)), base_idx)  # real rows for the position-matched references
-    mean_norm = mean_activation_norm(heldout.numpy())
-    layer = source.layer
-    other_layers = cfg.other_layers if cfg.other_layers is not None else default_other_layers(layer, lm.n_layers)
-    for x in other_layers:
-        if not 0 <= x < lm.n_layers or x == layer:
-            raise ValueError(f"ood.other_layers has {x}: choose layers in 0..{lm.n_layers - 1} other than {layer}")
-
-    def scores(acts: Tensor) -> dict[str, np.ndarray]:
-        return score_rows(prior, whitener, sae, sae_norm, acts, cfg)
-
-    t1 = time.perf_counter()
-    real = scores(heldout[real_idx])
-    base = heldout[base_idx]
-    w = sentiment_direction(lm, layer, movie_snippets(settings.steer.labelled, cfg.n_direction_texts, 2, cfg.seed),
-                            settings.steer.direction_max_tokens)
-    dirs = random_directions(n, prior.d_model, cfg.seed + 1)
-    norm = prior.normalizer  # on the cpu: the prior was loaded there
-    z_base = norm.normalize(base)
-    # name -> (kind, r or layer, off-manifold raw rows, key of the real reference)
-    sets: list[tuple[str, str, float | None, Tensor, str]] = [("real (other held-out rows)", "null", None,
-                                                              heldout[null_idx], "heldout")]
-    sets += [(f"steered r={r:g}", "steered", r, moved_rows(base, w, r * mean_norm), "heldout") for r in cfg.r_values]
-    sets += [(f"noised r={r:g}", "noised", r, moved_rows(base, dirs, r * mean_norm), "heldout") for r in cfg.r_values]
-    sets.append(("dims shuffled", "shuffled_dims", None,
-                 norm.denormalize(shuffle_dims(z_base, cfg.seed + 2)), "heldout"))
-    refs: dict[str, dict[str, np.ndarray]] = {"heldout": real}
-    ref_info: dict[str, str] = {"heldout": f"{n} held-out rows (seeded shuffle)"}
-    docs = [d["text"] for d in iter_documents(settings.corpus.path, "heldout", settings.corpus)]
-    if other_layers:
-        by_layer, _ = doc_rows(lm, [layer, *other_layers], docs, cfg.max_seq_len, n)
-        refs["same_tokens"] = scores(by_layer[layer])
-        ref_info["same_tokens"] = f"layer {layer} at the same {len(by_layer[layer])} held-out tokens"
-        for x in other_layers:
-            renorm = norm.denormalize(standardize(by_layer[x]))
-            sets.append((f"layer {x}", "other_layer", float(x), renorm, "same_tokens"))
-    rng = np.random.default_rng(cfg.seed + 3)
-    for kind in cfg.text_sets:
-        if kind == "tweets":
-            rows = load_labelled(settings.steer.labelled, "tweets.jsonl")
-            texts = [rows[i]["text"] for i in rng.permutation(len(rows))]
-        else:
-            texts = [shuffle_words(t, rng) for t in docs]
-        by_layer, positions = doc_rows(lm, [layer], texts, cfg.max_seq_len, n)
-        key = f"positions_{kind}"
-        match = pool[position_matched(pos_all[pool], positions, cfg.seed + 4)]
-        refs[key] = scores(heldout[match])
-        ref_info[key] = f"{len(match)} held-out rows at the same token positions"
-        sets.append((kind.replace("_", " "), "text", None, by_layer[layer], key))
-    say(f"ood: {len(sets)} sets of up to {n:,} rows built; scoring ({time.perf_counter() - t1:.0f} s so far)")
-    results, hist, t2 = [], {}, time.perf_counter()
-    for name, kind, r, acts, ref in sets:
-        off = scores(acts)
-        nonfinite = {k: int((~np.isfinite(v)).sum()) for k, v in off.items()}
-        table = auroc_table(refs[ref], off, cfg.n_bootstrap, cfg.seed)
-        results.append({"name": name, "kind": kind, "r": r, "reference": ref, "nonfinite": nonfinite, **table})
-        hist[name] = (refs[ref], off)
-    say(f"ood: scored and bootstrapped {len(sets)} sets in {time.perf_counter() - t2:.0f} s")
-    real_glp = real["glp"].astype(np.float64)
-    report: dict[str, Any] = {
-        "source": source.key, "config": cfg.model_dump(mode="json"), "n_rows": n, "mean_norm": mean_norm,
-        "other_layers": other_layers, "references": ref_info, "scores": {k: SCORE_LABELS[k] for k in SCORES},
-        "sets": results, "nonfinite_real": {k: int((~np.isfinite(v)).sum()) for k, v in real.items()},
-        # the real held-out distribution of the GLP score: `glp score` flags tokens above its (1 - fpr) quantile
-        "glp_heldout_quantiles": {f"{q:g}": float(np.quantile(real_glp, q)) for q in (0.5, 0.9, 1 - cfg.fpr, 0.99)},
-        "seconds": {"total": time.perf_counter() - t0},
-    }
-    report["headline"] = ood_headline(report)
-    root = Path(paths.root)
-    write_atomic(root / "ood.json", json.dumps(report, indent=1, default=float))
-    roc, hst = ood_roc_png(hist), ood_hist_png(hist)
-    write_atomic(root / "ood_roc.png", roc)
-    write_atomic(root / "ood_hist.png", hst)
-    return {**report, "path": str(root / "ood.json"), "roc_png": roc, "hist_png": hst}
 
 
 # ---------------------------------------------------------------- what the report says
@@ -495,43 +294,6 @@ def ood_hist_png(hist: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarr
 
 
 # ---------------------------------------------------------------- `glp score`
-
-
-def score_text(settings: Any, source: Any, text: str) -> dict[str, Any]:
-    """Per-token GLP diffusion scores of `text` at the source's layer, each with its percentile among real held-out
-    tokens (the `ood` asset's reference rows: same seeded shuffle, same noise) and a flag above the (1 − ood.fpr)
-    quantile."""
-    from glp import pipeline
-    from glp.data.activations import forward_batch, tokenize_doc
-    from glp.data.lm import load_source_lm
-    from glp.prior import load_prior
-    from glp.data.store import ActivationStore
-
-    cfg = settings.ood
-    paths = pipeline.source_paths(settings, source)
-    lm = load_source_lm(pipeline.model_dir(settings, source), settings.device, "float32", settings.trust_remote_code)
-    prior = load_prior(paths.prior, "cpu")
-    seq = tokenize_doc(lm, text, cfg.max_seq_len)
-    if len(seq) < 2:
-        raise ValueError(f"{text!r} has no token to score (empty after tokenization): pass some text")
-    store = ActivationStore(paths.store("heldout"))
-    if store.d_model != prior.d_model or lm.d_model != prior.d_model:
-        raise ValueError(f"prior width {prior.d_model}, model width {lm.d_model} and held-out store width "
-                         f"{store.d_model} differ: re-materialize `glp_prior` for this source")
-    acts, _, _ = forward_batch(lm, source.layer, [seq])
-    norm = prior.normalizer  # on the cpu: the prior was loaded there
-    scores = diffusion_score(prior.denoiser, norm.normalize(acts[0, 1:]), cfg.ts, cfg.seed).numpy()
-    heldout = store.rows()
-    n, perm = heldout_split(len(heldout), cfg)
-    real_idx = perm[: n or len(heldout)]  # a store too small for the asset's three sets: every row
-    ref = np.sort(diffusion_score(prior.denoiser, norm.normalize(torch.from_numpy(heldout[real_idx])), cfg.ts,
-                                  cfg.seed).numpy())
-    threshold = float(np.quantile(ref, 1 - cfg.fpr))
-    pct = np.searchsorted(ref, scores, side="right") / len(ref) * 100
-    tokens = [lm.tokenizer.decode([i]) for i in seq[1:]]
-    return {"source": source.key, "tokens": tokens, "scores": scores.tolist(), "percentile": pct.tolist(),
-            "off_manifold": (scores > threshold).tolist(), "threshold": threshold, "fpr": cfg.fpr,
-            "n_reference": len(ref), "ts": list(cfg.ts)}
 
 
 def score_table(res: dict[str, Any]) -> str:

@@ -14,20 +14,18 @@ ROC-AUC; the unit with the best CV AUC is refitted on all of train and scored on
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from glp.ci import bootstrap_ci
 from glp.config import ProbeConfig
-from glp.prior.evaluate import bootstrap_ci
-from glp.progress import Progress
+from glp.progress import Log, Progress
+from glp.data.lm import pad_tokens
 
 FAMILY_LABELS = {"sae": "SAE", "layer": "raw layer", "mlp": "raw MLP neuron", "glp": "GLP"}
 PAPER_MEAN_AUC = {"sae": 0.70, "layer": 0.77, "mlp": 0.79, "glp": 0.84}
@@ -83,18 +81,13 @@ def last_token_features(lm: Any, layer: int, texts: Sequence[str], max_seq_len: 
         with torch.inference_mode(), capture_residual(lm, layer, stop=True) as cap:
             for b in range(0, len(order), batch_size):
                 idx = order[b : b + batch_size]
-                width = len(seqs[idx[0]])
-                ids = torch.full((len(idx), width), lm.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for r, i in enumerate(idx):
-                    ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
-                    mask[r, : len(seqs[i])] = 1
+                ids, mask = pad_tokens([seqs[i] for i in idx], lm.pad_id)
                 acts = run_until_captured(lm, cap, input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device))
                 hidden = box.pop("mlp")
                 last = mask.sum(1) - 1  # (B,) position of the last real token
                 rows = torch.arange(len(idx))
                 a = acts[rows, last.to(acts.device)].float().cpu().numpy()
-                h = hidden.reshape(len(idx), width, -1)[rows, last.to(hidden.device)].float().cpu().numpy()
+                h = hidden.reshape(len(idx), ids.shape[1], -1)[rows, last.to(hidden.device)].float().cpu().numpy()
                 for r, i in enumerate(idx):
                     resid[i], mlp[i] = a[r], h[r]
                 progress.update(len(idx))
@@ -282,13 +275,6 @@ def mean_and_ci(values: Sequence[float], n_boot: int, seed: int, level: float = 
 
 # ---------------------------------------------------------------- the pipeline step
 
-Log = Callable[[str], None]
-
-
-def probes_dir(source_root: Path) -> Path:
-    """`<store.root>/<model>/L<layer>/probes/` (source_root = `glp.pipeline.source_paths(...).root`)."""
-    return Path(source_root) / "probes"
-
 
 def extract_features(lm: Any, layer: int, texts: Sequence[str], families: Sequence[str], cfg: ProbeConfig,
                      prior: Any = None, sae: Any = None, sae_norm: Any = None,
@@ -461,51 +447,3 @@ def meta_neuron_dashboards(prior: Any, store: Any, tokenizer: Any, units: dict[s
     return "\n\n".join(parts)
 
 
-def build_probes(settings: Any, source: Any, log: Log | None = None) -> dict[str, Any]:
-    """Probe every task with every family for one source; write `probes/` (results.json, plot, dashboards)."""
-    from glp.data.lm import load_source_lm, resolve_device
-    from glp.pipeline import model_dir, source_paths
-    from glp.prior import load_prior
-    from glp.data.probe_tasks import load_tasks, tasks_hash
-    from glp.uses.sae import load_sae, sae_dir
-    from glp.artifacts import fresh_temp_dir, publish_dir, write_manifest
-    from glp.data.store import ActivationStore
-
-    cfg: ProbeConfig = settings.probe
-    paths = source_paths(settings, source)
-    t0 = time.perf_counter()
-    tasks = load_tasks(settings.probe_tasks.path)
-    device = resolve_device(settings.device)
-    lm = load_source_lm(model_dir(settings, source), settings.device, settings.store.dtype, settings.trust_remote_code)
-    prior = load_prior(paths.prior, device) if "glp" in cfg.families else None
-    sae, sae_norm, _ = load_sae(sae_dir(paths.root), device) if "sae" in cfg.families else (None, None, None)
-    if prior is not None and prior.d_model != lm.d_model:
-        raise ValueError(f"prior input dim {prior.d_model} != model width {lm.d_model}: re-materialize `glp_prior`")
-    texts = list(dict.fromkeys(t for task in tasks for t in (*task.train_text, *task.test_text)))
-    index = {t: i for i, t in enumerate(texts)}
-    t1 = time.perf_counter()
-    feats = extract_features(lm, source.layer, texts, cfg.families, cfg, prior, sae, sae_norm, log)
-    t2 = time.perf_counter()
-    if log:
-        log(f"features of {len(texts)} texts in {t2 - t1:.1f}s: " + ", ".join(f"{f} {x.shape[1]}" for f, x in feats.items()))
-    rows = run_probing(tasks, feats, index, cfg, log)
-    t3 = time.perf_counter()
-    summary = summarize(rows, cfg.families, cfg)
-    dashboards = ""
-    if prior is not None:
-        units = {r["task"]: (r["glp"]["unit"], r["glp"]["sign"]) for r in rows}
-        dashboards = meta_neuron_dashboards(prior, ActivationStore(paths.store("heldout")), lm.tokenizer, units, cfg)
-    t4 = time.perf_counter()
-    report = {"format": "glp-probes/1", "source": source.key, "tasks_hash": tasks_hash(settings.probe_tasks.path),
-              "families": list(cfg.families), "n_units": {f: int(x.shape[1]) for f, x in feats.items()},
-              "n_texts": len(texts), "tasks": rows, "summary": summary, "paper_mean_auc": PAPER_MEAN_AUC,
-              "seconds": {"load": t1 - t0, "features": t2 - t1, "probes": t3 - t2, "dashboards": t4 - t3}}
-    out = probes_dir(paths.root)
-    tmp = fresh_temp_dir(out)
-    (tmp / "results.json").write_text(json.dumps(report, indent=1, sort_keys=True))
-    (tmp / "table.md").write_text(table4_markdown(summary, cfg.families, len(rows)) + "\n")
-    (tmp / "dashboards.md").write_text(dashboards + "\n")
-    (tmp / "per_task.png").write_bytes(per_task_png(rows, cfg.families))
-    write_manifest(tmp)
-    publish_dir(tmp, out)
-    return {**report, "path": str(out)}

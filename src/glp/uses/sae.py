@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glp.config import SAEConfig
-from glp.progress import Progress
-from glp.data.stats import ArtifactCorrupt, Normalizer, tensors_sha256
 from glp.artifacts import fresh_temp_dir, publish_dir
+from glp.config import SAEConfig
+from glp.data.stats import ArtifactCorrupt, Normalizer, tensors_sha256
 from glp.data.store import ActivationStore, iter_shuffled_batches, n_batches
+from glp.progress import Progress
 
 WEIGHTS, CONFIG = "sae.safetensors", "config.json"
 
@@ -207,33 +207,3 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> tup
 # ---------------------------------------------------------------- the pipeline step
 
 
-def sae_dir(source_root: Path) -> Path:
-    """`<store.root>/<model>/L<layer>/sae/` (source_root = `glp.pipeline.source_paths(...).root`)."""
-    return Path(source_root) / "sae"
-
-
-def build_sae(settings: Any, source: Any, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train the SAE of one source on its train store (the prior's budget of rows) and export it."""
-    from glp.config import config_hash
-    from glp.data.lm import resolve_device
-    from glp.pipeline import short_sha256, source_paths
-    from glp.data.stats import NormStats
-
-    paths = source_paths(settings, source)
-    store = ActivationStore(paths.store("train"))
-    heldout = ActivationStore(paths.store("heldout")) if paths.store("heldout").exists() else None
-    stats = NormStats.load(paths.norm_stats)
-    if len(stats.mean) != store.d_model:
-        raise ValueError(f"norm_stats width {len(stats.mean)} != activation store width {store.d_model}: "
-                         "re-materialize `norm_stats`")
-    cfg: SAEConfig = settings.sae
-    epochs = cfg.epochs or settings.train.epochs
-    sae, res = train_sae(store, stats.normalizer(), cfg, epochs, resolve_device(settings.device), heldout, log)
-    meta = {"source": source.key, "sae_config": config_hash(cfg), "epochs": epochs,
-            "activations_version": store.attrs.get("version"), "steps": res.steps, "rows_seen": res.rows_seen,
-            "fvu_last": res.fvu_last, "heldout_fvu": res.heldout_fvu, "dead_fraction": res.dead_fraction,
-            "seconds": res.seconds, "losses": res.losses}
-    out = save_sae(sae_dir(paths.root), sae, stats.normalizer(), meta)
-    return {**meta, "path": str(out), "version": short_sha256(out / WEIGHTS), "n_latents": sae.n_latents,
-            "k": sae.k, "d_model": sae.d_model, "rows_per_s": res.rows_seen / max(res.seconds, 1e-9),
-            "fvu_first": float(np.mean(res.losses[: max(1, len(res.losses) // 10)]))}

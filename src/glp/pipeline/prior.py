@@ -1,0 +1,121 @@
+"""Prior steps: train the GLP through DeepSpeed and export it (`glp_prior`), then evaluate it against the
+full-covariance Gaussian, SAE and PCA baselines (`prior_eval`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Any
+
+from glp.artifacts import content_hash, write_atomic
+from glp.config import Settings, SourceConfig
+from glp.pipeline.layout import prior_meta, short_sha256, source_paths
+from glp.progress import Log, nolog
+
+
+def build_prior(settings: Settings, source: SourceConfig, log: Log = nolog) -> dict[str, Any]:
+    """Train the prior through DeepSpeed (resuming from its checkpoints) and export it.
+
+    With `train.world_size` W > 1 this runs in each of W processes started by `torchrun` (glp_dagster.pipes_train):
+    all of them train, rank 0 exports and returns the summary; the other ranks return only their steps and losses."""
+    import os
+
+    from glp.data.lm import resolve_device
+    from glp.data.stats import NormStats
+    from glp.data.store import ActivationStore
+    from glp.prior import save_prior
+    from glp.prior.train import train_prior
+
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world != settings.train.world_size:
+        raise ValueError(f"train.world_size is {settings.train.world_size} but this process is one of {world}: "
+                         f"materialize `glp_prior` (it launches torchrun --nproc_per_node {settings.train.world_size}), "
+                         "or launch `python -m torch.distributed.run --nproc_per_node W -m glp_dagster.pipes_train` "
+                         "yourself")
+    paths = source_paths(settings, source)
+    store = ActivationStore(paths.store("train"))
+    stats = NormStats.load(paths.norm_stats)
+    if len(stats.mean) != store.d_model:
+        raise ValueError(f"norm_stats width {len(stats.mean)} != activation store width {store.d_model}: "
+                         "re-materialize `norm_stats`")
+    # Checkpoints of another config or data must not be resumed: key the folder by what the run depends on.
+    run_key = content_hash(prior_meta(settings, source), store.attrs.get("version"), stats.n)
+    ckpt = paths.checkpoints / run_key
+    if rank == 0 and paths.checkpoints.exists():
+        for other in paths.checkpoints.iterdir():
+            if other.name != run_key:
+                shutil.rmtree(other, ignore_errors=True)
+    model, res = train_prior(store, stats.normalizer(), settings.denoiser, settings.train, ckpt,
+                             resolve_device(settings.device), log=log)
+    if rank != 0:  # rank 0 exports
+        return {"steps": res.steps, "losses": res.losses, "rank": rank}
+    meta = {**prior_meta(settings, source), "activations_version": store.attrs.get("version"), "steps": res.steps,
+            "final_loss": float(sum(res.losses[-50:]) / len(res.losses[-50:])), "precision": res.precision,
+            "losses": res.losses}
+    save_prior(paths.prior, model, stats.normalizer(), meta, snapshots=res.snapshots)
+    shutil.rmtree(ckpt, ignore_errors=True)  # exported: the resume point is no longer needed
+    return {"path": str(paths.prior), "version": short_sha256(paths.prior / "model.safetensors"), "steps": res.steps,
+            "losses": res.losses, "n_params": res.n_params, "seconds": res.seconds, "rows_per_s": res.rows_per_s,
+            "achieved_flops": res.flops / max(res.seconds, 1e-9), "precision": res.precision,
+            "resumed_from": res.resumed_from, "d_model": store.d_model, "world_size": world}
+
+
+SELECT_ROWS = 8192
+"""Train rows on which the PCA baseline's k is matched to the SAE's reconstruction error."""
+
+
+def build_prior_eval(settings: Settings, source: SourceConfig, log: Log = nolog) -> dict[str, Any]:
+    """Held-out loss vs the affine baseline; FD and C2ST of GLP samples, Gaussians and SAE / PCA reconstructions
+    against held-out rows; saved as JSON.
+
+    The PCA reconstruction keeps the top-k principal axes of the train covariance, k the smallest whose
+    reconstruction error on train rows is at most the SAE's there (an equal-error linear baseline, chosen on
+    rows that are never scored).
+    """
+    import numpy as np
+    import torch
+
+    from glp.data.lm import resolve_device
+    from glp.data.stats import NormStats, pca_mse_by_k
+    from glp.data.store import ActivationStore
+    from glp.pipeline.layout import sae_dir
+    from glp.prior import load_prior
+    from glp.prior.evaluate import evaluate_prior
+    from glp.uses.sae import load_sae
+
+    paths = source_paths(settings, source)
+    device = resolve_device(settings.device)
+    prior = load_prior(paths.prior, device)
+    heldout = ActivationStore(paths.store("heldout"))
+    if heldout.d_model != prior.d_model:
+        raise ValueError(f"prior input dim {prior.d_model} != held-out store dim {heldout.d_model}: "
+                         "re-materialize `glp_prior` for this source")
+    if not (sae_dir(paths.root) / "config.json").is_file():
+        raise FileNotFoundError(f"no SAE at {sae_dir(paths.root)}: prior_eval compares GLP samples with SAE "
+                                "reconstructions; materialize `sae` for this source first")
+    sae, _, sae_cfg = load_sae(sae_dir(paths.root), "cpu")
+    if sae.d_model != prior.d_model:
+        raise ValueError(f"SAE width {sae.d_model} != prior width {prior.d_model}: re-materialize `sae` for this source")
+    stats = NormStats.load(paths.norm_stats)
+    norm = prior.normalizer.to("cpu")
+    with torch.no_grad():
+        x = norm.normalize(torch.from_numpy(heldout.rows()))
+        train = ActivationStore(paths.store("train"))
+        z_train = norm.normalize(torch.from_numpy(train.rows(0, SELECT_ROWS)))
+        sae_mse = float(((sae(z_train)[0] - z_train) ** 2).mean())
+    lam, vecs = np.linalg.eigh(stats.cov_normalized.astype(np.float64))
+    axes = torch.from_numpy(vecs[:, ::-1].copy()).float()  # columns by decreasing variance
+    mse_k = pca_mse_by_k(z_train, torch.zeros(prior.d_model), axes)
+    k = int(np.argmax(mse_k <= sae_mse)) if (mse_k <= sae_mse).any() else prior.d_model
+    top = axes[:, :k]
+    recon = {
+        "sae": (f"SAE reconstructions (TopK k={sae_cfg['k']}, {sae_cfg['n_latents']} latents)",
+                lambda z: sae(z.float())[0]),
+        "pca": (f"PCA-{k} reconstructions (the SAE's train error)", lambda z: (z.float() @ top) @ top.T),
+    }
+    mean, std = norm.mean.double().numpy(), norm.std.double().numpy()
+    report = evaluate_prior(prior.denoiser, x, stats.cov_normalized, settings.eval, device, recon,
+                            denormalize=lambda z: z * std + mean, log=log)
+    report["pca_k"], report["sae_train_mse"], report["pca_train_mse"] = k, sae_mse, float(mse_k[k])
+    write_atomic(paths.prior_eval, json.dumps(report, indent=2))
+    return report
