@@ -9,9 +9,6 @@ Selected by the shape of a line, in fenced blocks of README.md and docs/*.md:
 - `python -m <module>` in a bash block: the module must exist (found, not run).
 A block preceded by the line `<!-- readme-test: skip -->` is left out.
 
-The code is moving into sub-packages (glp.data, glp.prior, glp.uses, glp.pipeline, ...). A case that fails only
-because one of those new modules does not exist yet is an xfail keyed by the missing module (NEW_MODULES); remove
-the entry once the move is merged and the case passes.
 """
 
 from __future__ import annotations
@@ -28,19 +25,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SKIP_MARKER = "<!-- readme-test: skip -->"
-
-# The module paths of the restructure in flight (the docs already name them).
-NEW_MODULES = frozenset(
-    [f"glp.{p}" for p in ("data", "prior", "uses", "pipeline")]
-    + [f"glp.data.{m}" for m in ("corpus", "corpus_build", "probe_tasks", "source_model", "source_lm", "lm",
-                                 "activations", "shards", "store", "stats")]
-    + [f"glp.prior.{m}" for m in ("flow", "denoiser", "train", "export", "evaluate", "manifold")]
-    + [f"glp.uses.{m}" for m in ("direction", "generate", "judges", "steer", "steer_report", "delta_lm", "sae",
-                                 "probe", "ood", "scaling")]
-    + [f"glp.pipeline.{m}" for m in ("layout", "data", "prior", "probing", "steering", "ood", "scaling")]
-    + ["glp.summary", "glp.ci", "glp_dagster.step", "glp_dagster.defs"]
-)
-
 
 @dataclass(frozen=True)
 class Block:
@@ -148,12 +132,6 @@ def _id(case: Case) -> str:
     return f"{case.block.page}:{case.block.line}:{case.kind}:{case.snippet[:60]}"
 
 
-def _xfail_if_moving(error: ModuleNotFoundError, case: Case) -> None:
-    """The module is one the restructure will create: expected to fail until it is merged."""
-    if error.name in NEW_MODULES:
-        pytest.xfail(f"{error.name} does not exist yet (code move in flight): {case.block.where}: {case.snippet}")
-
-
 def _check_help(case: Case) -> None:
     from glp.cli import main
 
@@ -190,9 +168,6 @@ def _check_settings(case: Case, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 def _check_import(case: Case) -> None:
     try:
         exec(compile(case.payload[0], case.block.where, "exec"), {})  # noqa: S102 (the docs' own import line)
-    except ModuleNotFoundError as e:
-        _xfail_if_moving(e, case)
-        pytest.fail(f"{case.block.where}: `{case.snippet}` fails: {e}")
     except ImportError as e:
         pytest.fail(f"{case.block.where}: `{case.snippet}` fails: {e}")
 
@@ -202,10 +177,8 @@ def _check_module(case: Case) -> None:
     try:
         spec = importlib.util.find_spec(name)
     except ModuleNotFoundError as e:
-        _xfail_if_moving(e, case)
         pytest.fail(f"{case.block.where}: `python -m {name}`: {e}")
     if spec is None:
-        _xfail_if_moving(ModuleNotFoundError(name=name), case)
         pytest.fail(f"{case.block.where}: `python -m {name}`: no module named {name!r}")
 
 

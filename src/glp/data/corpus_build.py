@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from glp.artifacts import fresh_temp_dir, publish_dir, sha256_file
-from glp.config import CorpusConfig
+from glp.config import CorpusConfig, load_settings
 from glp.data.corpus import (
     LABELLED_DIR,
     LABELLED_FILES,
@@ -339,8 +339,6 @@ def prepare_labelled(out: Path, seed: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from glp.config import load_settings
-
     argv = list(sys.argv[1:] if argv is None else argv)
     what = argv.pop(0) if argv and argv[0] in ("corpus", "labelled") else "corpus"
     cfg = load_settings().corpus

@@ -32,6 +32,8 @@ import numpy as np
 
 from glp.artifacts import fresh_temp_dir, publish_dir, sha256_file
 from glp.config import ProbeTasksConfig
+from glp.data.corpus import LABELLED_DIR, corpus_hash, load_documents, load_labelled, text_key
+from glp.data.corpus import MANIFEST as DATA_MANIFEST
 
 TASKS_FILE, EXAMPLES_FILE, MANIFEST = "tasks.json", "examples.jsonl", "manifest.json"
 WORDNET_LICENCE = "WordNet-3.0 (Princeton, permissive; notice in the corpus's licenses/wordnet-base.copyright)"
@@ -89,8 +91,6 @@ def bbc_lead(text: str, words: int = BBC_LEAD_WORDS) -> str:
 
 def _views(corpus: Path, labelled: Path | None) -> dict:
     """Everything the task builders read, from the prepared corpus and (if given) the labelled data."""
-    from glp.data.corpus import load_documents, load_labelled, text_key
-
     docs = load_documents(corpus, "train") + load_documents(corpus, "heldout")
     docs.sort(key=lambda d: d["id"])
     wordnet = [d for d in docs if d.get("source") == "wordnet" and gloss_of(d)]
@@ -280,8 +280,6 @@ def balance_and_split(
 
     `forbidden` holds `glp.data.corpus.text_key`s of texts no task may use (the movie snippets' direction half).
     """
-    from glp.data.corpus import text_key
-
     both = {t for _, t in pos} & {t for _, t in neg}
     classes = []
     for items in (neg, pos):
@@ -407,9 +405,6 @@ def split_counts(task: ProbeTask) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from glp.data.corpus import LABELLED_DIR, corpus_hash
-    from glp.data.corpus import MANIFEST as DATA_MANIFEST
-
     default = ProbeTasksConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=default.path)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from glp.data.activations import iter_windows
 from glp.data.store import PROVENANCE, ActivationStore, Location, StoreError, StoreWriter
 from glp.progress import Log
 
@@ -56,8 +57,6 @@ def plan_shards(lm: Any, texts: Iterable[str], max_seq_len: int, window_docs: in
                 n_shards: int) -> ShardPlan:
     """Cut the corpus (capped at `max_tokens` rows as one worker caps it) into `n_shards` runs of whole windows
     with about equal rows (`lm`: a SourceLM, for its tokenizer only)."""
-    from glp.data.activations import iter_windows
-
     cap = max_tokens if max_tokens is not None else float("inf")
     windows: list[tuple[int, int, int]] = []  # (doc lo, doc hi, rows)
     lo = 0

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from glp.artifacts import fresh_temp_dir, publish_dir, sha256_file
+from glp.artifacts import fresh_temp_dir, publish_dir, sha256_file, write_manifest
 from glp.data.stats import Normalizer
 from glp.prior.denoiser import GLPDenoiser
 
@@ -138,7 +138,6 @@ def export_prior(prior_dir: Path, out: Path, card: str, norm_stats: Path | None 
     Loading `out` with `load_prior` gives the same network (the checksums in config.json are checked)."""
     import shutil
 
-    from glp.artifacts import write_manifest
 
     load_prior(prior_dir)  # refuse to export a corrupt prior
     out = Path(out)

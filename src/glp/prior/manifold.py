@@ -92,8 +92,6 @@ def diffusion_score(model: nn.Module, z: Tensor, ts: Sequence[float] = DEFAULT_T
 @torch.no_grad()
 def sdedit_error(model: nn.Module, z: Tensor, t_start: float = 0.5, steps: int = 20, seed: int = 0) -> Tensor:
     """Per-row mean squared change ‖z − SDEdit(z)‖² / d of normalized rows z (B, d) under the prior."""
-    from glp.prior.flow import project_on_manifold
-
     device, dtype = module_device_dtype(model)
     z = z.reshape(-1, z.shape[-1]).to(device, dtype)
     g = torch.Generator(device=device).manual_seed(seed)

@@ -25,11 +25,13 @@ from torch import Tensor
 
 from glp.ci import bootstrap_ci
 from glp.config import DeltaLMConfig
-from glp.data.lm import SourceLM
-from glp.data.stats import fit_pca, pca_mse_by_k
+from glp.data.activations import tokenize_doc
+from glp.data.lm import SourceLM, capture_residual, pad_tokens, replace_block_output, run_until_captured
+from glp.data.stats import Normalizer, fit_pca, pca_mse_by_k
 from glp.prior import Prior
+from glp.prior.manifold import sdedit, sdedit_levels
 from glp.progress import Log, Progress
-from glp.data.lm import pad_tokens, replace_block_output
+from glp.report import markdown_table
 
 Replace = Callable[[Tensor], Tensor]  # rows (n, d) -> reconstructions (n, d)
 
@@ -49,8 +51,6 @@ def heldout_docs(lm: SourceLM, texts: Sequence[str], max_seq_len: int, max_token
                  start: int = 0) -> tuple[list[list[int]], int]:
     """`[BOS] + tokens` of texts[start:], in order, up to `max_tokens` non-BOS tokens; (docs, index after the last
     text used), so that a second call from that index takes documents disjoint from the first."""
-    from glp.data.activations import tokenize_doc
-
     seqs, total, i = [], 0, start
     while i < len(texts) and total < max_tokens:
         s = tokenize_doc(lm, texts[i], max_seq_len)
@@ -107,8 +107,6 @@ def _null():
 
 def layer_rows(lm: SourceLM, layer: int, batches: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
     """Block `layer`'s residual output at every non-BOS position of `batches`, (n_tokens, d) float32 on cpu."""
-    from glp.data.lm import capture_residual, run_until_captured
-
     rows = []
     with torch.inference_mode(), capture_residual(lm, layer, stop=True) as box:
         for ids, mask in batches:
@@ -128,9 +126,6 @@ def delta_lm_report(lm: SourceLM, layer: int, prior: Prior, texts: Sequence[str]
     The first `cfg.max_tokens` tokens of `texts` are scored; the next `cfg.select_tokens` (later documents) are
     where PCA-k is matched to the GLP's error.
     """
-    from glp.data.stats import Normalizer
-    from glp.prior.manifold import sdedit, sdedit_levels
-
     norm = Normalizer(prior.normalizer.mean.cpu(), prior.normalizer.std.cpu())
     scored, next_doc = heldout_docs(lm, texts, max_seq_len, cfg.max_tokens)
     select, _ = heldout_docs(lm, texts, max_seq_len, cfg.select_tokens, start=next_doc)
@@ -198,8 +193,6 @@ def delta_lm_report(lm: SourceLM, layer: int, prior: Prior, texts: Sequence[str]
 
 
 def delta_lm_markdown(report: dict[str, Any]) -> str:
-    from glp.report import markdown_table
-
     m = report["methods"]
     labels = {"glp": f"GLP SDEdit t={report['config']['t_start']} ({report['glp_passes']} passes)",
               "sae": f"SAE (TopK k={m['sae']['k']}, {m['sae']['n_latents']} latents)" if "sae" in m else "",

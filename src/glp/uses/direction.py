@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from glp.ci import auc_ci
-from glp.data.corpus import load_labelled
+from glp.data.activations import forward_batch, tokenize_doc
+from glp.data.corpus import iter_documents, load_labelled
 from glp.data.lm import SourceLM
 from glp.uses.generate import max_positions
 from glp.uses.judges import MOVIE_SNIPPETS
@@ -33,8 +34,6 @@ def default_prompts(corpus: Path, n: int, corpus_cfg: Any = None, max_words: int
     """Neutral prompts: first sentences (<= max_words words) of the first `n` held-out BBC news documents, filled
     from other held-out documents' first sentences when there are fewer BBC ones; sentences under `min_words`
     words and repeats are skipped. `corpus_cfg` (a CorpusConfig) splits a user corpus as the pipeline does."""
-    from glp.data.corpus import iter_documents
-
     bbc: list[str] = []
     other: list[str] = []
     seen: set[str] = set()
@@ -91,8 +90,6 @@ def last_token_acts(lm: SourceLM, layer: int, texts: Sequence[str], max_tokens: 
                     batch_size: int = 64) -> Tensor:
     """Block `layer`'s residual output at the last token of each text (`[BOS] + tokens` truncated to
     `max_tokens`; never BOS), (n, d) float32 on cpu. Batches are length-sorted; rows come back in text order."""
-    from glp.data.activations import forward_batch, tokenize_doc
-
     seqs = [tokenize_doc(lm, t, min(max_tokens, max_positions(lm) or max_tokens)) for t in texts]
     if any(len(s) < 2 for s in seqs):
         raise ValueError("every text needs a token after BOS (position 0 is never used)")

@@ -12,11 +12,10 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from glp.data.lm import SourceLM
+from glp.data.lm import SourceLM, replace_block_output
 from glp.prior.export import Prior
 from glp.prior.manifold import Gate, diffusion_score, gated_edit, sdedit
 from glp.uses.judges import left_pad, rewind_cache
-from glp.data.lm import replace_block_output
 
 
 def max_positions(lm: SourceLM) -> int | None:

@@ -24,10 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glp.ci import auc_ci
+from glp.ci import auc_ci, bootstrap_ci
 from glp.data.corpus import load_labelled
-from glp.data.lm import SourceLM
-from glp.data.lm import pad_tokens
+from glp.data.lm import SourceLM, pad_tokens
 
 MOVIE_SNIPPETS = "movie_snippets.jsonl"
 AMAZON_REVIEWS = "amazon_reviews.jsonl"
@@ -76,7 +75,6 @@ def fit_sentiment_judge(folder: Path, seed: int = 0, test_fraction: float = 0.2,
     from sklearn.model_selection import train_test_split
     from sklearn.pipeline import make_pipeline
 
-    from glp.ci import bootstrap_ci
 
     t0 = time.perf_counter()
     texts, y, src = judge_training_data(folder)

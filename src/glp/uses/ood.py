@@ -23,7 +23,10 @@ import torch.nn as nn
 from numpy.typing import ArrayLike
 from torch import Tensor
 
+from glp.ci import auc_score
 from glp.prior.manifold import diffusion_score, sdedit_error
+from glp.report import inline_interval_chart, markdown_table, pyplot, to_png
+from glp.uses.delta_lm import batch_docs, heldout_docs, layer_rows
 
 # ---------------------------------------------------------------- baselines
 
@@ -113,8 +116,6 @@ def auroc_table(real: dict[str, np.ndarray], off: dict[str, np.ndarray], n_boot:
     for every other score, the paired CI of AUROC(reference) − AUROC(score) on the same resamples.
 
     `real` and `off` map score name -> (n,) scores, higher = more off-manifold."""
-    from glp.ci import auc_score
-
     names = list(real)
     n_real, n_off = len(real[names[0]]), len(off[names[0]])
     y = np.r_[np.zeros(n_real, bool), np.ones(n_off, bool)]
@@ -164,8 +165,6 @@ def doc_rows(lm: Any, layers: Sequence[int], texts: Sequence[str], max_seq_len: 
              max_tokens: int) -> tuple[dict[int, Tensor], np.ndarray]:
     """Block outputs at each of `layers` for every non-BOS token of the first texts up to `max_tokens` tokens,
     ({layer: (n, d)}, positions (n,)), rows in document order."""
-    from glp.uses.delta_lm import batch_docs, heldout_docs, layer_rows
-
     seqs, _ = heldout_docs(lm, list(texts), max_seq_len, max_tokens)
     if not seqs:
         raise ValueError("no text with a token after BOS to build an off-manifold set from")
@@ -212,8 +211,6 @@ def ood_headline(rep: dict[str, Any]) -> str:
 
 def ood_markdown(rep: dict[str, Any]) -> str:
     """The AUROC table (rows: sets; columns: scores; best per row in bold) and what each reference is."""
-    from glp.report import markdown_table
-
     rows = []
     for s in rep["sets"]:
         best = max(s["auroc"].values())
@@ -233,8 +230,6 @@ def ood_inline(rep: dict[str, Any]) -> str:
     """GLP diffusion-score AUROC of four sets as an inline forest plot (an inline chart must stay under 1,000
     characters: four labelled rows): the strongest steered and noised sets, the first other layer and the first
     other text. The full table is the report."""
-    from glp.report import inline_interval_chart
-
     sets = rep["sets"]
     r_max = max((s["r"] for s in sets if s["kind"] == "steered"), default=None)
     picks = [next((s for s in sets if s["kind"] == k and (s["r"] == r_max or k not in ("steered", "noised"))), None)
@@ -245,7 +240,6 @@ def ood_inline(rep: dict[str, Any]) -> str:
 
 
 def _grid(n: int):  # noqa: ANN202 (matplotlib figure, axes)
-    from glp.report import pyplot
 
     cols = 4
     rows = -(-n // cols)
@@ -259,7 +253,6 @@ def ood_roc_png(hist: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarra
     """ROC curves of every score, one panel per set."""
     from sklearn.metrics import roc_curve
 
-    from glp.report import to_png
 
     fig, axes = _grid(len(hist))
     for ax, (name, (real, off)) in zip(axes, hist.items()):
@@ -277,8 +270,6 @@ def ood_roc_png(hist: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarra
 
 def ood_hist_png(hist: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]) -> bytes:
     """Histograms of the GLP diffusion score, real vs each set (log x)."""
-    from glp.report import to_png
-
     fig, axes = _grid(len(hist))
     for ax, (name, (real, off)) in zip(axes, hist.items()):
         both = np.r_[real["glp"], off["glp"]]

@@ -24,8 +24,11 @@ from torch import nn
 
 from glp.ci import bootstrap_ci
 from glp.config import ProbeConfig
+from glp.data.activations import tokenize_doc
+from glp.data.lm import capture_residual, find_module, pad_tokens, run_until_captured
 from glp.progress import Log, Progress
-from glp.data.lm import pad_tokens
+from glp.report import inline_interval_chart, markdown_table, pyplot, to_png
+from glp.uses.sae import sae_latents
 
 FAMILY_LABELS = {"sae": "SAE", "layer": "raw layer", "mlp": "raw MLP neuron", "glp": "GLP"}
 PAPER_MEAN_AUC = {"sae": 0.70, "layer": 0.77, "mlp": 0.79, "glp": 0.84}
@@ -45,8 +48,6 @@ class ProbeError(ValueError):
 
 def mlp_out_proj(block: nn.Module) -> nn.Module:
     """The MLP output projection of a decoder block (we hook its input), or a clear error."""
-    from glp.data.lm import find_module
-
     found = find_module(block, _MLP_OUT)
     if found is not None:
         return found
@@ -62,9 +63,6 @@ def last_token_features(lm: Any, layer: int, texts: Sequence[str], max_seq_len: 
     Texts are tokenized as in the activation store (`[BOS] + tokens`, truncated) and right-padded; the
     forward stops after the block.
     """
-    from glp.data.activations import tokenize_doc
-    from glp.data.lm import capture_residual, run_until_captured
-
     block = lm.block(layer)
     box: dict[str, torch.Tensor] = {}
 
@@ -117,8 +115,6 @@ def glp_meta_neurons(prior: Any, acts: np.ndarray, t: float, seed: int, batch_si
 
 def sae_features(sae: Any, normalizer: Any, acts: np.ndarray) -> np.ndarray:
     """TopK SAE latents (n, n_latents) of raw activations."""
-    from glp.uses.sae import sae_latents
-
     return sae_latents(sae, normalizer, torch.from_numpy(np.ascontiguousarray(acts, dtype=np.float32))).numpy()
 
 
@@ -363,8 +359,6 @@ def probing_headline(summary: dict[str, Any], families: Sequence[str], n_tasks: 
 def table4_markdown(summary: dict[str, Any], families: Sequence[str], n_tasks: int | None = None) -> str:
     """The paper's Table 4 format: mean 1-D AUC per feature family, ours (95% CI) next to Llama-1B's; with `n_tasks`,
     the headline (probing_headline) above it."""
-    from glp.report import markdown_table
-
     rows = []
     for fam in families:
         s = summary["one_d"][fam]
@@ -382,8 +376,6 @@ def table4_markdown(summary: dict[str, Any], families: Sequence[str], n_tasks: i
 
 def mean_auc_inline(summary: dict[str, Any], families: Sequence[str]) -> str:
     """Mean 1-D AUC per family with its 95% CI as an inline forest plot (glp.report.inline_interval_chart)."""
-    from glp.report import inline_interval_chart
-
     rows = [(FAMILY_LABELS[f], summary["one_d"][f]["mean"], summary["one_d"][f]["ci_low"], summary["one_d"][f]["ci_high"])
             for f in families]
     lo = min(0.5, *(r[2] for r in rows))
@@ -393,8 +385,6 @@ def mean_auc_inline(summary: dict[str, Any], families: Sequence[str]) -> str:
 
 def per_task_png(rows: Sequence[dict[str, Any]], families: Sequence[str]) -> bytes:
     """Test 1-D AUC per task (rows) and family (markers), as PNG bytes."""
-    from glp.report import pyplot, to_png
-
     plt = pyplot()
 
     colors = {"sae": "#9467bd", "layer": "#1f77b4", "mlp": "#2ca02c", "glp": "#d62728"}

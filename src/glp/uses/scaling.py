@@ -30,7 +30,11 @@ import numpy as np
 
 from glp.artifacts import content_hash, write_atomic
 from glp.config import DenoiserConfig, ScalingConfig, ScalingPoint, TrainConfig, config_hash
+from glp.prior import Prior, load_prior, load_snapshots, save_prior
+from glp.prior.evaluate import heldout_loss
+from glp.prior.train import train_prior
 from glp.progress import Log, nolog
+from glp.report import inline_scatter_chart, markdown_table, pyplot, to_png
 
 PAPER_FIT = {"E": 0.52, "A": 435.1, "alpha": 0.169}
 """The paper's fit on Llama-1B activations, C in FLOPs from 1e15 to 2e19."""
@@ -78,8 +82,6 @@ def train_point(store: Any, normalizer: Any, dcfg: DenoiserConfig, tcfg: TrainCo
     a prior already exported at `out` is returned as it is. Returns {n_params, steps, seconds, trained}."""
     import shutil
 
-    from glp.prior import save_prior
-    from glp.prior.train import train_prior
 
     if (out / "config.json").is_file():
         meta = json.loads((out / "config.json").read_text())
@@ -98,8 +100,6 @@ def train_point(store: Any, normalizer: Any, dcfg: DenoiserConfig, tcfg: TrainCo
 
 def checkpoints_of(prior_dir: Path, device: Any = "cpu") -> list[tuple[int, Any]]:
     """(step, Prior) of every snapshot of a sweep prior and of its final weights, by step."""
-    from glp.prior import Prior, load_prior, load_snapshots
-
     prior = load_prior(prior_dir, device)
     snaps = [(k, Prior(net, prior.normalizer, prior.config)) for k, net in load_snapshots(prior, prior_dir)]
     return [*snaps, (int(prior.config["steps"]), prior)]
@@ -207,8 +207,6 @@ def rho_ci_points(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int, level: f
 def point_losses(prior_dir: Path, z: Any, n_t: int, seed: int, out: Path) -> list[dict[str, Any]]:
     """Held-out loss (glp.prior.evaluate.heldout_loss: fixed t levels, seeded noise) of a sweep prior's snapshots and final
     weights on normalized rows z (n, d), cached in `out` (JSON, atomic)."""
-    from glp.prior.evaluate import heldout_loss
-
     if out.is_file():
         return json.loads(out.read_text())
     rows = []
@@ -269,8 +267,6 @@ def scaling_png(report: dict[str, Any]) -> bytes:
     """Left: every point's held-out loss vs C (log x), coloured by prior, with the fit and its 95% band and the
     Gaussian prior's loss. Right: the shape of the law: reducible loss (L − E) relative to the start of each range
     vs C relative to it, ours (with band) against the paper's (E=0.52, A=435.1, α=0.169 over 1e15–2e19 FLOPs)."""
-    from glp.report import pyplot, to_png
-
     plt = pyplot()
     fit = report["fit"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5), dpi=100)
@@ -305,8 +301,6 @@ def scaling_png(report: dict[str, Any]) -> bytes:
 
 def downstream_png(report: dict[str, Any]) -> bytes:
     """Each downstream metric vs held-out loss (one point per prior), with Spearman's rho and its CIs."""
-    from glp.report import pyplot, to_png
-
     plt = pyplot()
     corr, pts = report["downstream"]["correlations"], report["downstream"]["points"]
     fig, axes = plt.subplots(1, len(corr), figsize=(4.2 * len(corr), 4), dpi=100, squeeze=False)
@@ -324,8 +318,6 @@ def downstream_png(report: dict[str, Any]) -> bytes:
 
 def scaling_inline(report: dict[str, Any]) -> str:
     """The points, the fit and its band on log10 C, as an inline chart (< 1,000 characters)."""
-    from glp.report import inline_scatter_chart
-
     fit, cv = report["fit"], report["fit"]["curve"]
     lx = np.log10(cv["C"]).tolist()
     return inline_scatter_chart(
@@ -358,8 +350,6 @@ def scaling_headline(report: dict[str, Any]) -> str:
 
 def scaling_markdown(report: dict[str, Any]) -> str:
     """The report as markdown: headline, the fit table, every point, the downstream correlations."""
-    from glp.report import markdown_table
-
     f = report["fit"]
     fit = markdown_table(["parameter", "estimate", "95% CI (bootstrap over points)", "paper (Llama-1B)"],
                          [[k, f"{f[k]:.4g}", f"[{f[k + '_ci'][0]:.4g}, {f[k + '_ci'][1]:.4g}]", PAPER_FIT[k]]

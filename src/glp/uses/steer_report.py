@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from glp.report import inline_line_chart, markdown_table, pyplot, to_png
+
 
 def fluency_trend_png(trend: dict[str, Any]) -> bytes:
     """Fluency cost of SDEdit vs the prior's held-out loss, one point per prior, with the fitted line."""
-    from glp.report import pyplot, to_png
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=100)
     pts = trend["points"]
@@ -48,8 +48,6 @@ def concept_rises(report: dict[str, Any]) -> bool:
 
 def pareto_png(report: dict[str, Any]) -> bytes:
     """Concept (judge P(positive), up) vs fluency (NLL under the unsteered LM, left = better), one curve per mode."""
-    from glp.report import pyplot, to_png
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9.5, 6), dpi=100)
     modes = list(dict.fromkeys(r["mode"] for r in report["rows"]))
@@ -78,8 +76,6 @@ def pareto_png(report: dict[str, Any]) -> bytes:
 def pareto_inline(report: dict[str, Any]) -> str:
     """The headline of the Pareto plot as an inline chart (glp.report.inline_line_chart): concept vs NLL for r ≥ 0,
     raw and with GLP at the main t_start, the largest r labelled."""
-    from glp.report import inline_line_chart
-
     series, labels = [], []
     for mode, name in (("raw", "raw"), ("glp", f"GLP t {report['config']['t_start']:g}")):
         rows = sorted((r for r in report["rows"] if r["mode"] == mode and r["r"] >= 0), key=lambda r: r["r"])
@@ -92,8 +88,6 @@ def pareto_inline(report: dict[str, Any]) -> str:
 
 def steering_markdown(report: dict[str, Any]) -> str:
     """Sources, the frontier statement, the Pareto table, paired GLP − raw differences, 3 examples per setting."""
-    from glp.report import markdown_table
-
     def ci(c: Sequence[float]) -> str:
         return f"[{c[0]:.3f}, {c[1]:.3f}]"
 
