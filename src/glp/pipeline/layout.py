@@ -143,3 +143,105 @@ def probes_dir(source_root: Path) -> Path:
 
 def scaling_dir(source_root: Path) -> Path:
     return Path(source_root) / "scaling"
+
+
+# The artifacts of a source from upstream to downstream: a width mismatch is the more downstream one's to redo.
+_ORDER = ("activations", "model", "norm_stats", "glp_prior", "sae")
+_REDO = {"activations": "re-materialize `activations` (and what follows) for this source",
+         "model": "the source model changed since extraction: re-materialize `activations` and everything downstream",
+         "norm_stats": "re-materialize `norm_stats`", "glp_prior": "re-materialize `glp_prior` for this source",
+         "sae": "re-materialize `sae` for this source"}
+
+
+class SourceArtifacts:
+    """The artifacts of one source, each loaded once on first use and its width checked once against those already
+    loaded (the activation stores first), with one message naming the artifact to redo: the more downstream one.
+
+        art = SourceArtifacts(settings, source)
+        prior, store = art.prior(device), art.store("heldout")   # raises if their widths differ
+    """
+
+    def __init__(self, settings: Settings, source: SourceConfig, step: str = "this step") -> None:
+        self.settings, self.source, self.step = settings, source, step
+        self.paths = source_paths(settings, source)
+        self._loaded: dict[Any, Any] = {}
+        self._widths: dict[str, int] = {}
+
+    def _check(self, name: str, width: int, split: str | None = None) -> None:
+        if "activations" not in self._widths:
+            for ref in ("train", "heldout"):  # the reference width: the first store there is (cheap: its metadata)
+                if ref == split:
+                    break
+                if self.paths.store(ref).exists():
+                    self.store(ref)
+                    break
+        for other, w in self._widths.items():
+            if w != width:
+                late = max(name, other, key=_ORDER.index)
+                raise ValueError(f"{name} width {width} != {other} width {w} ({self.step}): {_REDO[late]}")
+        self._widths[name] = width
+
+    def _once(self, key: Any, load: Any) -> Any:
+        if key not in self._loaded:
+            self._loaded[key] = load()
+        return self._loaded[key]
+
+    def store(self, split: str) -> Any:
+        """The activation store of a split (glp.data.store.ActivationStore)."""
+        from glp.data.store import ActivationStore
+
+        def load() -> Any:
+            store = ActivationStore(self.paths.store(split))
+            self._check("activations", store.d_model, split)
+            return store
+
+        return self._once(("store", split), load)
+
+    def lm(self, dtype: str = "float32", device: str | None = None) -> Any:
+        """The source LLM (glp.data.lm.SourceLM) on the settings' device unless `device` is given."""
+        from glp.data.lm import load_source_lm
+
+        def load() -> Any:
+            lm = load_source_lm(model_dir(self.settings, self.source), device or self.settings.device, dtype,
+                                self.settings.trust_remote_code)
+            self._check("model", lm.d_model)
+            return lm
+
+        return self._once(("lm", dtype, device), load)
+
+    def norm_stats(self) -> Any:
+        """The normalization statistics (glp.data.stats.NormStats)."""
+        from glp.data.stats import NormStats
+
+        def load() -> Any:
+            stats = NormStats.load(self.paths.norm_stats)
+            self._check("norm_stats", len(stats.mean))
+            return stats
+
+        return self._once("norm_stats", load)
+
+    def prior(self, device: Any = "cpu") -> Any:
+        """The exported prior (glp.prior.Prior) on `device`."""
+        from glp.prior import load_prior
+
+        def load() -> Any:
+            prior = load_prior(self.paths.prior, device)
+            self._check("glp_prior", prior.d_model)
+            return prior
+
+        return self._once(("prior", str(device)), load)
+
+    def sae(self, device: Any = "cpu") -> tuple[Any, Any, dict[str, Any]]:
+        """The SAE baseline (sae, its normalizer, its config) on `device`; a clear error when it is not there."""
+        from glp.uses.sae import load_sae
+
+        def load() -> Any:
+            folder = sae_dir(self.paths.root)
+            if not (folder / "config.json").is_file():
+                raise FileNotFoundError(f"no SAE at {folder}: {self.step} compares with the SAE baseline; materialize "
+                                        "`sae` for this source first")
+            out = load_sae(folder, device)
+            self._check("sae", out[0].d_model)
+            return out
+
+        return self._once(("sae", str(device)), load)

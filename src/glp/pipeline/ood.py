@@ -31,6 +31,8 @@ from glp.uses.ood import (
     standardize,
 )
 
+from glp.pipeline.layout import SourceArtifacts
+
 
 def build_ood(settings: Any, source: Any, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Pipeline step: real held-out activations vs the off-manifold sets, every score's AUROC with CIs; written
@@ -39,31 +41,18 @@ def build_ood(settings: Any, source: Any, log: Callable[[str], None] | None = No
     import time
     from pathlib import Path
 
-    from glp import pipeline
     from glp.artifacts import write_atomic
     from glp.data.corpus import iter_documents, load_labelled
-    from glp.data.lm import load_source_lm
-    from glp.data.stats import NormStats
-    from glp.data.store import ActivationStore
-    from glp.pipeline.layout import sae_dir
-    from glp.prior import load_prior
     from glp.uses.direction import mean_activation_norm, movie_snippets, sentiment_direction
-    from glp.uses.sae import load_sae
 
     say = log or (lambda _m: None)
     t0 = time.perf_counter()
     cfg = settings.ood
-    paths = pipeline.source_paths(settings, source)
-    lm = load_source_lm(pipeline.model_dir(settings, source), settings.device, "float32", settings.trust_remote_code)
-    prior = load_prior(paths.prior, "cpu")
-    store = ActivationStore(paths.store("heldout"))
-    if store.d_model != prior.d_model:
-        raise ValueError(f"prior input dim {prior.d_model} != held-out store dim {store.d_model}: re-materialize "
-                         "`glp_prior` for this source")
-    sae, sae_norm, _ = load_sae(sae_dir(paths.root), "cpu")
-    if sae.d_model != prior.d_model:
-        raise ValueError(f"SAE width {sae.d_model} != prior width {prior.d_model}: re-materialize `sae` for this source")
-    whitener = mahalanobis_whitener(NormStats.load(paths.norm_stats).cov_normalized)
+    art = SourceArtifacts(settings, source, "ood")
+    paths = art.paths
+    store, lm, prior = art.store("heldout"), art.lm(), art.prior("cpu")
+    sae, sae_norm, _ = art.sae("cpu")
+    whitener = mahalanobis_whitener(art.norm_stats().cov_normalized)
     heldout, pos_all = torch.from_numpy(store.rows()), store.provenance("position")
     n, perm = heldout_split(len(heldout), cfg)
     if n < 20:
@@ -150,23 +139,14 @@ def score_text(settings: Any, source: Any, text: str) -> dict[str, Any]:
     """Per-token GLP diffusion scores of `text` at the source's layer, each with its percentile among real held-out
     tokens (the `ood` asset's reference rows: same seeded shuffle, same noise) and a flag above the (1 − ood.fpr)
     quantile."""
-    from glp import pipeline
     from glp.data.activations import forward_batch, tokenize_doc
-    from glp.data.lm import load_source_lm
-    from glp.data.store import ActivationStore
-    from glp.prior import load_prior
 
     cfg = settings.ood
-    paths = pipeline.source_paths(settings, source)
-    lm = load_source_lm(pipeline.model_dir(settings, source), settings.device, "float32", settings.trust_remote_code)
-    prior = load_prior(paths.prior, "cpu")
+    art = SourceArtifacts(settings, source, "glp score")
+    store, lm, prior = art.store("heldout"), art.lm(), art.prior("cpu")
     seq = tokenize_doc(lm, text, cfg.max_seq_len)
     if len(seq) < 2:
         raise ValueError(f"{text!r} has no token to score (empty after tokenization): pass some text")
-    store = ActivationStore(paths.store("heldout"))
-    if store.d_model != prior.d_model or lm.d_model != prior.d_model:
-        raise ValueError(f"prior width {prior.d_model}, model width {lm.d_model} and held-out store width "
-                         f"{store.d_model} differ: re-materialize `glp_prior` for this source")
     acts, _, _ = forward_batch(lm, source.layer, [seq])
     norm = prior.normalizer  # on the cpu: the prior was loaded there
     scores = diffusion_score(prior.denoiser, norm.normalize(acts[0, 1:]), cfg.ts, cfg.seed).numpy()

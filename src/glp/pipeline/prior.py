@@ -11,6 +11,7 @@ from glp.artifacts import content_hash, write_atomic
 from glp.config import Settings, SourceConfig
 from glp.pipeline.layout import prior_meta, short_sha256, source_paths
 from glp.progress import Log, nolog
+from glp.pipeline.layout import SourceArtifacts
 
 
 def build_prior(settings: Settings, source: SourceConfig, log: Log = nolog) -> dict[str, Any]:
@@ -21,8 +22,6 @@ def build_prior(settings: Settings, source: SourceConfig, log: Log = nolog) -> d
     import os
 
     from glp.data.lm import resolve_device
-    from glp.data.stats import NormStats
-    from glp.data.store import ActivationStore
     from glp.prior import save_prior
     from glp.prior.train import train_prior
 
@@ -33,11 +32,8 @@ def build_prior(settings: Settings, source: SourceConfig, log: Log = nolog) -> d
                          "or launch `python -m torch.distributed.run --nproc_per_node W -m glp_dagster.pipes_train` "
                          "yourself")
     paths = source_paths(settings, source)
-    store = ActivationStore(paths.store("train"))
-    stats = NormStats.load(paths.norm_stats)
-    if len(stats.mean) != store.d_model:
-        raise ValueError(f"norm_stats width {len(stats.mean)} != activation store width {store.d_model}: "
-                         "re-materialize `norm_stats`")
+    art = SourceArtifacts(settings, source, "glp_prior")
+    store, stats = art.store("train"), art.norm_stats()
     # Checkpoints of another config or data must not be resumed: key the folder by what the run depends on.
     run_key = content_hash(prior_meta(settings, source), store.attrs.get("version"), stats.n)
     ckpt = paths.checkpoints / run_key
@@ -76,31 +72,19 @@ def build_prior_eval(settings: Settings, source: SourceConfig, log: Log = nolog)
     import torch
 
     from glp.data.lm import resolve_device
-    from glp.data.stats import NormStats, pca_mse_by_k
-    from glp.data.store import ActivationStore
-    from glp.pipeline.layout import sae_dir
-    from glp.prior import load_prior
+    from glp.data.stats import pca_mse_by_k
     from glp.prior.evaluate import evaluate_prior
-    from glp.uses.sae import load_sae
 
     paths = source_paths(settings, source)
     device = resolve_device(settings.device)
-    prior = load_prior(paths.prior, device)
-    heldout = ActivationStore(paths.store("heldout"))
-    if heldout.d_model != prior.d_model:
-        raise ValueError(f"prior input dim {prior.d_model} != held-out store dim {heldout.d_model}: "
-                         "re-materialize `glp_prior` for this source")
-    if not (sae_dir(paths.root) / "config.json").is_file():
-        raise FileNotFoundError(f"no SAE at {sae_dir(paths.root)}: prior_eval compares GLP samples with SAE "
-                                "reconstructions; materialize `sae` for this source first")
-    sae, _, sae_cfg = load_sae(sae_dir(paths.root), "cpu")
-    if sae.d_model != prior.d_model:
-        raise ValueError(f"SAE width {sae.d_model} != prior width {prior.d_model}: re-materialize `sae` for this source")
-    stats = NormStats.load(paths.norm_stats)
+    art = SourceArtifacts(settings, source, "prior_eval")
+    heldout, train = art.store("heldout"), art.store("train")
+    prior = art.prior(device)
+    sae, _, sae_cfg = art.sae("cpu")
+    stats = art.norm_stats()
     norm = prior.normalizer.to("cpu")
     with torch.no_grad():
         x = norm.normalize(torch.from_numpy(heldout.rows()))
-        train = ActivationStore(paths.store("train"))
         z_train = norm.normalize(torch.from_numpy(train.rows(0, SELECT_ROWS)))
         sae_mse = float(((sae(z_train)[0] - z_train) ** 2).mean())
     lam, vecs = np.linalg.eigh(stats.cov_normalized.astype(np.float64))

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from glp.config import ProbeConfig, SAEConfig
-from glp.data.store import ActivationStore
 from glp.pipeline.layout import probes_dir, sae_dir
 from glp.progress import Log
 from glp.uses.probe import (
@@ -23,22 +22,19 @@ from glp.uses.probe import (
     table4_markdown,
 )
 from glp.uses.sae import WEIGHTS, save_sae, train_sae
+from glp.pipeline.layout import SourceArtifacts
 
 
 def build_sae(settings: Any, source: Any, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train the SAE of one source on its train store (the prior's budget of rows) and export it."""
     from glp.config import config_hash
     from glp.data.lm import resolve_device
-    from glp.data.stats import NormStats
     from glp.pipeline import short_sha256, source_paths
 
     paths = source_paths(settings, source)
-    store = ActivationStore(paths.store("train"))
-    heldout = ActivationStore(paths.store("heldout")) if paths.store("heldout").exists() else None
-    stats = NormStats.load(paths.norm_stats)
-    if len(stats.mean) != store.d_model:
-        raise ValueError(f"norm_stats width {len(stats.mean)} != activation store width {store.d_model}: "
-                         "re-materialize `norm_stats`")
+    art = SourceArtifacts(settings, source, "sae")
+    store, stats = art.store("train"), art.norm_stats()
+    heldout = art.store("heldout") if paths.store("heldout").exists() else None
     cfg: SAEConfig = settings.sae
     epochs = cfg.epochs or settings.train.epochs
     sae, res = train_sae(store, stats.normalizer(), cfg, epochs, resolve_device(settings.device), heldout, log)
@@ -55,24 +51,20 @@ def build_sae(settings: Any, source: Any, log: Callable[[str], None] | None = No
 def build_probes(settings: Any, source: Any, log: Log | None = None) -> dict[str, Any]:
     """Probe every task with every family for one source; write `probes/` (results.json, plot, dashboards)."""
     from glp.artifacts import fresh_temp_dir, publish_dir, write_manifest
-    from glp.data.lm import load_source_lm, resolve_device
+    from glp.data.lm import resolve_device
     from glp.data.probe_tasks import load_tasks, tasks_hash
     from glp.data.store import ActivationStore
-    from glp.pipeline import model_dir, source_paths
-    from glp.pipeline.layout import sae_dir
-    from glp.prior import load_prior
-    from glp.uses.sae import load_sae
+    from glp.pipeline import source_paths
 
     cfg: ProbeConfig = settings.probe
     paths = source_paths(settings, source)
     t0 = time.perf_counter()
     tasks = load_tasks(settings.probe_tasks.path)
     device = resolve_device(settings.device)
-    lm = load_source_lm(model_dir(settings, source), settings.device, settings.store.dtype, settings.trust_remote_code)
-    prior = load_prior(paths.prior, device) if "glp" in cfg.families else None
-    sae, sae_norm, _ = load_sae(sae_dir(paths.root), device) if "sae" in cfg.families else (None, None, None)
-    if prior is not None and prior.d_model != lm.d_model:
-        raise ValueError(f"prior input dim {prior.d_model} != model width {lm.d_model}: re-materialize `glp_prior`")
+    art = SourceArtifacts(settings, source, "probes")
+    lm = art.lm(settings.store.dtype)
+    prior = art.prior(device) if "glp" in cfg.families else None
+    sae, sae_norm, _ = art.sae(device) if "sae" in cfg.families else (None, None, None)
     texts = list(dict.fromkeys(t for task in tasks for t in (*task.train_text, *task.test_text)))
     index = {t: i for i, t in enumerate(texts)}
     t1 = time.perf_counter()

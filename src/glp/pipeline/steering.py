@@ -21,15 +21,13 @@ from glp.uses.direction import default_prompts, direction_auc, mean_activation_n
 from glp.uses.judges import fit_sentiment_judge
 from glp.uses.steer import steering_report
 from glp.uses.steer_report import fluency_trend_png, pareto_png
+from glp.pipeline.layout import SourceArtifacts
 
 
 def build_steering(settings: Any, source: Any, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Pipeline step: direction (+ held-out AUC), judge, Pareto report, plot; written atomically to
     `<source root>/steering.json` and `steering_pareto.png`."""
     from glp import pipeline
-    from glp.data.lm import load_source_lm
-    from glp.data.store import ActivationStore
-    from glp.prior import load_prior
 
     t0 = time.perf_counter()
     paths = pipeline.source_paths(settings, source)
@@ -38,12 +36,10 @@ def build_steering(settings: Any, source: Any, log: Callable[[str], None] | None
                else default_prompts(settings.corpus.path, cfg.n_prompts, settings.corpus))
     snippets = movie_snippets(cfg.labelled, cfg.n_direction_texts, cfg.n_probe_texts, cfg.seed)
     judge = fit_sentiment_judge(cfg.labelled, cfg.seed, cfg.judge_test_fraction, cfg.n_bootstrap)
-    lm = load_source_lm(pipeline.model_dir(settings, source), settings.device, "float32", settings.trust_remote_code)
-    prior = load_prior(paths.prior, lm.device)
-    heldout = ActivationStore(paths.store("heldout")).rows()
-    if heldout.shape[1] != prior.d_model:
-        raise ValueError(f"prior input dim {prior.d_model} != held-out store dim {heldout.shape[1]}: re-materialize "
-                         "`glp_prior` for this source")
+    art = SourceArtifacts(settings, source, "steering")
+    heldout_store, lm = art.store("heldout"), art.lm()
+    prior = art.prior(lm.device)
+    heldout = heldout_store.rows()
     mean_norm = mean_activation_norm(heldout)
     gate = calibration = None
     if "gated" in cfg.post:
@@ -117,26 +113,16 @@ def build_delta_lm(settings: Any, source: Any, log: Log | None = None) -> dict[s
     """Pipeline step: the ΔLM report on the held-out split, written atomically to `<source root>/delta_lm.json`."""
     from glp import pipeline
     from glp.data.corpus import load_documents
-    from glp.data.lm import load_source_lm
-    from glp.data.store import ActivationStore
-    from glp.prior import load_prior
 
     paths = pipeline.source_paths(settings, source)
     cfg: DeltaLMConfig = settings.delta_lm
-    lm = load_source_lm(pipeline.model_dir(settings, source), settings.device, "float32", settings.trust_remote_code)
-    prior = load_prior(paths.prior, lm.device)
-    store = ActivationStore(paths.store("train"))
+    art = SourceArtifacts(settings, source, "delta_lm")
+    store, lm = art.store("train"), art.lm()
+    prior = art.prior(lm.device)
     train_rows = store.rows(0, cfg.pca_rows)
     texts = [d["text"] for d in load_documents(settings.corpus.path, "heldout", settings.corpus)]
-    from glp.pipeline.layout import sae_dir
-    from glp.uses.sae import load_sae
 
-    if not (sae_dir(paths.root) / "config.json").is_file():
-        raise FileNotFoundError(f"no SAE at {sae_dir(paths.root)}: delta_lm compares the GLP with the SAE's "
-                                "reconstructions; materialize `sae` for this source first")
-    sae = load_sae(sae_dir(paths.root), lm.device)[0]
-    if sae.d_model != prior.d_model:
-        raise ValueError(f"SAE width {sae.d_model} != prior width {prior.d_model}: re-materialize `sae` for this source")
+    sae = art.sae(lm.device)[0]
     report = delta_lm_report(lm, source.layer, prior, texts, train_rows, cfg, settings.store.max_seq_len, sae=sae,
                              log=log)
     report["prior_heldout_loss"] = (json.loads(paths.prior_eval.read_text())["heldout_loss_mean"]
