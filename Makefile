@@ -50,10 +50,16 @@ scaling: export PYTHONWARNINGS = ignore:Function `asset_materialize_command` is 
 scaling: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster asset materialize -m glp_dagster.definitions --select scaling --partition '$(PARTITION)' -c glp_dagster/console.yaml
 
-## test: the test suite (CI runs exactly this)
+## test: the test suite (CI runs exactly this; under 3 min on a 2-core machine); one math thread per process
+## (tests/conftest.py sets it too): the models are tiny and extra threads only contend
+test: export OMP_NUM_THREADS = 1
+test: export MKL_NUM_THREADS = 1
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+## test-slow: the end-to-end runs on the default source, the kill -9 / crash-resume runs, the long curves
+test-slow: export OMP_NUM_THREADS = 1
+test-slow: export MKL_NUM_THREADS = 1
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 

@@ -10,6 +10,10 @@ import pytest
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One math thread per process, set before torch is imported (subprocesses inherit it through os.environ): the
+# models here are tiny, and on a small shared machine extra threads only contend (a trainer test: 10 min -> 5 s).
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = "1"
 
 TEXTS = [
     "The cat sat on the mat and looked at the dog.",
@@ -67,3 +71,9 @@ def tiny_lm(tiny_lm_dir: Path):
 @pytest.fixture()
 def tiny_corpus(tmp_path: Path) -> Path:
     return write_tiny_corpus(tmp_path / "corpus")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import torch  # noqa: PLC0415 (after the thread variables above)
+
+    torch.set_num_threads(1)  # in case a plugin imported torch before this file set OMP_NUM_THREADS

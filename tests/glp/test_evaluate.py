@@ -167,8 +167,8 @@ def test_evaluate_prior_reports_json_able_numbers():
 def test_evaluate_prior_uses_half_the_heldout_rows_when_short():
     d = 2
     heldout = np.random.default_rng(0).standard_normal((150, d))
-    report = evaluate_prior(tiny_denoiser(d), heldout, np.eye(d), EvalConfig(n_t=2, sample_steps=2, sweep_steps=[]),
-                            device="cpu")
+    cfg = EvalConfig(n_t=2, sample_steps=2, sweep_steps=[], c2st_steps=20, n_bootstrap=50)  # only n_fd is read
+    report = evaluate_prior(tiny_denoiser(d), heldout, np.eye(d), cfg, device="cpu")
     assert report["n_fd"] == 75
 
 
