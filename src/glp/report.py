@@ -116,12 +116,13 @@ def inline_line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[floa
     def py(y: float) -> float:
         return _B - (min(max(float(y), y0), y1) - y0) / (y1 - y0) * (_B - _T)
 
+    drawn = [[(px(x), py(y)) for x, y in zip(xs, ys) if math.isfinite(float(y))] for _, xs, ys in series]
+
     def draw(max_points: int, with_dots: bool, n_labels: int) -> str:
         parts = [f"<path d='M{_L},{_T}V{_B}H{_R}' stroke='gray'/>", _group("b", _text(_L, 14, title))]
         legend_x = _L + 6.6 * len(title) + 12
-        for i, (name, xs, ys) in enumerate(series):
+        for i, ((name, _, _), pts) in enumerate(zip(series, drawn)):
             color = COLORS[i % len(COLORS)]
-            pts = [(px(x), py(y)) for x, y in zip(xs, ys) if math.isfinite(float(y))]
             if len(pts) > max_points:
                 pts = [pts[j] for j in np.unique(np.linspace(0, len(pts) - 1, max_points).round().astype(int))]
             parts.append(f"<path d='{_polyline(pts)}' stroke='{color}'/>")
@@ -136,7 +137,9 @@ def inline_line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[floa
                   _group("s", *[_text(min(px(x) + 5, _W - 5 * len(t)), py(y) - 5, t) for x, y, t in labels[:n_labels]])]
         return "".join(parts)
 
-    n_points = max(len(xs) for _, xs, _ in series)
+    # a drawn point takes at least 4 characters ("x,y,"): a series of more points than INLINE_LIMIT / 4 cannot fit,
+    # so the search starts there (a 20,000-step loss curve tried every count from 20,000 down: minutes)
+    n_points = min(max(len(xs) for _, xs, _ in series), INLINE_LIMIT // 4)
     for n_labels in range(len(labels), -1, -1):
         for with_dots in ((True, False) if dots else (False,)):
             for max_points in sorted({n_points, *range(n_points, 5, -2)}, reverse=True):

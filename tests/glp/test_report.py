@@ -38,13 +38,12 @@ def _assert_a_long_loss_curve_fits(n_steps: int) -> None:
     assert "step" in texts and f"{n_steps:,}" in texts and any("MSE per dim" in t for t in texts)
 
 
-@pytest.mark.slow  # ~2.5 min: inline_line_chart thins a curve by 2 points per try, redrawing every point each time
 def test_inline_line_chart_fits_the_ui_limit_for_a_20000_step_curve():
     _assert_a_long_loss_curve_fits(20_000)
 
 
 def test_inline_line_chart_fits_the_ui_limit_and_is_well_formed_svg_even_for_a_long_curve():
-    _assert_a_long_loss_curve_fits(2_000)  # far more points than fit; the 20,000-step curve runs under -m slow
+    _assert_a_long_loss_curve_fits(2_000)  # far more points than fit
 
     two = inline_line_chart([("GLP", [0.1, 0.5, 0.9], [1.2, 1.1, 1.3]), ("optimal affine", [0.1, 0.5, 0.9], [1.0, 1.4, 1.1])],
                             "held-out loss by t", "noise level t (0 = data, 1 = noise)", dots=True,
