@@ -8,6 +8,7 @@ from functools import cached_property
 import dagster as dg
 
 from glp.config import Settings, SourceConfig, load_settings
+from glp.pipeline.layout import SourcePaths, source_paths
 
 
 class GLPSettings(dg.ConfigurableResource):
@@ -23,6 +24,10 @@ class GLPSettings(dg.ConfigurableResource):
         """The source of the partition being computed."""
         key = context.partition_key if isinstance(context, dg.AssetExecutionContext) else _check_partition(context)
         return self.settings.source(key)
+
+    def paths(self, context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> SourcePaths:
+        """Where the artifacts of the partition's source live (glp.pipeline.layout)."""
+        return source_paths(self.settings, self.source(context))
 
 
 def _check_partition(context: dg.AssetCheckExecutionContext) -> str:

@@ -229,9 +229,6 @@ def norm_stats_suite_result(mean: np.ndarray, std: np.ndarray, n_rows: int, stor
 
 
 def build_data_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
-    def paths(glp: GLPSettings, context: dg.AssetCheckExecutionContext) -> pipeline.SourcePaths:
-        return pipeline.source_paths(glp.settings, glp.source(context))
-
     @dg.asset_check(asset="activations", blocking=True, partitions_def=partitions)
     @reports_errors
     def activations_finite(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
@@ -241,7 +238,7 @@ def build_data_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetCheck
         meta = {}
         ok = True
         for split in ("train", "heldout"):
-            store = ActivationStore(paths(glp, context).store(split))
+            store = ActivationStore(glp.paths(context).store(split))
             bad = sum(int((~np.isfinite(c)).sum()) for c in store.iter_chunks())
             meta[f"nonfinite_{split}"] = bad
             ok &= bad == 0
@@ -256,7 +253,7 @@ def build_data_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetCheck
         meta: dict = {}
         problems: list[dict] = []
         for split in ("train", "heldout"):
-            store = ActivationStore(paths(glp, context).store(split))
+            store = ActivationStore(glp.paths(context).store(split))
             found = store.verify()
             meta[f"chunks_{split}"] = store.n_chunks * 4
             meta[f"problems_{split}"] = len(found)
@@ -276,7 +273,7 @@ def build_data_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetCheck
         src = glp.source(context)
         meta, ok = {}, True
         for split in ("train", "heldout"):
-            store = ActivationStore(paths(glp, context).store(split))
+            store = ActivationStore(glp.paths(context).store(split))
             tokens = pipeline.count_tokens(glp.settings, src, split)
             bos_rows = int((store.provenance("position") == 0).sum())
             meta |= {f"rows_{split}": store.n_rows, f"tokens_{split}": tokens, f"bos_rows_{split}": bos_rows}
@@ -290,7 +287,7 @@ def build_data_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetCheck
         from glp.data.stats import NormStats
         from glp.data.store import ActivationStore
 
-        p = paths(glp, context)
+        p = glp.paths(context)
         stats = NormStats.load(p.norm_stats)
         ok, meta = norm_stats_suite_result(stats.mean, np.sqrt(stats.var), stats.n, ActivationStore(p.store("train")).n_rows)
         return dg.AssetCheckResult(passed=ok, metadata={**meta, "min_std": float(np.sqrt(stats.var).min())})
@@ -303,7 +300,7 @@ def build_data_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetCheck
         from glp.data.stats import NormStats, compute_stats, std_outliers
         from glp.data.store import ActivationStore
 
-        p = paths(glp, context)
+        p = glp.paths(context)
         stats = NormStats.load(p.norm_stats)
         ref = compute_stats(ActivationStore(p.store("heldout")), with_cov=False)
         out = std_outliers(stats.var, ref.var)

@@ -96,14 +96,11 @@ def build_prior_assets(settings: Settings, partitions: dg.PartitionsDefinition) 
 
 
 def build_prior_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
-    def paths(glp: GLPSettings, context: dg.AssetCheckExecutionContext) -> pipeline.SourcePaths:
-        return pipeline.source_paths(glp.settings, glp.source(context))
-
     @dg.asset_check(asset="glp_prior", blocking=True, partitions_def=partitions)
     @reports_errors
     def prior_loss_decreased(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Mean training loss over the last 10% of steps is below that of the first 10%."""
-        cfg = json.loads((paths(glp, context).prior / "config.json").read_text())
+        cfg = json.loads((glp.paths(context).prior / "config.json").read_text())
         losses = cfg["losses"]
         k = max(1, len(losses) // 10)
         first, last = float(np.mean(losses[:k])), float(np.mean(losses[-k:]))
@@ -115,7 +112,7 @@ def build_prior_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChec
         """The prior's input width equals the activation store's width."""
         from glp.data.store import ActivationStore
 
-        p = paths(glp, context)
+        p = glp.paths(context)
         d_prior = json.loads((p.prior / "config.json").read_text())["denoiser"]["d_model"]
         d_store = ActivationStore(p.store("train")).d_model
         return dg.AssetCheckResult(passed=d_prior == d_store, metadata={"prior_d": d_prior, "store_d": d_store})
@@ -124,7 +121,7 @@ def build_prior_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChec
     @reports_errors
     def prior_eval_finite(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Every number in the evaluation report (nested tables included) is finite."""
-        rep = json.loads(Path(paths(glp, context).prior_eval).read_text())
+        rep = json.loads(Path(glp.paths(context).prior_eval).read_text())
         values = list(_numbers(rep))
         bad = int((~np.isfinite(np.asarray(values, dtype=float))).sum())
         return dg.AssetCheckResult(passed=bad == 0, metadata={"values": len(values), "nonfinite": bad})
@@ -136,7 +133,7 @@ def build_prior_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChec
         GLP samples harder to tell from held-out rows (C2ST AUC, CIs apart) than the Gaussian's samples."""
         from glp.prior.evaluate import beats_gaussian
 
-        rep = json.loads(Path(paths(glp, context).prior_eval).read_text())
+        rep = json.loads(Path(glp.paths(context).prior_eval).read_text())
         ok, reasons = beats_gaussian(rep)
         return dg.AssetCheckResult(
             passed=bool(ok),
