@@ -21,7 +21,7 @@ LOCK_WAIT_TAG = "glp/lock_wait_s"
 (A run tag, not a `GLP_*` variable: every `GLP_*` variable must name a setting, glp.config.check_environment.)"""
 
 
-def _materialize_hint(asset: str, partition: str | None) -> str:
+def materialize_hint(asset: str, partition: str | None) -> str:
     # '+key:X' (new syntax) and '*X' (legacy) select X and *all* its ancestors; legacy '+X' is one layer only.
     part = f" --partition '{partition}'" if partition else ""
     return f"dagster asset materialize -m glp_dagster.definitions --select '+key:{asset}'{part}"
@@ -34,7 +34,7 @@ def require_upstream(path: Path, upstream: str, asset: str, partition: str | Non
     if not as_location(path).exists():  # a local path, or an activation store's fsspec URL
         raise dg.Failure(
             description=f"`{asset}` needs `{upstream}`, which is not materialized (missing {path}). "
-            f"Materialize it together with its upstream assets: {_materialize_hint(asset, partition)}"
+            f"Materialize it together with its upstream assets: {materialize_hint(asset, partition)}"
         )
 
 
@@ -86,14 +86,14 @@ def writing(context: dg.AssetExecutionContext, *paths: Path) -> Iterator[None]:
         yield
 
 
-def _numbers(obj: object) -> Iterator[float]:
+def numbers_in(obj: object) -> Iterator[float]:
     """Every numeric leaf of a JSON value (bools and strings are not numbers here)."""
     if isinstance(obj, dict):
         for v in obj.values():
-            yield from _numbers(v)
+            yield from numbers_in(v)
     elif isinstance(obj, list):
         for v in obj:
-            yield from _numbers(v)
+            yield from numbers_in(v)
     elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
         yield float(obj)
 

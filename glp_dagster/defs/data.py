@@ -202,7 +202,6 @@ def norm_stats_suite_result(mean: np.ndarray, std: np.ndarray, n_rows: int, stor
     """Validate the normalization stats with a great-expectations suite (ephemeral context, nothing written)."""
     import great_expectations as gx
     import pandas as pd
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     df = pd.DataFrame({"dim": np.arange(len(mean)), "mean": mean, "std": std, "n": n_rows})

@@ -12,10 +12,9 @@ import numpy as np
 
 from glp import fmt, pipeline
 from glp.config import Settings, config_hash
-from glp_dagster.step import GROUP, require_upstream, user_errors, writing, reports_errors
-
 from glp_dagster.metadata import inline, png, readable
 from glp_dagster.resources import GLPSettings
+from glp_dagster.step import GROUP, reports_errors, require_upstream, user_errors, writing
 
 OOD_VERSION = "1"  # bump when the step's code changes what it produces
 
@@ -26,9 +25,9 @@ def build_ood_assets(settings: Settings, partitions: dg.PartitionsDefinition) ->
     def ood(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Off-manifold detection: AUROC of the GLP diffusion score and SDEdit error vs Mahalanobis, SAE error and
         norm, on steered, noised, dimension-shuffled, other-layer and other-text activations."""
+        from glp.pipeline.layout import sae_dir
         from glp.pipeline.ood import build_ood
         from glp.uses.ood import ood_inline, ood_markdown
-        from glp.pipeline.layout import sae_dir
 
         s, src = glp.settings, glp.source(context)
         paths = pipeline.source_paths(s, src)

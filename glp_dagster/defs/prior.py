@@ -12,7 +12,7 @@ from glp import fmt, pipeline
 from glp.config import Settings, config_hash
 from glp_dagster.metadata import inline, png, readable
 from glp_dagster.resources import GLPSettings
-from glp_dagster.step import CODE_VERSION, _numbers, reports_errors, require_upstream, user_errors, writing, GROUP
+from glp_dagster.step import CODE_VERSION, GROUP, numbers_in, reports_errors, require_upstream, user_errors, writing
 
 EVAL_VERSION = "2"  # 2: full-covariance Gaussian, SAE and PCA rows, raw-space FD, FD by n, C2ST, sampler sweep
 
@@ -62,8 +62,8 @@ def build_prior_assets(settings: Settings, partitions: dg.PartitionsDefinition) 
         """Held-out loss per t vs the optimal affine (Gaussian) predictor; FD (normalized and raw) and a classifier
         two-sample test of GLP samples against the full-covariance Gaussian, SAE and PCA reconstructions and the
         held-out noise floor."""
-        from glp.report import eval_headline, eval_table, loss_by_t_inline, loss_by_t_png
         from glp.pipeline.layout import sae_dir
+        from glp.report import eval_headline, eval_table, loss_by_t_inline, loss_by_t_png
 
         s, src = glp.settings, glp.source(context)
         paths = pipeline.source_paths(s, src)
@@ -122,7 +122,7 @@ def build_prior_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChec
     def prior_eval_finite(context: dg.AssetCheckExecutionContext, glp: GLPSettings) -> dg.AssetCheckResult:
         """Every number in the evaluation report (nested tables included) is finite."""
         rep = json.loads(Path(glp.paths(context).prior_eval).read_text())
-        values = list(_numbers(rep))
+        values = list(numbers_in(rep))
         bad = int((~np.isfinite(np.asarray(values, dtype=float))).sum())
         return dg.AssetCheckResult(passed=bad == 0, metadata={"values": len(values), "nonfinite": bad})
 

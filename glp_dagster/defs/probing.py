@@ -14,10 +14,9 @@ import numpy as np
 
 from glp import fmt, pipeline
 from glp.config import Settings, config_hash
-from glp_dagster.step import GROUP, _materialize_hint, user_errors, writing, reports_errors
-
 from glp_dagster.metadata import inline, png, readable
 from glp_dagster.resources import GLPSettings
+from glp_dagster.step import GROUP, materialize_hint, reports_errors, user_errors, writing
 
 CODE_VERSION = "1"  # bump when a step's code changes what it produces
 
@@ -27,7 +26,7 @@ def require(path: Path, upstream: str, asset: str, partition: str | None) -> Non
     if not Path(path).exists():
         raise dg.Failure(
             description=f"`{asset}` needs `{upstream}`, which is not materialized (missing {path}). "
-            f"Materialize it together with all its upstream assets: {_materialize_hint(asset, partition)} "
+            f"Materialize it together with all its upstream assets: {materialize_hint(asset, partition)} "
             f"(`+key:{asset}` selects every ancestor; the legacy `--select '+{asset}'` adds only one layer up, "
             "so it works once the assets above that layer are stored)"
         )

@@ -20,10 +20,9 @@ import numpy as np
 
 from glp import fmt, pipeline
 from glp.config import Settings, config_hash
-from glp_dagster.step import GROUP, require_upstream, user_errors, writing, reports_errors
-
 from glp_dagster.metadata import inline, png, readable
 from glp_dagster.resources import GLPSettings
+from glp_dagster.step import GROUP, reports_errors, require_upstream, user_errors, writing
 
 SCALING_VERSION = "1"
 

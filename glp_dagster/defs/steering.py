@@ -13,10 +13,9 @@ import numpy as np
 
 from glp import fmt, pipeline
 from glp.config import Settings, config_hash
-from glp_dagster.step import GROUP, require_upstream, user_errors, writing, reports_errors
-
 from glp_dagster.metadata import inline, png, readable
 from glp_dagster.resources import GLPSettings
+from glp_dagster.step import GROUP, reports_errors, require_upstream, user_errors, writing
 
 DELTA_LM_VERSION = "2"  # 2: SAE arm, PCA-k chosen on selection documents, CIs over documents
 STEERING_VERSION = "3"  # 2: movie-snippet direction, trained judge, BBC prompts, signed r, clustered CIs;
@@ -69,10 +68,10 @@ def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinitio
               code_version=f"{DELTA_LM_VERSION}-{config_hash(settings.delta_lm)}")
     def delta_lm(context: dg.AssetExecutionContext, glp: GLPSettings) -> dg.MaterializeResult:
         """Next-token CE increase when the layer is replaced by GLP / SAE / PCA-k / mean reconstructions."""
-        from glp.pipeline.steering import build_delta_lm
-        from glp.uses.delta_lm import delta_lm_markdown
-        from glp.report import delta_lm_inline
         from glp.pipeline.layout import sae_dir
+        from glp.pipeline.steering import build_delta_lm
+        from glp.report import delta_lm_inline
+        from glp.uses.delta_lm import delta_lm_markdown
 
         s, src = glp.settings, glp.source(context)
         require_upstream(pipeline.source_paths(s, src).prior, "glp_prior", "delta_lm", context.partition_key)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from glp.pipeline.layout import SourceArtifacts
 from glp.prior.manifold import diffusion_score
 from glp.uses.ood import (
     SCORE_LABELS,
@@ -30,8 +31,6 @@ from glp.uses.ood import (
     shuffle_words,
     standardize,
 )
-
-from glp.pipeline.layout import SourceArtifacts
 
 
 def build_ood(settings: Any, source: Any, log: Callable[[str], None] | None = None) -> dict[str, Any]:

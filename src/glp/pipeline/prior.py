@@ -9,9 +9,8 @@ from typing import Any
 
 from glp.artifacts import content_hash, write_atomic
 from glp.config import Settings, SourceConfig
-from glp.pipeline.layout import prior_meta, short_sha256, source_paths
+from glp.pipeline.layout import SourceArtifacts, prior_meta, short_sha256, source_paths
 from glp.progress import Log, nolog
-from glp.pipeline.layout import SourceArtifacts
 
 
 def build_prior(settings: Settings, source: SourceConfig, log: Log = nolog) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from glp.config import ProbeConfig, SAEConfig
-from glp.pipeline.layout import probes_dir, sae_dir
+from glp.pipeline.layout import SourceArtifacts, probes_dir, sae_dir
 from glp.progress import Log
 from glp.uses.probe import (
     PAPER_MEAN_AUC,
@@ -22,7 +22,6 @@ from glp.uses.probe import (
     table4_markdown,
 )
 from glp.uses.sae import WEIGHTS, save_sae, train_sae
-from glp.pipeline.layout import SourceArtifacts
 
 
 def build_sae(settings: Any, source: Any, log: Callable[[str], None] | None = None) -> dict[str, Any]:

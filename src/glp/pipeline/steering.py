@@ -13,6 +13,7 @@ import torch
 
 from glp.artifacts import write_atomic
 from glp.config import DeltaLMConfig, SteerConfig
+from glp.pipeline.layout import SourceArtifacts
 from glp.prior.export import Prior
 from glp.prior.manifold import Gate, calibrate, diffusion_score
 from glp.progress import Log
@@ -21,7 +22,6 @@ from glp.uses.direction import default_prompts, direction_auc, mean_activation_n
 from glp.uses.judges import fit_sentiment_judge
 from glp.uses.steer import steering_report
 from glp.uses.steer_report import fluency_trend_png, pareto_png
-from glp.pipeline.layout import SourceArtifacts
 
 
 def build_steering(settings: Any, source: Any, log: Callable[[str], None] | None = None) -> dict[str, Any]:
