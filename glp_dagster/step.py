@@ -5,7 +5,7 @@ wrapper that turns an exception in a check into a failed check (a check never er
 
 import functools
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -68,21 +68,28 @@ def lock_wait_s(context: dg.AssetExecutionContext) -> float:
 
 
 @contextmanager
-def writing(context: dg.AssetExecutionContext, *paths: Path) -> Iterator[None]:
-    """Hold the write lock of each artifact the step writes (glp.artifacts.artifact_lock), run id as the holder: a
-    second run writing the same artifact fails at once naming the first, or waits up to the `glp/lock_wait_s` tag."""
+def writing(context: dg.AssetExecutionContext, *paths: Path, reads: Sequence[Path] = ()) -> Iterator[None]:
+    """Hold the write lock of each artifact the step writes and a shared (read) lock of each it `reads`
+    (glp.artifacts.artifact_lock; lock files under `<store.root>/.locks/`), run id as the holder: a second run
+    writing the same artifact, or replacing one this step reads, fails at once naming this run, or waits up to
+    `GLP_LOCK_WAIT_S` seconds (the `glp/lock_wait_s` run tag for one run)."""
     from glp.artifacts import ArtifactBusy, artifact_lock
 
     asset = context.asset_key.to_user_string()
     partition = context.partition_key if context.has_partition_key else None
     wait_s = lock_wait_s(context)
+    root = context.resources.glp.settings.store.root
+    writes = {Path(p): False for p in paths}
+    wanted = {**{Path(p): True for p in reads if Path(p) not in writes}, **writes}
     with ExitStack() as stack:
         try:
-            for path in sorted(Path(p) for p in paths):  # one order everywhere: two waiting runs cannot deadlock
-                stack.enter_context(artifact_lock(path, asset, partition, wait_s, run_id=context.run_id))
+            for path in sorted(wanted):  # one order everywhere: two waiting runs cannot deadlock
+                stack.enter_context(artifact_lock(path, asset, partition, wait_s, run_id=context.run_id,
+                                                  shared=wanted[path], root=root))
         except ArtifactBusy as e:
-            raise dg.Failure(description=f"{e} (or launch with the run tag {LOCK_WAIT_TAG}=<seconds> to queue "
-                             "behind it)") from e
+            raise dg.Failure(description=f"{e} (or let runs queue behind it: GLP_LOCK_WAIT_S=<seconds> in the "
+                             f"environment, e.g. GLP_LOCK_WAIT_S=600, or the run tag {LOCK_WAIT_TAG} when "
+                             "launching from the UI)") from e
         yield
 
 

@@ -39,7 +39,8 @@ def _shard_asset(k: int, n: int, settings: Settings, partitions: dg.PartitionsDe
         with user_errors():
             if is_packaged(src.model):
                 require_upstream(pipeline.model_dir(s, src), "source_model", shard_asset_name(k), context.partition_key)
-            with writing(context, paths.activations_dir / "shards" / f"train-{k}-of-{n}"):
+            with writing(context, paths.activations_dir / "shards" / f"train-{k}-of-{n}",
+                         reads=[pipeline.model_dir(s, src)]):
                 out = pipeline.build_activation_shard(s, src, k, log=context.log.info)
         lo, hi = out["doc_range"]
         return dg.MaterializeResult(
@@ -153,7 +154,7 @@ def build_data_assets(settings: Settings, partitions: dg.PartitionsDefinition) -
         with user_errors():
             if is_packaged(src.model):
                 require_upstream(pipeline.model_dir(s, src), "source_model", "activations", context.partition_key)
-            with writing(context, pipeline.source_paths(s, src).activations_dir):
+            with writing(context, pipeline.source_paths(s, src).activations_dir, reads=[pipeline.model_dir(s, src)]):
                 out = pipeline.build_activations(s, src, log=context.log.info)
         tr, ho = out["train"], out["heldout"]
         from glp.data.corpus import iter_documents
@@ -189,7 +190,8 @@ def build_data_assets(settings: Settings, partitions: dg.PartitionsDefinition) -
         """Exact per-dimension mean/variance (and normalized covariance) over the whole train store."""
         s, src = glp.settings, glp.source(context)
         require_upstream(pipeline.source_paths(s, src).store("train"), "activations", "norm_stats", context.partition_key)
-        with user_errors(), writing(context, pipeline.source_paths(s, src).norm_stats):
+        with user_errors(), writing(context, pipeline.source_paths(s, src).norm_stats,
+                                    reads=[pipeline.source_paths(s, src).activations_dir]):
             out = pipeline.build_norm_stats(s, src)
         return dg.MaterializeResult(metadata={"dagster/row_count": out["n"], "rows": fmt.count(out["n"]),
                                               "d_model": out["d_model"], "path": out["path"]},

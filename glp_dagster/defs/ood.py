@@ -33,7 +33,8 @@ def build_ood_assets(settings: Settings, partitions: dg.PartitionsDefinition) ->
         paths = pipeline.source_paths(s, src)
         require_upstream(paths.prior, "glp_prior", "ood", context.partition_key)
         require_upstream(sae_dir(paths.root), "sae", "ood", context.partition_key)
-        with user_errors(), writing(context, paths.root / "ood.json"):
+        with user_errors(), writing(context, paths.root / "ood.json", reads=[paths.activations_dir, paths.prior,
+                                                                            sae_dir(paths.root), pipeline.model_dir(s, src)]):
             rep = build_ood(s, src, log=context.log.info)
         by = {x["name"]: x for x in rep["sets"]}
         per_set = {f"auroc_glp {x['name']}": x["auroc"]["glp"] for x in rep["sets"] if x["kind"] != "null"}

@@ -27,7 +27,9 @@ def build_prior_assets(settings: Settings, partitions: dg.PartitionsDefinition) 
 
         s, src = glp.settings, glp.source(context)
         require_upstream(pipeline.source_paths(s, src).norm_stats, "norm_stats", "glp_prior", context.partition_key)
-        with user_errors(), writing(context, pipeline.source_paths(s, src).prior):  # prior/ and its prior.ckpt/
+        paths = pipeline.source_paths(s, src)
+        # prior/ and its prior.ckpt/; the stores and the stats it trains on stay as they are while it trains
+        with user_errors(), writing(context, paths.prior, reads=[paths.activations_dir, paths.norm_stats]):
             if s.train.world_size == 1:
                 out = pipeline.build_prior(s, src, log=context.log.info)
             else:  # torchrun ranks through Dagster Pipes
@@ -69,7 +71,8 @@ def build_prior_assets(settings: Settings, partitions: dg.PartitionsDefinition) 
         paths = pipeline.source_paths(s, src)
         require_upstream(paths.prior, "glp_prior", "prior_eval", context.partition_key)
         require_upstream(sae_dir(paths.root), "sae", "prior_eval", context.partition_key)
-        with user_errors(), writing(context, paths.prior_eval):
+        with user_errors(), writing(context, paths.prior_eval, reads=[paths.activations_dir, paths.norm_stats, paths.prior,
+                                                                     sae_dir(paths.root)]):
             rep = pipeline.build_prior_eval(s, src, log=context.log.info)
         return dg.MaterializeResult(
             metadata=readable({

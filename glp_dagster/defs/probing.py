@@ -79,7 +79,7 @@ def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition
         paths = pipeline.source_paths(s, src)
         require(paths.store("train"), "activations", "sae", context.partition_key)
         require(paths.norm_stats, "norm_stats", "sae", context.partition_key)
-        with user_errors(), writing(context, _sae_dir(s, src)):
+        with user_errors(), writing(context, _sae_dir(s, src), reads=[paths.activations_dir, paths.norm_stats]):
             from glp.pipeline.probing import build_sae
 
             out = build_sae(s, src, log=context.log.info)
@@ -113,7 +113,8 @@ def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition
             require(paths.prior, "glp_prior", "probes", part)
         if "sae" in s.probe.families:
             require(_sae_dir(s, src), "sae", "probes", part)
-        with user_errors(), writing(context, _probes_dir(s, src)):
+        with user_errors(), writing(context, _probes_dir(s, src), reads=[paths.activations_dir, paths.prior,
+                                                                        _sae_dir(s, src), pipeline.model_dir(s, src)]):
             from glp.pipeline.probing import build_probes
 
             rep = build_probes(s, src, log=context.log.info)

@@ -50,7 +50,8 @@ def build_scaling_assets(settings: Settings, partitions: dg.PartitionsDefinition
         require_upstream(Path(s.probe_tasks.path) / "tasks.json", "probe_tasks", "scaling", part)
         if src.model == "builtin":
             require_upstream(pipeline.builtin_lm_dir(s), "source_lm", "scaling", part)
-        with user_errors(), writing(context, _root(s, src)):
+        with user_errors(), writing(context, _root(s, src), reads=[pipeline.source_paths(s, src).activations_dir,
+                                                                   pipeline.source_paths(s, src).norm_stats, pipeline.model_dir(s, src)]):
             rep = build_scaling(s, src, log=context.log.info)
         f, pts = rep["fit"], rep["points"]
         c = [p["C"] for p in pts]

@@ -32,7 +32,9 @@ def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinitio
 
         s, src = glp.settings, glp.source(context)
         require_upstream(pipeline.source_paths(s, src).prior, "glp_prior", "steering", context.partition_key)
-        with user_errors(), writing(context, pipeline.source_paths(s, src).root / "steering.json"):
+        paths = pipeline.source_paths(s, src)
+        with user_errors(), writing(context, paths.root / "steering.json",
+                                    reads=[paths.activations_dir, paths.prior, pipeline.model_dir(s, src)]):
             rep = build_steering(s, src, log=context.log.info)
         by = {(r["mode"], r["r"]): r for r in rep["rows"]}
         r_max = max(s.steer.r_values)
@@ -76,7 +78,9 @@ def build_steering_assets(settings: Settings, partitions: dg.PartitionsDefinitio
         s, src = glp.settings, glp.source(context)
         require_upstream(pipeline.source_paths(s, src).prior, "glp_prior", "delta_lm", context.partition_key)
         require_upstream(sae_dir(pipeline.source_paths(s, src).root), "sae", "delta_lm", context.partition_key)
-        with user_errors(), writing(context, pipeline.source_paths(s, src).root / "delta_lm.json"):
+        paths = pipeline.source_paths(s, src)
+        with user_errors(), writing(context, paths.root / "delta_lm.json",
+                                    reads=[paths.activations_dir, paths.prior, sae_dir(paths.root), pipeline.model_dir(s, src)]):
             rep = build_delta_lm(s, src, log=context.log.info)
         m = rep["methods"]
         return dg.MaterializeResult(

@@ -2,7 +2,8 @@
 
 A good artifact is never replaced by a half-written one: files are written under a temporary sibling name,
 fsynced and renamed; folders are built in a fresh sibling folder and renamed into place (DESIGN.md).
-Two writers of one artifact are kept apart by `artifact_lock`: the second fails at once, naming the first.
+Writers and readers of one artifact are kept apart by `artifact_lock` (exclusive for the writer, shared for
+readers): one that finds the lock taken fails at once, naming the holder, or waits.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -25,6 +27,43 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+_HASHED: dict[tuple[str, int, int, int], str] = {}
+
+
+def sha256_cached(path: Path, cache: Path | None = None) -> str:
+    """`sha256_file(path)`, hashed once per content: remembered by (absolute path, size, mtime, inode), in this
+    process and, with `cache`, in that JSON file (as DVC does), so a 540 MB model is read once, not at every step.
+    Rewriting the file changes its mtime, so a retrained or fine-tuned model of the same size is hashed again."""
+    path = Path(path).absolute()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key in _HASHED:
+        return _HASHED[key]
+    entry = [st.st_size, st.st_mtime_ns, st.st_ino]
+    known: dict = {}
+    if cache is not None:
+        try:
+            known = json.loads(Path(cache).read_text())
+        except (FileNotFoundError, ValueError):
+            known = {}
+        hit = known.get(str(path)) if isinstance(known, dict) else None
+        if isinstance(hit, dict) and hit.get("stat") == entry and isinstance(hit.get("sha256"), str):
+            _HASHED[key] = hit["sha256"]
+            return hit["sha256"]
+    digest = _HASHED[key] = sha256_file(path)
+    if cache is not None:
+        try:
+            Path(cache).parent.mkdir(parents=True, exist_ok=True)
+            known = known if isinstance(known, dict) else {}
+            known[str(path)] = {"stat": entry, "sha256": digest}
+            tmp = Path(cache).with_name(f"{Path(cache).name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(known, indent=0, sort_keys=True))
+            os.replace(tmp, cache)  # concurrent writers: the last one wins, and any entry is still true
+        except OSError:
+            pass  # a read-only store: hash again next time
+    return digest
 
 
 def _fsync_file(path: Path | str) -> None:
@@ -107,19 +146,38 @@ def verify_manifest(folder: Path) -> list[str]:
 
 
 class ArtifactBusy(RuntimeError):
-    """Another process holds the write lock of the artifact: it is being written right now."""
+    """Another process holds the lock of the artifact: it is being written (or, for a writer, read) right now."""
 
 
-def lock_path(path: Path) -> Path:
-    """`<artifact>.lock`, beside the artifact (not inside it: hashes and sizes of the artifact never see it)."""
+LOCKS = ".locks"
+"""The folder of lock files, out of the user's way: `<store.root>/.locks/` (or `<parent>/.locks/` without a root)."""
+
+
+def lock_path(path: Path, root: Path | None = None) -> Path:
+    """The lock file of the artifact at `path`: `<root>/.locks/<path relative to root>.lock` (an artifact outside
+    `root`: `<root>/.locks/<name>-<hash of its absolute path>.lock`); without a root, `<parent>/.locks/<name>.lock`.
+    Never inside the artifact, so its hashes and sizes never see it."""
     path = Path(path)
-    return path.with_name(path.name + ".lock")
+    if root is None:
+        return path.parent / LOCKS / f"{path.name}.lock"
+    root = Path(root)
+    try:
+        rel = path.absolute().relative_to(root.absolute()).as_posix()
+    except ValueError:
+        rel = f"{path.name}-{hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:12]}"
+    return root / LOCKS / f"{rel}.lock"
 
 
-def holder_path(path: Path) -> Path:
-    """`<artifact>.lock.json`: who holds the lock of `path` (run id, pid, host, start time), while they hold it."""
-    lock = lock_path(path)
+def holder_path(path: Path, root: Path | None = None) -> Path:
+    """`<lock>.json`: who writes the artifact at `path` (run id, pid, host, start time), while they hold its lock."""
+    lock = lock_path(path, root)
     return lock.with_name(lock.name + ".json")
+
+
+def readers_path(path: Path, root: Path | None = None) -> Path:
+    """`<lock>.readers/`: one record per run reading the artifact at `path` (`<pid>.json`), while it reads."""
+    lock = lock_path(path, root)
+    return lock.with_name(lock.name + ".readers")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -132,11 +190,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def recorded_holder(path: Path) -> dict | None:
-    """The holder record of `path`'s lock, or None when there is none or it is stale: a writer killed with SIGKILL
-    leaves its record behind (the OS frees its lock), so a record whose pid is gone on this host is ignored."""
+def _live(record: Path) -> dict | None:
+    """A holder record, or None when there is none or it is stale: a process killed with SIGKILL leaves its record
+    behind (the OS frees its lock), so a record whose pid is gone on this host is ignored."""
     try:
-        holder = json.loads(holder_path(path).read_text())
+        holder = json.loads(record.read_text())
     except (FileNotFoundError, ValueError):
         return None
     pid = holder.get("pid") if isinstance(holder, dict) else None
@@ -145,6 +203,18 @@ def recorded_holder(path: Path) -> dict | None:
     if holder.get("host") == socket.gethostname() and not _pid_alive(pid):
         return None
     return holder  # on another host the pid cannot be probed: the record is the best we know
+
+
+def recorded_holder(path: Path, root: Path | None = None) -> dict | None:
+    """The live writer record of `path`'s lock, or None (none, or stale)."""
+    return _live(holder_path(path, root))
+
+
+def recorded_readers(path: Path, root: Path | None = None) -> list[dict]:
+    """The live reader records of `path`'s lock (stale ones, of dead processes, are skipped)."""
+    folder = readers_path(path, root)
+    records = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    return [h for h in (_live(r) for r in records) if h is not None]
 
 
 def _since(iso: object) -> str:
@@ -156,48 +226,81 @@ def _since(iso: object) -> str:
     return t.strftime("%H:%M:%S UTC" if same_day else "%Y-%m-%d %H:%M:%S UTC")
 
 
-def _busy_message(path: Path, asset: str, partition: str | None, wait_s: float) -> str:
+def _who(h: dict) -> str:
+    where = f"pid {h['pid']} on {h.get('host')}, since {_since(h.get('since'))}"
+    return f"run {h['run_id']} ({where})" if h.get("run_id") else where
+
+
+def _busy_message(path: Path, asset: str, partition: str | None, wait_s: float, shared: bool,
+                  root: Path | None) -> str:
     what = f"`{asset}`" + (f" for `{partition}`" if partition else "")
-    h = recorded_holder(path)
-    if h is None:
-        who = f"another process (no live holder recorded in {holder_path(path).name}; lock file {lock_path(path)})"
-    else:
-        where = f"pid {h['pid']} on {h.get('host')}, since {_since(h.get('since'))}"
-        who = f"run {h['run_id']} ({where})" if h.get("run_id") else where
     waited = f" (waited {wait_s:g} s)" if wait_s > 0 else ""
-    return f"{what} is being written by {who}{waited}; wait for it or stop it"
+    h = recorded_holder(path, root)
+    if h is not None and shared:
+        return (f"{what} cannot read {Path(path).name} now: it is being written by `{h.get('asset')}` in "
+                f"{_who(h)}{waited}; wait for that run to finish or stop it")
+    if h is not None:
+        return f"{what} is being written by {_who(h)}{waited}; wait for it or stop it"
+    readers = [] if shared else recorded_readers(path, root)
+    if readers:
+        names = "; ".join(f"`{r.get('asset')}` in {_who(r)}" for r in readers)
+        return (f"{what} is being read by {names}{waited}: replacing it now would swap it under that run; wait "
+                "for it to finish or stop it")
+    return (f"{what} is locked by another process (no live holder recorded beside its lock file "
+            f"{lock_path(path, root)}){waited}; wait for it or stop it")
+
+
+def _flock(fd: int, shared: bool, wait_s: float) -> bool:
+    """Take `flock` on fd (shared or exclusive), polling up to `wait_s` seconds; False when it stayed busy."""
+    import fcntl
+    import time
+
+    deadline = time.monotonic() + wait_s
+    poll = min(0.5, max(wait_s / 10, 0.05))
+    while True:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll)
 
 
 @contextmanager
 def artifact_lock(path: Path, asset: str, partition: str | None = None, wait_s: float = 0,
-                  run_id: str | None = None) -> Iterator[None]:
-    """Hold the write lock of the artifact at `path` (file or folder) while writing it.
+                  run_id: str | None = None, shared: bool = False, root: Path | None = None) -> Iterator[None]:
+    """Hold the lock of the artifact at `path` (file or folder) while writing it, or with `shared` while reading it.
 
-    The lock is `fcntl.flock` on `<path>.lock` (filelock), which the OS releases when the holder dies, even by
-    SIGKILL: a killed writer never blocks the next one. Held elsewhere: raise ArtifactBusy naming the holder at once,
-    or after waiting up to `wait_s` seconds.
+    The lock is `fcntl.flock` on `lock_path(path, root)` (under `<root>/.locks/`): exclusive for the one writer,
+    shared for any number of readers, so a writer never replaces an artifact a run is reading and a reader never
+    opens one being written. The OS releases it when the holder dies, even by SIGKILL: a killed run never blocks the
+    next one. Held elsewhere: raise ArtifactBusy naming the holder (writer, or the runs reading it) at once, or after
+    waiting up to `wait_s` seconds. `asset` is the step taking the lock (the reader's own asset when `shared`).
     """
-    from filelock import FileLock, Timeout
-
     if not wait_s >= 0:
         raise ValueError(f"wait_s={wait_s!r}: give the seconds to wait for another writer, 0 or more")
-    lock = FileLock(lock_path(path))
+    lock = lock_path(path, root)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        lock.acquire(timeout=wait_s, poll_interval=min(0.5, max(wait_s / 10, 0.05)))
-    except Timeout:
-        raise ArtifactBusy(_busy_message(path, asset, partition, wait_s)) from None
-    record = holder_path(path)
-    try:
+        if not _flock(fd, shared, wait_s):
+            raise ArtifactBusy(_busy_message(path, asset, partition, wait_s, shared, root))
+        if shared:
+            record = readers_path(path, root) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+            record.parent.mkdir(exist_ok=True)
+        else:
+            record = holder_path(path, root)
         write_atomic(record, json.dumps({
             "run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(),
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds"), "asset": asset, "partition": partition,
         }))
-        yield
-    finally:
         try:
-            record.unlink(missing_ok=True)  # while still holding the lock: the next holder writes its own
+            yield
         finally:
-            lock.release()
+            record.unlink(missing_ok=True)  # while still holding the lock: the next holder writes its own
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def content_hash(*parts: object, length: int = 16) -> str:

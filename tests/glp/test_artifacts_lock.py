@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from glp.artifacts import ArtifactBusy, artifact_lock, holder_path, lock_path, recorded_holder
+from glp.artifacts import ArtifactBusy, artifact_lock, holder_path, lock_path, readers_path, recorded_holder
 
 # A writer in its own process: takes the lock (through artifact_lock, or bare filelock with no holder record, as a
 # writer between acquiring and recording would be), says "locked", holds it for hold_s seconds and exits.
@@ -24,8 +24,10 @@ HOLDER = """
 import sys, time
 from filelock import FileLock
 from glp.artifacts import artifact_lock, lock_path
-path, asset, run_id, mode, hold_s = sys.argv[1:]
-lock = FileLock(lock_path(path)) if mode == "bare" else artifact_lock(path, asset, "builtin/L1", run_id=run_id or None)
+path, asset, run_id, mode, hold_s, root, shared = sys.argv[1:]
+root = root or None
+lock = (FileLock(lock_path(path, root)) if mode == "bare" else
+        artifact_lock(path, asset, "builtin/L1", run_id=run_id or None, root=root, shared=shared == "1"))
 with lock:
     print("locked", flush=True)
     time.sleep(float(hold_s))
@@ -34,10 +36,11 @@ with lock:
 
 @contextmanager
 def holding(path: Path, asset: str = "activations", run_id: str = "run-a", bare: bool = False,
-            hold_s: float = 600) -> Iterator[subprocess.Popen]:
-    """A process holding the lock of `path` for the duration of the block (killed at the end if still alive)."""
+            hold_s: float = 600, root: Path | None = None, shared: bool = False) -> Iterator[subprocess.Popen]:
+    """A process holding the lock of `path` (locks under `root`, as a step's) for the duration of the block (killed
+    at the end if still alive): a writer, or with `shared` a reader."""
     p = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), asset, run_id, "bare" if bare else "record",
-                          str(hold_s)], stdout=subprocess.PIPE, text=True)
+                          str(hold_s), str(root or ""), "1" if shared else "0"], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "locked", "the holder process did not take the lock"
         yield p
@@ -82,7 +85,7 @@ def test_a_writer_killed_with_sigkill_frees_the_lock_and_its_stale_record_is_nev
     with holding(art, bare=True):
         msg = busy_message(art)
     assert f"pid {dead.pid}" not in msg and "run-a" not in msg
-    assert "being written by another process (no live holder recorded" in msg
+    assert "is locked by another process (no live holder recorded beside its lock file" in msg
 
     # The OS released the killed writer's flock: the lock is free at once, and the new record names us.
     with artifact_lock(art, "activations", "builtin/L1", run_id="run-c"):
@@ -108,14 +111,44 @@ def test_a_waiting_writer_takes_the_lock_when_the_holder_finishes_and_gives_up_a
     assert f"run run-a (pid {p.pid}" in msg and "(waited 0.5 s)" in msg
 
 
-def test_lock_and_holder_record_sit_beside_the_artifact_never_inside_it(tmp_path):
-    art = tmp_path / "sae"
-    art.mkdir()
+def test_locks_live_in_one_folder_under_the_store_root_never_beside_or_inside_the_artifact(tmp_path):
+    root = tmp_path / "store"
+    art = root / "builtin" / "L1" / "sae"
+    art.mkdir(parents=True)
     (art / "config.json").write_text("{}")
-    with artifact_lock(art, "sae", "builtin/L1"):
+    with artifact_lock(art, "sae", "builtin/L1", root=root):
         assert sorted(p.name for p in art.iterdir()) == ["config.json"]
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["sae", "sae.lock", "sae.lock.json"]
-    assert lock_path(art) == tmp_path / "sae.lock" and holder_path(art) == tmp_path / "sae.lock.json"
+        assert sorted(p.name for p in art.parent.iterdir()) == ["sae"]  # nothing beside the artifact
+        assert holder_path(art, root).is_file()
+    assert lock_path(art, root) == root / ".locks" / "builtin" / "L1" / "sae.lock"
+    assert holder_path(art, root) == root / ".locks" / "builtin" / "L1" / "sae.lock.json"
+    outside = tmp_path / "my-model"  # e.g. a user's model folder outside the store: a lock named by its path
+    assert lock_path(outside, root).parent == root / ".locks" and lock_path(outside, root).name.startswith("my-model-")
+    assert lock_path(art) == art.parent / ".locks" / "sae.lock"  # no root: a .locks folder in the parent
+
+
+def test_readers_share_the_lock_and_a_writer_fails_naming_each_reading_run(tmp_path):
+    art = tmp_path / "activations"
+    with artifact_lock(art, "glp_prior", "builtin/L1", run_id="run-a", shared=True):
+        with artifact_lock(art, "sae", "builtin/L1", run_id="run-b", shared=True):  # readers do not block readers
+            with pytest.raises(ArtifactBusy) as e:
+                with artifact_lock(art, "activations", "builtin/L1", run_id="run-c"):
+                    pytest.fail("a writer replaced an artifact two runs are reading")
+    msg = str(e.value)
+    assert msg.startswith("`activations` for `builtin/L1` is being read by ")
+    assert "`glp_prior` in run run-a (pid" in msg and "`sae` in run run-b (pid" in msg
+    assert "would swap it under that run" in msg
+    with artifact_lock(art, "activations", "builtin/L1", run_id="run-c"):  # both readers gone: the writer goes
+        assert not any(readers_path(art).glob("*.json"))
+
+
+def test_a_reader_fails_naming_the_writer_while_a_store_is_being_replaced(tmp_path):
+    art = tmp_path / "activations"
+    with holding(art, run_id="run-a") as p:
+        with pytest.raises(ArtifactBusy, match=rf"`glp_prior` for `builtin/L1` cannot read activations now: it is "
+                                               rf"being written by `activations` in run run-a \(pid {p.pid}"):
+            with artifact_lock(art, "glp_prior", "builtin/L1", shared=True):
+                pytest.fail("read an artifact while it is being written")
 
 
 def test_a_lock_in_a_missing_folder_creates_the_folder(tmp_path):

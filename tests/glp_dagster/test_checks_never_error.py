@@ -94,14 +94,14 @@ def test_a_second_run_writing_an_artifact_fails_naming_the_first_and_runs_once_i
     defs = build_definitions(s)
     train = paths.store("train")
     before = sha256_file(train / "zarr.json")
-    with holding(paths.activations_dir, run_id="run-holder") as holder:
+    with holding(paths.activations_dir, run_id="run-holder", root=s.store.root) as holder:
         res = dg.materialize(list(defs.assets), selection="activations", instance=dg.DagsterInstance.ephemeral(),
                              partition_key=KEY, resources=defs.resources, raise_on_error=False)
         assert not res.success
         (err,) = failures(res)
         assert (f"`activations` for `builtin/L1` is being written by run run-holder (pid {holder.pid} on "
                 in err.message), err.message
-        assert "wait for it or stop it" in err.message and "glp/lock_wait_s" in err.message
+        assert "wait for it or stop it" in err.message and "GLP_LOCK_WAIT_S=600" in err.message
         assert not train.with_name("train.zarr.partial").exists()  # nothing adopted, nothing started
         assert sha256_file(train / "zarr.json") == before
         sigkill(holder)
@@ -109,7 +109,32 @@ def test_a_second_run_writing_an_artifact_fails_naming_the_first_and_runs_once_i
     res = dg.materialize(list(defs.assets), selection="activations", instance=dg.DagsterInstance.ephemeral(),
                          partition_key=KEY, resources=defs.resources)
     assert res.success  # the OS freed the killed holder's lock; its stale record did not stop us
-    assert not holder_path(paths.activations_dir).exists()
+    assert not holder_path(paths.activations_dir, s.store.root).exists()
+
+
+def test_a_store_being_read_is_not_swapped_under_its_reader_and_a_reader_waits_for_no_writer(chain):
+    """Issue 22: re-extracting `activations` while a run trains on them swapped the store under the trainer
+    (`TypeError: memoryview: cannot cast view with zeros in shape or strides`). Readers now hold a shared lock."""
+    s, paths = chain
+    defs = build_definitions(s)
+    train = paths.store("train")
+    before = sha256_file(train / "zarr.json")
+    with holding(paths.activations_dir, asset="glp_prior", run_id="run-reader", root=s.store.root, shared=True) as r:
+        res = dg.materialize(list(defs.assets), selection="activations", instance=dg.DagsterInstance.ephemeral(),
+                             partition_key=KEY, resources=defs.resources, raise_on_error=False)
+        (err,) = failures(res)
+        assert f"`activations` for `builtin/L1` is being read by `glp_prior` in run run-reader (pid {r.pid}" \
+            in err.message, err.message
+        assert sha256_file(train / "zarr.json") == before  # the store the reader uses is untouched
+        # another reader is not held up by the first
+        assert dg.materialize(list(defs.assets), selection="norm_stats", instance=dg.DagsterInstance.ephemeral(),
+                              partition_key=KEY, resources=defs.resources).success
+    with holding(paths.activations_dir, asset="activations", run_id="run-writer", root=s.store.root):
+        (err,) = failures(dg.materialize(list(defs.assets), selection="norm_stats",
+                                         instance=dg.DagsterInstance.ephemeral(), partition_key=KEY,
+                                         resources=defs.resources, raise_on_error=False))
+        assert "`norm_stats` for `builtin/L1` cannot read activations now: it is being written by `activations` " \
+               "in run run-writer" in err.message, err.message
 
 
 def test_a_run_tagged_to_wait_queues_behind_the_writer_and_a_bad_wait_is_a_readable_failure(chain):
@@ -121,17 +146,17 @@ def test_a_run_tagged_to_wait_queues_behind_the_writer_and_a_bad_wait_is_a_reada
                               partition_key=KEY, resources=defs.resources, raise_on_error=False,
                               tags={"glp/lock_wait_s": wait})
 
-    with holding(paths.norm_stats, asset="norm_stats", run_id="run-holder"):
+    with holding(paths.norm_stats, root=s.store.root, asset="norm_stats", run_id="run-holder"):
         (err,) = failures(run("1"))
         assert "`norm_stats` for `builtin/L1` is being written by run run-holder" in err.message
         assert "(waited 1 s)" in err.message
-    with holding(paths.norm_stats, asset="norm_stats", hold_s=3.0):
+    with holding(paths.norm_stats, root=s.store.root, asset="norm_stats", hold_s=3.0):
         assert run("120").success  # the lock came free within the wait
     (err,) = failures(run("soon"))
     assert "run tag glp/lock_wait_s='soon' is not a number of seconds" in err.message
     # without the tag, the `lock_wait_s` setting (GLP_LOCK_WAIT_S) says how long to wait
     patient = build_definitions(s.model_copy(update={"lock_wait_s": 120.0}))
-    with holding(paths.norm_stats, asset="norm_stats", hold_s=3.0):
+    with holding(paths.norm_stats, root=s.store.root, asset="norm_stats", hold_s=3.0):
         assert dg.materialize(list(patient.assets), selection="norm_stats", instance=dg.DagsterInstance.ephemeral(),
                               partition_key=KEY, resources=patient.resources).success
 

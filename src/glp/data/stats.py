@@ -10,8 +10,9 @@ moment about the running mean and corrected at the end).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -83,13 +84,16 @@ class NormStats:
     mean: np.ndarray  # (d,)
     var: np.ndarray  # (d,)
     cov_normalized: np.ndarray  # (d, d) covariance of (x - mean) / std
+    made_from: dict[str, str] = field(default_factory=dict)
+    """Lineage: the version of the train store the stats were computed from (`activations_version`)."""
 
     def save(self, path: Path) -> None:
         from safetensors.numpy import save
 
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"mean": self.mean, "var": self.var, "cov_normalized": self.cov_normalized}
-        write_atomic(path, save(tensors, metadata={"n": str(self.n), "sha256": tensors_sha256(tensors)}))
+        meta = {"n": str(self.n), "sha256": tensors_sha256(tensors), "made_from": json.dumps(self.made_from)}
+        write_atomic(path, save(tensors, metadata=meta))
 
     @classmethod
     def load(cls, path: Path) -> NormStats:
@@ -107,7 +111,11 @@ class NormStats:
             raise ArtifactCorrupt(f"{path} is truncated or corrupt ({type(e).__name__}: {e}): {fix}") from e
         if "sha256" in meta and tensors_sha256(tensors) != meta["sha256"]:
             raise ArtifactCorrupt(f"{path} does not match its recorded checksum: {fix}")
-        return cls(n, tensors["mean"], tensors["var"], tensors["cov_normalized"])
+        try:
+            made_from = json.loads(meta.get("made_from", "{}"))
+        except ValueError as e:
+            raise ArtifactCorrupt(f"{path} has an unreadable lineage record ({e}): {fix}") from e
+        return cls(n, tensors["mean"], tensors["var"], tensors["cov_normalized"], made_from)
 
     def normalizer(self) -> Normalizer:
         return Normalizer(torch.from_numpy(self.mean).float(), torch.from_numpy(np.sqrt(self.var + EPS)).float())
@@ -132,7 +140,8 @@ def compute_stats(store: ActivationStore, with_cov: bool = True) -> NormStats:
         mom.update(rows)
     std = np.sqrt(mom.var + EPS)
     cov = mom.cross / max(mom.n, 1) / np.outer(std, std) if mom.cross is not None else np.zeros((0, 0))
-    return NormStats(mom.n, mom.mean, mom.var, cov)
+    version = store.attrs.get("version")
+    return NormStats(mom.n, mom.mean, mom.var, cov, {"activations_version": version} if version else {})
 
 
 class Normalizer(torch.nn.Module):

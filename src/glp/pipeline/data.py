@@ -12,7 +12,9 @@ from glp.data.store import Location
 from glp.pipeline.layout import (
     activations_version,
     builtin_lm_dir,
+    hash_cache,
     model_dir,
+    model_fingerprint,
     short_sha256,
     source_paths,
     uses_packaged,
@@ -87,6 +89,7 @@ def _attrs(settings: Settings, source: SourceConfig, mdir: Path, version: str) -
     from glp.data.corpus import corpus_hash
 
     return {"model": source.model_name, "model_path": str(mdir),
+            "model_fingerprint": model_fingerprint(mdir, hash_cache(settings)),
             "corpus_hash": corpus_hash(settings.corpus.path, settings.corpus), "version": version}
 
 

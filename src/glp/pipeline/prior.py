@@ -44,7 +44,8 @@ def build_prior(settings: Settings, source: SourceConfig, log: Log = nolog) -> d
                              resolve_device(settings.device), log=log)
     if rank != 0:  # rank 0 exports
         return {"steps": res.steps, "losses": res.losses, "rank": rank}
-    meta = {**prior_meta(settings, source), "activations_version": store.attrs.get("version"), "steps": res.steps,
+    meta = {**prior_meta(settings, source), "activations_version": store.attrs.get("version"),
+            "norm_stats_version": art.norm_stats_version(), "steps": res.steps,
             "final_loss": float(sum(res.losses[-50:]) / len(res.losses[-50:])), "precision": res.precision,
             "losses": res.losses}
     save_prior(paths.prior, model, stats.normalizer(), meta, snapshots=res.snapshots)

@@ -38,7 +38,8 @@ def build_sae(settings: Any, source: Any, log: Callable[[str], None] | None = No
     epochs = cfg.epochs or settings.train.epochs
     sae, res = train_sae(store, stats.normalizer(), cfg, epochs, resolve_device(settings.device), heldout, log)
     meta = {"source": source.key, "sae_config": config_hash(cfg), "epochs": epochs,
-            "activations_version": store.attrs.get("version"), "steps": res.steps, "rows_seen": res.rows_seen,
+            "activations_version": store.attrs.get("version"), "norm_stats_version": art.norm_stats_version(),
+            "steps": res.steps, "rows_seen": res.rows_seen,
             "fvu_last": res.fvu_last, "heldout_fvu": res.heldout_fvu, "dead_fraction": res.dead_fraction,
             "seconds": res.seconds, "losses": res.losses}
     out = save_sae(sae_dir(paths.root), sae, stats.normalizer(), meta)

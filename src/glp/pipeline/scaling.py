@@ -52,7 +52,7 @@ def downstream_version(settings: Any, source: Any) -> str:
     return scaling_key("downstream/1", settings.scaling.model_dump(mode="json", include=keep), config_hash(settings.probe),
                  config_hash(settings.steer), config_hash(settings.delta_lm), tasks_hash(settings.probe_tasks.path),
                  labelled_hash(settings.steer.labelled), steering_prompts(settings),
-                 pipeline.model_fingerprint(pipeline.model_dir(settings, source)), source.layer,
+                 pipeline.model_fingerprint(pipeline.model_dir(settings, source), pipeline.hash_cache(settings)), source.layer,
                  settings.store.max_seq_len, str(pipeline.source_paths(settings, source).store("heldout")))
 
 
