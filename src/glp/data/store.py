@@ -287,7 +287,20 @@ class ActivationStore:
             if expected is None or chunk_checksum(values) != expected:
                 raise StoreCorrupt(f"{self._where(name, i)} does not match its recorded checksum: the store is "
                                    "corrupt; delete it and re-materialize `activations`")
+            if name == "acts":
+                self._check_finite(values, i)
         return values
+
+    def _check_finite(self, values: np.ndarray, i: int) -> None:
+        """Refuse a chunk holding NaN or Inf, naming its first bad row and dimension: the writer never stores one,
+        so it was put there after the checksum was recorded (or the checksum with it)."""
+        bad = ~np.isfinite(values)
+        if bad.any():
+            r, d = (int(k) for k in np.argwhere(bad)[0])
+            row = i * self.chunk_rows + r
+            raise StoreCorrupt(f"{self.path}/acts chunk {i}: row {row} dimension {d} is {values[r, d]} "
+                               f"({int(bad.any(axis=1).sum())} non-finite row(s) in the chunk) although the writer "
+                               "never stores one: the store is corrupt; delete it and re-materialize `activations`")
 
     def chunk(self, i: int) -> np.ndarray:
         """Rows of chunk i, (≤chunk_rows, d) float32 (verified unless the store was opened with verify=False)."""

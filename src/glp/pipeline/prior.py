@@ -20,9 +20,11 @@ def build_prior(settings: Settings, source: SourceConfig, log: Log = nolog) -> d
     all of them train, rank 0 exports and returns the summary; the other ranks return only their steps and losses."""
     import os
 
+    import torch
+
     from glp.data.lm import resolve_device
     from glp.prior import save_prior
-    from glp.prior.train import train_prior
+    from glp.prior.train import NonFiniteLoss, train_prior
 
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world != settings.train.world_size:
@@ -48,6 +50,10 @@ def build_prior(settings: Settings, source: SourceConfig, log: Log = nolog) -> d
             "norm_stats_version": art.norm_stats_version(), "steps": res.steps,
             "final_loss": float(sum(res.losses[-50:]) / len(res.losses[-50:])), "precision": res.precision,
             "losses": res.losses}
+    bad = [name for name, t in model.state_dict().items() if not bool(torch.isfinite(t).all())]
+    if bad:  # never publish a broken prior over a good one
+        raise NonFiniteLoss(f"the trained prior's {bad[0]} holds NaN/Inf ({len(bad)} tensor(s)) although every loss "
+                            f"was finite: nothing is published; re-materialize `glp_prior` with a lower train.lr")
     save_prior(paths.prior, model, stats.normalizer(), meta, snapshots=res.snapshots)
     shutil.rmtree(ckpt, ignore_errors=True)  # exported: the resume point is no longer needed
     return {"path": str(paths.prior), "version": short_sha256(paths.prior / "model.safetensors"), "steps": res.steps,

@@ -48,6 +48,23 @@ class TrainingInterrupted(RuntimeError):
     """Raised when `interrupt_after` steps are done (tests use it to simulate a killed run)."""
 
 
+class NonFiniteLoss(ValueError):
+    """The training loss went NaN or Inf: nothing of that run is published."""
+
+
+def _non_finite_message(step: int, epoch: int, losses: list[float], x0: torch.Tensor, tcfg: TrainConfig) -> str:
+    finite = bool(torch.isfinite(x0).all())
+    last = next((f"{v:.4g} at step {k + 1}" for k, v in reversed(list(enumerate(losses[:-1]))) if math.isfinite(v)),
+                "none")
+    cause = (f"the input batch was finite (max |x| {float(x0.abs().max()):.3g} after normalization), so the "
+             f"training diverged: lower train.lr (now {tcfg.lr:g}) or raise train.warmup_frac, then re-materialize "
+             "`glp_prior`" if finite else
+             "the input batch holds NaN/Inf after normalization (the norm stats or the store are corrupt): "
+             "re-materialize `norm_stats` (and `activations` if its checks fail)")
+    return (f"the training loss went {losses[-1]} at step {step} (epoch {epoch}; last finite loss {last}); no "
+            f"prior is published and no checkpoint of it is kept: {cause}")
+
+
 class UnsafeCheckpoint(ValueError):
     """A checkpoint file that passed its manifest holds a pickled object outside SAFE_CHECKPOINT_GLOBALS."""
 
@@ -262,6 +279,8 @@ def train_prior(
                 ema.update(engine.module)
             losses.append(_global_mean(loss.detach(), world))  # the global batch's loss, on every rank
             step += 1
+            if not math.isfinite(losses[-1]):  # before any checkpoint of it: a resume restarts from the last good one
+                raise NonFiniteLoss(_non_finite_message(step, epoch, losses, x0, tcfg))
             if step in keep_at:
                 weights = _full_state_dict(engine, tcfg.zero_stage)  # a collective under ZeRO-3: every rank
                 if ema is not None:
