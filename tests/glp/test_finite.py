@@ -66,3 +66,13 @@ def test_a_training_loss_that_goes_non_finite_stops_naming_the_step_and_keeps_no
         train_prior(store, huge, DenoiserConfig(n_blocks=1, time_dim=16), cfg, tmp_path / "ckpt",
                     torch.device("cpu"))
     assert checkpoint_tags(tmp_path / "ckpt") == []
+
+
+def test_a_nan_arriving_after_the_norm_stats_stops_training_at_the_read_naming_it(tmp_path):
+    """Issue 22: after `norm_stats`, the NaN got a NaN prior published over the good one."""
+    store = _store(tmp_path / "train.zarr")
+    norm = compute_stats(store, with_cov=False).normalizer()  # the stats of the sound store
+    _nan_with_a_valid_checksum(store, row=200, dim=7)
+    with pytest.raises(StoreCorrupt, match=r"acts chunk 3: row 200 dimension 7 is nan"):
+        train_prior(ActivationStore(store.path), norm, DenoiserConfig(n_blocks=1, time_dim=16),
+                    TrainConfig(batch_size=64, epochs=1), tmp_path / "ckpt", torch.device("cpu"))
