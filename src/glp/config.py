@@ -191,7 +191,7 @@ class StoreConfig(_Strict):
     `activations_shard_<k>` that any executor can run in parallel), merged into one store holding exactly the rows
     of the one-worker store, in the same order (glp.data.shards). 1: one worker, no shard assets."""
 
-    HASH_OMIT: ClassVar[tuple[str, ...]] = ("activations_url", "shards")  # where / how, not what: same rows
+    HASH_OMIT: ClassVar[tuple[str, ...]] = ("root", "activations_url", "shards")  # where / how, not what: same rows
 
     @field_validator("activations_url")
     @classmethod

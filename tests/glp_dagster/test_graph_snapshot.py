@@ -42,11 +42,12 @@ def graph_snapshot(overrides: dict) -> dict:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_dagster_graph_matches_its_snapshot(case, monkeypatch):
+    update = os.environ.get("GLP_UPDATE_GRAPH_SNAPSHOT") == "1"  # read before the GLP_* variables are cleared
     for var in [v for v in os.environ if v.startswith("GLP_")]:
         monkeypatch.delenv(var)
     got = graph_snapshot(CASES[case])
     path = SNAPSHOTS / f"graph_{case}.json"
-    if os.environ.get("GLP_UPDATE_GRAPH_SNAPSHOT") == "1":
+    if update:
         path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
     assert path.is_file(), f"no snapshot {path}: write it with GLP_UPDATE_GRAPH_SNAPSHOT=1"
     want = json.loads(path.read_text())
