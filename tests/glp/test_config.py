@@ -295,3 +295,36 @@ def test_load_settings_with_no_env_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["GLP_CORPUS__PATH", "GLP_STORE__ROOT", "GLP_STEER__LABELLED", "GLP_TRAIN__LR",
+                                  "GLP_SOURCES", "GLP_TRAIN", "GLP_PROFILE", "GLP_STORE__ACTIVATIONS_URL"])
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_variable_is_refused_naming_it_not_read_as_the_working_directory(monkeypatch, name, value):
+    """`GLP_CORPUS__PATH=` used to read the repository root as the corpus, `GLP_STORE__ROOT=` to write into it."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"{name} is set but empty.*unset it to use the default"):
+        load_settings()
+
+
+def test_the_empty_path_hint_says_it_would_mean_the_working_directory(monkeypatch):
+    monkeypatch.setenv("GLP_CORPUS__PATH", "")
+    with pytest.raises(ConfigError, match=r"working directory\); unset it to use the default \(assets/datasets/corpus\)"):
+        load_settings()
+
+
+def test_empty_paths_and_model_names_from_toml_json_or_kwargs_are_refused(monkeypatch, tmp_path):
+    with pytest.raises(ConfigError, match="corpus.path: .*empty path would mean the working directory"):
+        load_settings(corpus={"path": ""})
+    with pytest.raises(ConfigError, match="sources.0.model: .*empty model"):
+        load_settings(sources=[{"model": "", "layer": 1}])
+    monkeypatch.setenv("GLP_SOURCES", '[{"model": "builtin", "layer": 1, "name": " "}]')
+    with pytest.raises(ConfigError, match="sources.0.name: .*empty name"):
+        load_settings()
+    monkeypatch.delenv("GLP_SOURCES")
+    _use_toml(monkeypatch, tmp_path, '[store]\nroot = ""\n')
+    with pytest.raises(ConfigError, match="store.root: .*empty path"):
+        load_settings()
+    monkeypatch.setenv("GLP_CONFIG_FILE", "")
+    with pytest.raises(ConfigError, match="GLP_CONFIG_FILE is set but empty"):
+        load_settings()
