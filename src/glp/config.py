@@ -657,6 +657,8 @@ class Settings(BaseSettings):
     (`GLP_PROFILE=gpu`): the sizes in `GPU_PROFILE` below (more activations, a wider and deeper prior, more prompts
     and probe texts). Any value set explicitly (env, TOML, kwargs) wins over the profile."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto`: a CUDA GPU when torch sees one, else the CPU. `cuda` without a GPU fails at load; so does `profile =
+    gpu` with `auto` on a machine without one (set `cpu` explicitly to run the gpu sizes on a CPU)."""
     lock_wait_s: float = Field(0.0, ge=0)
     """Seconds a run waits when another run is writing the same artifact (0: fail at once, naming that run).
     The run tag `glp/lock_wait_s` overrides it for one run."""
@@ -740,7 +742,29 @@ def load_settings(**overrides: object) -> Settings:
     except SettingsError as e:  # a value pydantic-settings could not decode that check_environment let through
         raise _config_error([f"{e}: {e.__cause__}"]) from None
     check_layers(settings)
+    check_device(settings)
     return settings
+
+
+def check_device(settings: Settings) -> None:
+    """Fail when the settings need a CUDA GPU that torch does not see: `device = cuda`, or `profile = gpu` with
+    `device = auto` (sized for a GPU: hours of extraction on a CPU). `profile = gpu` with `device = cpu` set
+    explicitly is the way to run the gpu sizes on a CPU. Imports torch only in those two cases."""
+    if settings.device == "cpu" or (settings.device == "auto" and settings.profile != "gpu"):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    seen = (f"torch {torch.__version__} sees no CUDA GPU (torch.cuda.is_available() is False"
+            + (f"; CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r}" if "CUDA_VISIBLE_DEVICES" in os.environ
+               else "") + ("; this torch build has no CUDA)" if torch.version.cuda is None else ")"))
+    if settings.device == "cuda":
+        raise _config_error([f"device = cuda (GLP_DEVICE): {seen}; set GLP_DEVICE=auto or cpu, or run on a machine "
+                             "with a GPU"])
+    raise _config_error([f"profile = gpu (GLP_PROFILE) is sized for one GPU (20 M activations: hours of extraction "
+                         f"on a CPU) but {seen}; run it on a GPU machine, unset GLP_PROFILE for the cpu sizes, or set "
+                         "GLP_DEVICE=cpu to run the gpu sizes on this CPU anyway"])
 
 
 # ---- the environment and the TOML file ------------------------------------------------------------------------
