@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,16 +127,40 @@ def user_corpus_files(path: Path) -> list[Path]:
             raise CorpusError(f"corpus path {path} is a file but not a .jsonl file: point GLP_CORPUS__PATH at "
                               f"{_USER_FORMS}")
         return [path]
-    files = sorted(
-        (p for p in path.rglob("*")
-         if p.suffix in (".txt", ".jsonl") and p.is_file()
-         and not any(part.startswith(".") for part in p.relative_to(path).parts)),
-        key=lambda p: p.relative_to(path).as_posix(),
-    )
+    files = sorted(_walk_corpus_folder(path), key=lambda p: p.relative_to(path).as_posix())
     if not files:
         raise CorpusError(f"corpus folder {path} holds no manifest.json (so it is not a prepared corpus) and no .txt "
                           f"or .jsonl files: {_missing_hint(path)}, or put your documents there as {_USER_FORMS}")
     return files
+
+
+def _walk_corpus_folder(root: Path) -> Iterator[Path]:
+    """The `.txt` and `.jsonl` files under `root`, hidden paths skipped, symlinked folders followed: a folder reached
+    twice (a link to a folder above it, or two links to one folder) would repeat documents or never end, so it is
+    refused naming both paths; so is a link to nothing."""
+    seen: dict[tuple[int, int], Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=_raise_walk_error):
+        here = Path(dirpath)
+        st = here.stat()
+        if (st.st_dev, st.st_ino) in seen:
+            raise CorpusError(f"corpus folder {here} is {seen[(st.st_dev, st.st_ino)]} again (it resolves to "
+                              f"{here.resolve()}): a symlink loop or two links to one folder would read its "
+                              "documents twice; remove the link")
+        seen[(st.st_dev, st.st_ino)] = here
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            file = here / name
+            if name.startswith(".") or file.suffix not in (".txt", ".jsonl"):
+                continue
+            if not file.exists():
+                raise CorpusError(f"corpus file {file} is a symlink to {os.readlink(file)}, which does not exist: "
+                                  "fix or remove the link")
+            if file.is_file():
+                yield file
+
+
+def _raise_walk_error(e: OSError) -> None:
+    raise CorpusError(f"cannot list corpus folder {e.filename}: {e.strerror or e}; make it readable or remove it") from None
 
 
 def _read_text(file: Path) -> str:
