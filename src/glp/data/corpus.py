@@ -163,14 +163,21 @@ def _raise_walk_error(e: OSError) -> None:
     raise CorpusError(f"cannot list corpus folder {e.filename}: {e.strerror or e}; make it readable or remove it") from None
 
 
+def _out_of_memory(where: str, size: int) -> CorpusError:
+    return CorpusError(f"{where}: out of memory reading a document of {size:,} bytes; one document is held whole in "
+                       "memory (extraction keeps only its first store.max_seq_len tokens): split it into smaller "
+                       "documents (files or .jsonl lines), or remove it from the corpus")
+
+
 def _read_text(file: Path) -> str:
     try:
         raw = file.read_bytes()
+        return raw.decode("utf-8-sig")  # the bytes are freed on return: twice the file's size at most
     except OSError as e:
         raise CorpusError(f"cannot read corpus file {file}: {e.strerror or e}; make it readable (check its "
                           "permissions) or remove it from the corpus") from None
-    try:
-        return raw.decode("utf-8-sig")
+    except MemoryError:
+        raise _out_of_memory(str(file), file.stat().st_size) from None
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise CorpusError(f"{file}:{line}: not UTF-8 (byte {e.start} of the file: {raw[e.start:e.start + 1]!r}): "
@@ -196,19 +203,27 @@ def _iter_jsonl_records(file: Path, rel: str) -> Iterator[dict]:
         raise CorpusError(f"cannot read corpus file {file}: {e.strerror or e}; make it readable (check its "
                           "permissions) or remove it from the corpus") from None
     with f:
-        for lineno, raw in enumerate(f, 1):
+        lineno = 0
+        while True:
+            lineno += 1
             try:
+                raw = f.readline()
+                if not raw:
+                    break
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                del raw  # one copy of a long line at a time besides the record: twice its size at most
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                del line
             except UnicodeDecodeError as e:
                 raise CorpusError(f"{file}:{lineno}: not UTF-8 (byte {e.start} of the line): convert the file to "
                                   "UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise CorpusError(f"{file}:{lineno}: malformed JSON ({e.msg}); each line must be one JSON object "
                                   "such as {\"text\": \"...\"}") from None
+            except MemoryError:
+                raise _out_of_memory(f"{file}:{lineno}", file.stat().st_size) from None
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 got = type(record.get("text")).__name__ if isinstance(record, dict) else type(record).__name__
                 raise CorpusError(f"{file}:{lineno}: record has no string \"text\" field (got {got}); each line must "
