@@ -762,9 +762,10 @@ def check_device(settings: Settings) -> None:
     if settings.device == "cuda":
         raise _config_error([f"device = cuda (GLP_DEVICE): {seen}; set GLP_DEVICE=auto or cpu, or run on a machine "
                              "with a GPU"])
-    raise _config_error([f"profile = gpu (GLP_PROFILE) is sized for one GPU (20 M activations: hours of extraction "
-                         f"on a CPU) but {seen}; run it on a GPU machine, unset GLP_PROFILE for the cpu sizes, or set "
-                         "GLP_DEVICE=cpu to run the gpu sizes on this CPU anyway"])
+    tokens = f"{settings.store.max_tokens:,}" if settings.store.max_tokens else "all the corpus's"
+    raise _config_error([f"profile = gpu (GLP_PROFILE) is sized for one GPU ({tokens} activations: hours of "
+                         f"extraction on a CPU) but {seen}; run it on a GPU machine, unset GLP_PROFILE for the cpu "
+                         "sizes, or set GLP_DEVICE=cpu to run the gpu sizes on this CPU anyway"])
 
 
 # ---- the environment and the TOML file ------------------------------------------------------------------------
