@@ -45,10 +45,12 @@ def user_errors() -> Iterator[None]:
     from glp.data.lm import SourceModelError
     from glp.data.source_model import PackagedModelError
     from glp.data.store import StoreError
+    from glp.prior.train import CheckpointWriteError
 
     try:
         yield
-    except (CorpusError, SourceModelError, PackagedModelError, StoreError, FileNotFoundError, ValueError) as e:
+    except (CorpusError, SourceModelError, PackagedModelError, StoreError, CheckpointWriteError, FileNotFoundError,
+            ValueError) as e:
         raise dg.Failure(description=f"{type(e).__name__}: {e}") from e
 
 

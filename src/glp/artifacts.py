@@ -307,3 +307,45 @@ def content_hash(*parts: object, length: int = 16) -> str:
     """A short sha256 of the parts as sorted JSON: the versions and cache keys that name an artifact by what it was
     made from."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+# ---------------------------------------------------------------- temp folders that outlive their run
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_dead_temp_dirs(out: Path) -> list[Path]:
+    """Remove the temp siblings of `out` (`.<name>.tmp-<pid>`, from `fresh_temp_dir`) whose process is no longer
+    alive on this host: what a failed or killed run left. Those of live processes (a writer now) are kept."""
+    out = Path(out)
+    prefix = f".{out.name}.tmp-"
+    if not out.parent.is_dir():
+        return []
+    gone = []
+    for p in sorted(out.parent.iterdir()):
+        pid = p.name.removeprefix(prefix)
+        if p.name.startswith(prefix) and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p)
+    return gone
+
+
+@contextmanager
+def staging_dir(out: Path) -> Iterator[Path]:
+    """A fresh temp sibling of `out` to build it in (`fresh_temp_dir`), removed if the body raises, so a failed
+    write leaves nothing behind; the temp siblings dead processes left are removed first."""
+    remove_dead_temp_dirs(out)
+    tmp = fresh_temp_dir(out)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

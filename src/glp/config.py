@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
@@ -78,6 +78,15 @@ class _Strict(BaseModel):
     # allow_inf_nan=False: `inf` / `nan` (env, TOML or JSON `Infinity` / `NaN`) are rejected in every float
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_empty_path(cls, value: object, info: ValidationInfo) -> object:
+        # Path("") is "." (the working directory): an empty path from TOML, JSON or kwargs is a mistake, not "here"
+        if isinstance(value, str) and not value.strip() and _is_path(cls.model_fields[info.field_name].annotation):
+            raise ValueError("an empty path would mean the working directory: give a path, or leave it out to use "
+                             "the default")
+        return value
+
 
 def config_hash(model: BaseModel, length: int = 12) -> str:
     """Stable short hash of a config model's values (used for caching and Dagster code versions).
@@ -106,6 +115,14 @@ class SourceConfig(_Strict):
     """Decoder block index; its residual-stream output is HF `hidden_states[layer + 1]`."""
     name: str | None = None
     """Short model name used in the partition key; default: the directory name of `model`."""
+
+    @field_validator("model", "name")
+    @classmethod
+    def _not_empty(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError(f"an empty {info.field_name} names no model (and gives the partition key '/L<layer>'): "
+                             f"give one, or leave it out to use the default")
+        return value
 
     @property
     def model_name(self) -> str:
@@ -640,6 +657,8 @@ class Settings(BaseSettings):
     (`GLP_PROFILE=gpu`): the sizes in `GPU_PROFILE` below (more activations, a wider and deeper prior, more prompts
     and probe texts). Any value set explicitly (env, TOML, kwargs) wins over the profile."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto`: a CUDA GPU when torch sees one, else the CPU. `cuda` without a GPU fails at load; so does `profile =
+    gpu` with `auto` on a machine without one (set `cpu` explicitly to run the gpu sizes on a CPU)."""
     lock_wait_s: float = Field(0.0, ge=0)
     """Seconds a run waits when another run is writing the same artifact (0: fail at once, naming that run).
     The run tag `glp/lock_wait_s` overrides it for one run."""
@@ -723,7 +742,30 @@ def load_settings(**overrides: object) -> Settings:
     except SettingsError as e:  # a value pydantic-settings could not decode that check_environment let through
         raise _config_error([f"{e}: {e.__cause__}"]) from None
     check_layers(settings)
+    check_device(settings)
     return settings
+
+
+def check_device(settings: Settings) -> None:
+    """Fail when the settings need a CUDA GPU that torch does not see: `device = cuda`, or `profile = gpu` with
+    `device = auto` (sized for a GPU: hours of extraction on a CPU). `profile = gpu` with `device = cpu` set
+    explicitly is the way to run the gpu sizes on a CPU. Imports torch only in those two cases."""
+    if settings.device == "cpu" or (settings.device == "auto" and settings.profile != "gpu"):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    seen = (f"torch {torch.__version__} sees no CUDA GPU (torch.cuda.is_available() is False"
+            + (f"; CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r}" if "CUDA_VISIBLE_DEVICES" in os.environ
+               else "") + ("; this torch build has no CUDA)" if torch.version.cuda is None else ")"))
+    if settings.device == "cuda":
+        raise _config_error([f"device = cuda (GLP_DEVICE): {seen}; set GLP_DEVICE=auto or cpu, or run on a machine "
+                             "with a GPU"])
+    tokens = f"{settings.store.max_tokens:,}" if settings.store.max_tokens else "all the corpus's"
+    raise _config_error([f"profile = gpu (GLP_PROFILE) is sized for one GPU ({tokens} activations: hours of "
+                         f"extraction on a CPU) but {seen}; run it on a GPU machine, unset GLP_PROFILE for the cpu "
+                         "sizes, or set GLP_DEVICE=cpu to run the gpu sizes on this CPU anyway"])
 
 
 # ---- the environment and the TOML file ------------------------------------------------------------------------
@@ -753,7 +795,11 @@ def check_environment(environ: Mapping[str, str]) -> None:
         if not name.upper().startswith(ENV_PREFIX) or name in OTHER_ENV:
             continue
         field = fields.get(name.upper())  # pydantic-settings matches field names in any case
-        if field is None:
+        if field is not None and not value.strip():
+            # an empty value has no meaning for any setting; read as a path it would be "." (the working directory)
+            problems.append(f"{name} is set but empty{_empty_hint(field)}; unset it to use the default "
+                            f"({_default_text(field)}) or give it a value")
+        elif field is None:
             # a field that is no section, followed by more (`GLP_SOURCES__0__LAYER`): that field; else the closest
             known = [f for f, info in fields.items() if name.upper().startswith(f + "__") and not _is_section(info)]
             close = [max(known, key=len)] if known else difflib.get_close_matches(
@@ -769,6 +815,25 @@ def check_environment(environ: Mapping[str, str]) -> None:
                                 f"as JSON with double-quoted strings, e.g. {name}='{_json_example(field)}'")
     if problems:
         raise _config_error(problems)
+
+
+def _is_path(annotation: object) -> bool:
+    if get_origin(annotation) in (Union, types.UnionType):
+        return any(_is_path(a) for a in get_args(annotation))
+    return annotation is Path
+
+
+def _empty_hint(field: FieldInfo) -> str:
+    return " (an empty path would mean the working directory)" if _is_path(field.annotation) else ""
+
+
+def _default_text(field: FieldInfo) -> str:
+    if _is_section(field):
+        return "the section's defaults"
+    from pydantic import TypeAdapter
+
+    default = TypeAdapter(field.annotation).dump_python(field.get_default(call_default_factory=True), mode="json")
+    return "none" if default is None else default if isinstance(default, str) else json.dumps(default)
 
 
 def _is_section(field: FieldInfo) -> bool:
@@ -796,6 +861,9 @@ def _json_example(field: FieldInfo) -> str:
 def _toml_source(settings_cls: type[BaseSettings]) -> TomlConfigSettingsSource | None:
     """The TOML file: `GLP_CONFIG_FILE` (which must exist), else `glp.toml` in the working directory if present."""
     named = os.environ.get("GLP_CONFIG_FILE")
+    if named is not None and not named.strip():
+        raise _config_error(["GLP_CONFIG_FILE is set but empty; unset it (glp.toml in the working directory is read "
+                             "if present) or point it at a TOML file"])
     path = Path(named if named is not None else "glp.toml").expanduser()
     if named is not None and not path.is_file():
         raise _config_error([f"GLP_CONFIG_FILE={named}: no such file (looked for {path.absolute()}); point it at "

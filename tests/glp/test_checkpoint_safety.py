@@ -2,7 +2,11 @@
 and training resumes from the newest good checkpoint with the same final weights (docs/reliability_checkpoints.md)."""
 
 import json
+import os
+import resource
 import shutil
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,12 +17,16 @@ from glp.prior import PriorCorrupt, load_prior, save_prior
 from glp.data.stats import Normalizer
 from glp.prior.train import (
     MANIFEST,
+    CheckpointWriteError,
     SAFE_CHECKPOINT_GLOBALS,
     UnsafeCheckpoint,
     TrainingInterrupted,
     checkpoint_tags,
+    is_write_failure,
     resume_tag,
+    verify_checkpoint,
     write_checkpoint_manifest,
+    write_failure_message,
 )
 from tests.glp.test_train import DCFG, _train, tiny_store
 
@@ -319,3 +327,55 @@ def test_a_corrupt_prior_config_names_the_config(prior_dir):
         load_prior(prior_dir)
     msg = str(e.value)
     assert str(prior_dir / "config.json") in msg and "--select glp_prior" in msg and "\n" not in msg
+
+
+# ---------------------------------------------------------------- a disk that fills up during a save
+
+
+@contextmanager
+def _file_size_limit(n_bytes):
+    """A real limit on the size of files this process writes (`ulimit -f`): a write past it fails with EFBIG, as
+    torch's checkpoint writer meets a full disk (the SIGXFSZ it would also send is ignored meanwhile)."""
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_checkpoint_write_that_fails_says_why_removes_the_torn_tag_and_the_run_resumes(store, tmp_path, full):
+    """A full disk during a save showed only torch's `inline_container ... unexpected pos`."""
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(TrainingInterrupted):
+        _train(store, ckpt, interrupt_after=12)  # step8 sealed
+    with _file_size_limit(32_000), pytest.raises(CheckpointWriteError) as e:  # step16's model states take ~60 kB
+        _train(store, ckpt)
+    msg = str(e.value)
+    assert msg.startswith(f"writing {ckpt / 'step16'} failed: a file reached this process's file size limit (ulimit -f: "
+                          "32,000 bytes; ")
+    assert "training resumes from it: raise the limit (ulimit -f unlimited), then run the step again" in msg
+    assert "RuntimeError: [enforce fail at inline_container.cc" in msg  # torch's own words, last
+    assert [t for _, t in checkpoint_tags(ckpt)] == ["step8"] and verify_checkpoint(ckpt / "step8") is None
+    model, res = _train(store, ckpt)
+    assert res.resumed_from == 8 and res.steps == 64
+    _assert_same_weights(full, model.state_dict())
+
+
+def test_no_space_left_is_said_with_the_mount_and_what_to_do(tmp_path):
+    """A real ENOSPC (from /dev/full) and torch's real writer failing there are both recognised."""
+    with pytest.raises(OSError) as nospace:
+        with open("/dev/full", "wb") as f:
+            f.write(b"x" * 4096)
+    with pytest.raises(RuntimeError) as torn:
+        torch.save({"w": torch.zeros(1000)}, "/dev/full")
+    assert is_write_failure(nospace.value) and is_write_failure(torn.value)
+    assert not is_write_failure(RuntimeError("shape mismatch")) and not is_write_failure(FileNotFoundError(2, "x"))
+    msg = write_failure_message(tmp_path / "ckpt" / "step8", nospace.value)
+    mount = Path(tmp_path).resolve()
+    while not os.path.ismount(mount):
+        mount = mount.parent
+    assert msg.startswith(f"writing {tmp_path / 'ckpt' / 'step8'} failed: no space left on {mount} (")
+    assert "free space there, or set GLP_STORE__ROOT to a disk with room" in msg and "No space left on device" in msg

@@ -30,16 +30,17 @@ def test_builtin_and_local_folders_name_their_partitions():
 def test_gpu_profile_raises_sizes_but_explicit_values_win(monkeypatch):
     cpu = load_settings()
     monkeypatch.setenv("GLP_PROFILE", "gpu")
+    monkeypatch.setenv("GLP_DEVICE", "cpu")  # the explicit override: the gpu sizes on a machine without a GPU
     monkeypatch.setenv("GLP_TRAIN__LR", "0.003")
     gpu = load_settings()
     assert gpu.store.max_tokens > 10 * cpu.store.max_tokens and gpu.denoiser.n_blocks > cpu.denoiser.n_blocks
     assert gpu.train.lr == 0.003 and gpu.train.batch_size > cpu.train.batch_size
-    assert load_settings(profile="gpu", store={"max_tokens": 7}).store.max_tokens == 7
+    assert load_settings(profile="gpu", device="cpu", store={"max_tokens": 7}).store.max_tokens == 7
 
 
 def test_gpu_profile_is_paper_scale_in_bf16():
     """What issue 12 asks of the profile: >= 10 M activations, the paper's widths (D = 2d, H = 4d), bf16 everywhere."""
-    s = load_settings(profile="gpu")
+    s = load_settings(profile="gpu", device="cpu")
     assert s.store.max_tokens >= 10_000_000
     assert (s.denoiser.width_mult, s.denoiser.hidden_mult) == (2.0, 4.0) and s.denoiser.n_blocks >= 3
     assert s.store.dtype == "bfloat16" and s.train.precision == "bf16"
@@ -295,3 +296,74 @@ def test_load_settings_with_no_env_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["GLP_CORPUS__PATH", "GLP_STORE__ROOT", "GLP_STEER__LABELLED", "GLP_TRAIN__LR",
+                                  "GLP_SOURCES", "GLP_TRAIN", "GLP_PROFILE", "GLP_STORE__ACTIVATIONS_URL"])
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_variable_is_refused_naming_it_not_read_as_the_working_directory(monkeypatch, name, value):
+    """`GLP_CORPUS__PATH=` used to read the repository root as the corpus, `GLP_STORE__ROOT=` to write into it."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"{name} is set but empty.*unset it to use the default"):
+        load_settings()
+
+
+def test_the_empty_path_hint_says_it_would_mean_the_working_directory(monkeypatch):
+    monkeypatch.setenv("GLP_CORPUS__PATH", "")
+    with pytest.raises(ConfigError, match=r"working directory\); unset it to use the default \(assets/datasets/corpus\)"):
+        load_settings()
+
+
+def test_empty_paths_and_model_names_from_toml_json_or_kwargs_are_refused(monkeypatch, tmp_path):
+    with pytest.raises(ConfigError, match="corpus.path: .*empty path would mean the working directory"):
+        load_settings(corpus={"path": ""})
+    with pytest.raises(ConfigError, match="sources.0.model: .*empty model"):
+        load_settings(sources=[{"model": "", "layer": 1}])
+    monkeypatch.setenv("GLP_SOURCES", '[{"model": "builtin", "layer": 1, "name": " "}]')
+    with pytest.raises(ConfigError, match="sources.0.name: .*empty name"):
+        load_settings()
+    monkeypatch.delenv("GLP_SOURCES")
+    _use_toml(monkeypatch, tmp_path, '[store]\nroot = ""\n')
+    with pytest.raises(ConfigError, match="store.root: .*empty path"):
+        load_settings()
+    monkeypatch.setenv("GLP_CONFIG_FILE", "")
+    with pytest.raises(ConfigError, match="GLP_CONFIG_FILE is set but empty"):
+        load_settings()
+
+
+def _no_gpu() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: the settings are valid here")
+
+
+def test_device_cuda_without_a_gpu_stops_at_load_instead_of_a_torch_assertion(monkeypatch):
+    _no_gpu()
+    monkeypatch.setenv("GLP_DEVICE", "cuda")
+    with pytest.raises(ConfigError, match=r"device = cuda \(GLP_DEVICE\): torch .* sees no CUDA GPU.*set GLP_DEVICE=auto"):
+        load_settings()
+    with pytest.raises(ConfigError, match="device = cuda"):
+        load_settings(profile="gpu", device="cuda")
+
+
+def test_gpu_profile_without_a_gpu_stops_at_load_unless_the_cpu_is_chosen_explicitly(monkeypatch):
+    _no_gpu()
+    monkeypatch.setenv("GLP_PROFILE", "gpu")
+    with pytest.raises(ConfigError, match=r"profile = gpu \(GLP_PROFILE\) is sized for one GPU.*set GLP_DEVICE=cpu"):
+        load_settings()
+    monkeypatch.setenv("GLP_DEVICE", "auto")
+    with pytest.raises(ConfigError, match="profile = gpu"):
+        load_settings()
+    monkeypatch.setenv("GLP_DEVICE", "cpu")
+    assert load_settings().store.max_tokens >= 10_000_000  # the override: gpu sizes, on this CPU
+
+
+def test_loading_the_cpu_settings_does_not_import_torch():
+    """The device check imports torch only for `profile = gpu` or `device = cuda` (`glp --help` stays light)."""
+    code = ("import sys\nfrom glp.config import load_settings\nload_settings(device='cpu', profile='gpu')\n"
+            "load_settings()\nprint('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"

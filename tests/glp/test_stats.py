@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from glp.data.stats import NormStats, Normalizer, compute_stats
@@ -68,3 +69,39 @@ def test_norm_stats_record_a_checksum_and_a_flipped_bit_is_refused(tmp_path):
     path.write_bytes(bytes(data[:100]))
     with pytest.raises(ArtifactCorrupt, match="truncated or corrupt"):
         NormStats.load(path)
+
+
+def _store_of(path, n_docs, rows_per_doc, d=8):
+    """A real store of n_docs documents, rows_per_doc rows each."""
+    from glp.data.store import StoreWriter
+
+    n = n_docs * rows_per_doc
+    w = StoreWriter(path, d, 64, {})
+    w.append(np.random.default_rng(n_docs).normal(size=(n, d)).astype(np.float32),
+             np.repeat(np.arange(n_docs), rows_per_doc), np.tile(np.arange(1, rows_per_doc + 1), n_docs),
+             np.ones(n, np.int32))
+    w.commit(n_docs)
+    return w.close()
+
+
+def test_too_little_data_says_so_with_rows_per_split_and_the_minimum_before_any_stats(tmp_path):
+    """A three-document corpus was diagnosed as "a corrupt value in the train store?" by the outlier check."""
+    from glp import pipeline
+    from glp.config import load_settings
+    from glp.pipeline.data import TooLittleData
+
+    s = load_settings(store={"root": str(tmp_path)}, sources=[{"model": "builtin", "layer": 1}], device="cpu")
+    paths = pipeline.source_paths(s, s.sources[0])
+    _store_of(paths.store("train"), 2, 128)
+    _store_of(paths.store("heldout"), 1, 100)
+    with pytest.raises(TooLittleData) as e:
+        pipeline.build_norm_stats(s, s.sources[0])
+    assert str(e.value) == (
+        "too little data for a prior (train 256 rows from 2 documents, held-out 100 rows from 1 document): it needs at "
+        "least 512 train rows (train.batch_size, one batch) and 8 documents in each split, and train has 2 documents "
+        "and held-out has 1 document and train has 256 rows: add documents to the corpus (GLP_CORPUS__PATH), or raise "
+        "GLP_CORPUS__HELDOUT_FRACTION, or lower GLP_TRAIN__BATCH_SIZE, then re-materialize `activations`")
+    assert not paths.norm_stats.exists()
+    _store_of(paths.store("train"), 8, 64)  # 512 rows from 8 documents: enough
+    _store_of(paths.store("heldout"), 8, 10)
+    assert pipeline.build_norm_stats(s, s.sources[0])["n"] == 512

@@ -13,7 +13,8 @@ from glp.prior.manifold import Gate
 from glp.data.lm import capture_residual
 from glp.prior import Prior
 from glp.data.stats import Normalizer
-from glp.uses.steer_report import concept_rises, r0_matches_unsteered, pareto_inline, pareto_png, steering_markdown
+from glp.uses.steer_report import (concept_rises, pareto_figure, pareto_inline, pareto_png, r0_matches_unsteered,
+                                  steering_markdown)
 from glp.uses.direction import default_prompts, diffmean_direction, direction_auc, first_sentence, movie_snippets, sentiment_direction
 from glp.uses.steer import degeneration_point, frontier, steering_report
 from glp.uses.generate import encode, generate, newest_position_hook, prefill, steer_edit
@@ -269,3 +270,26 @@ def test_steer_config_requires_an_unsteered_row():
     with pytest.raises(ValueError, match="must contain 0.0"):
         SteerConfig(r_values=[0.5, 1.0])
     assert 0.0 in SteerConfig().r_values and min(SteerConfig().r_values) < 0
+
+
+def test_the_pareto_plot_names_each_curve_truly_and_breaks_each_at_r0():
+    """The gated curve used to share SDEdit's legend name ("with GLP, t_start 0.5"), and each curve ran from r < 0
+    through r = 0 to r > 0 as one line (two opposite steering directions drawn as one frontier)."""
+    rs = (-1.0, -0.5, 0.0, 0.5, 1.0)
+    t_of = {"raw": None, "glp": 0.5, "glp@0.2": 0.2, "gated": 0.5}
+    rows = [{"mode": m, "r": r, "t_start": t, "nll": 3 + i + r * r, "nll_ci": [2 + i, 4 + i + r * r],
+             "concept": 0.5 + 0.3 * r, "concept_ci": [0.4 + 0.3 * r, 0.6 + 0.3 * r]}
+            for i, (m, t) in enumerate(t_of.items()) for r in rs]
+    fig = pareto_figure({"rows": rows})
+    ax = fig.axes[0]
+    names = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert names == ["raw steering", "SDEdit with GLP, t_start 0.5", "SDEdit with GLP, t_start 0.2",
+                     "gated SDEdit (off-manifold only), t_start 0.5", "dashed: r < 0 (steered towards negative)"]
+    r_at = {(row["nll"], row["concept"]): row["r"] for row in rows}
+    lines = [line for line in ax.get_lines() if line.get_linestyle() != "None"]  # the curves, not error-bar caps
+    branches = [sorted(r_at[(x, y)] for x, y in zip(line.get_xdata(), line.get_ydata())) for line in lines]
+    assert sorted(branches) == sorted([[0.0, 0.5, 1.0], [-1.0, -0.5]] * 4)  # never one line across r = 0
+    assert {line.get_linestyle() for line in lines} == {"-", "--"}
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -173,6 +173,19 @@ def test_the_instance_config_loads_with_run_monitoring_enabled(tmp_path, monkeyp
         assert instance.run_monitoring_max_resume_run_attempts == 0
 
 
+def test_the_instance_config_turns_off_the_first_visit_newsletter_modal_and_telemetry(tmp_path, monkeypatch):
+    """The UI's query `shouldShowNux` is `instance.nux_enabled and not <.nux/nux.yaml seen>` (dagster_graphql)."""
+    shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with dg.DagsterInstance.get() as instance:
+        assert instance.nux_enabled is False and instance.telemetry_enabled is False
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "bare"))
+    with dg.DagsterInstance.get() as default:
+        assert default.nux_enabled  # without the switch the modal shows on a fresh DAGSTER_HOME
+
+
 def test_make_installs_the_instance_config_once_and_keeps_local_edits(tmp_path):
     home = tmp_path / "dagster_home"
     target = f"{home}/dagster.yaml"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,26 +127,57 @@ def user_corpus_files(path: Path) -> list[Path]:
             raise CorpusError(f"corpus path {path} is a file but not a .jsonl file: point GLP_CORPUS__PATH at "
                               f"{_USER_FORMS}")
         return [path]
-    files = sorted(
-        (p for p in path.rglob("*")
-         if p.suffix in (".txt", ".jsonl") and p.is_file()
-         and not any(part.startswith(".") for part in p.relative_to(path).parts)),
-        key=lambda p: p.relative_to(path).as_posix(),
-    )
+    files = sorted(_walk_corpus_folder(path), key=lambda p: p.relative_to(path).as_posix())
     if not files:
         raise CorpusError(f"corpus folder {path} holds no manifest.json (so it is not a prepared corpus) and no .txt "
                           f"or .jsonl files: {_missing_hint(path)}, or put your documents there as {_USER_FORMS}")
     return files
 
 
+def _walk_corpus_folder(root: Path) -> Iterator[Path]:
+    """The `.txt` and `.jsonl` files under `root`, hidden paths skipped, symlinked folders followed: a folder reached
+    twice (a link to a folder above it, or two links to one folder) would repeat documents or never end, so it is
+    refused naming both paths; so is a link to nothing."""
+    seen: dict[tuple[int, int], Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=_raise_walk_error):
+        here = Path(dirpath)
+        st = here.stat()
+        if (st.st_dev, st.st_ino) in seen:
+            raise CorpusError(f"corpus folder {here} is {seen[(st.st_dev, st.st_ino)]} again (it resolves to "
+                              f"{here.resolve()}): a symlink loop or two links to one folder would read its "
+                              "documents twice; remove the link")
+        seen[(st.st_dev, st.st_ino)] = here
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            file = here / name
+            if name.startswith(".") or file.suffix not in (".txt", ".jsonl"):
+                continue
+            if not file.exists():
+                raise CorpusError(f"corpus file {file} is a symlink to {os.readlink(file)}, which does not exist: "
+                                  "fix or remove the link")
+            if file.is_file():
+                yield file
+
+
+def _raise_walk_error(e: OSError) -> None:
+    raise CorpusError(f"cannot list corpus folder {e.filename}: {e.strerror or e}; make it readable or remove it") from None
+
+
+def _out_of_memory(where: str, size: int) -> CorpusError:
+    return CorpusError(f"{where}: out of memory reading a document of {size:,} bytes; one document is held whole in "
+                       "memory (extraction keeps only its first store.max_seq_len tokens): split it into smaller "
+                       "documents (files or .jsonl lines), or remove it from the corpus")
+
+
 def _read_text(file: Path) -> str:
     try:
         raw = file.read_bytes()
+        return raw.decode("utf-8-sig")  # the bytes are freed on return: twice the file's size at most
     except OSError as e:
         raise CorpusError(f"cannot read corpus file {file}: {e.strerror or e}; make it readable (check its "
                           "permissions) or remove it from the corpus") from None
-    try:
-        return raw.decode("utf-8-sig")
+    except MemoryError:
+        raise _out_of_memory(str(file), file.stat().st_size) from None
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise CorpusError(f"{file}:{line}: not UTF-8 (byte {e.start} of the file: {raw[e.start:e.start + 1]!r}): "
@@ -171,19 +203,27 @@ def _iter_jsonl_records(file: Path, rel: str) -> Iterator[dict]:
         raise CorpusError(f"cannot read corpus file {file}: {e.strerror or e}; make it readable (check its "
                           "permissions) or remove it from the corpus") from None
     with f:
-        for lineno, raw in enumerate(f, 1):
+        lineno = 0
+        while True:
+            lineno += 1
             try:
+                raw = f.readline()
+                if not raw:
+                    break
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                del raw  # one copy of a long line at a time besides the record: twice its size at most
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                del line
             except UnicodeDecodeError as e:
                 raise CorpusError(f"{file}:{lineno}: not UTF-8 (byte {e.start} of the line): convert the file to "
                                   "UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise CorpusError(f"{file}:{lineno}: malformed JSON ({e.msg}); each line must be one JSON object "
                                   "such as {\"text\": \"...\"}") from None
+            except MemoryError:
+                raise _out_of_memory(f"{file}:{lineno}", file.stat().st_size) from None
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 got = type(record.get("text")).__name__ if isinstance(record, dict) else type(record).__name__
                 raise CorpusError(f"{file}:{lineno}: record has no string \"text\" field (got {got}); each line must "

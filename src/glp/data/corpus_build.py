@@ -24,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from glp.artifacts import fresh_temp_dir, publish_dir, sha256_file
+from glp.artifacts import fresh_temp_dir, publish_dir, remove_dead_temp_dirs, sha256_file
 from glp.config import CorpusConfig, load_settings
 from glp.data.corpus import (
     LABELLED_DIR,
@@ -161,6 +161,7 @@ def write_corpus(
     out = Path(out)
     _check_replaceable(out, "corpus")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temp_dirs(out)  # what a killed build left
     tmp = fresh_temp_dir(out)
     try:
         counts: dict[str, dict] = {}
@@ -273,6 +274,7 @@ def write_labelled(out: Path, tables: dict[str, list[dict]], counts: dict, seed:
     out = Path(out)
     _check_replaceable(out, "labelled dataset")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temp_dirs(out)  # what a killed build left
     tmp = fresh_temp_dir(out)
     try:
         for name in LABELLED_FILES:

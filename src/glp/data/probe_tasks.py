@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glp.artifacts import fresh_temp_dir, publish_dir, sha256_file
+from glp.artifacts import publish_dir, sha256_file, staging_dir
 from glp.config import ProbeTasksConfig
 from glp.data.corpus import LABELLED_DIR, corpus_hash, load_documents, load_labelled, text_key
 from glp.data.corpus import MANIFEST as DATA_MANIFEST
@@ -334,23 +334,23 @@ def unique_text_tokens(rows: list[dict]) -> tuple[int, int]:
 def write_tasks(out: Path, tasks: list[dict], rows: list[dict], cfg: ProbeTasksConfig, inputs: dict | None = None) -> dict:
     """Publish tasks.json, examples.jsonl and manifest.json atomically into `out`."""
     out = Path(out)
-    tmp = fresh_temp_dir(out)
-    (tmp / TASKS_FILE).write_text(json.dumps(tasks, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    with open(tmp / EXAMPLES_FILE, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n")
-    files = {name: sha256_file(tmp / name) for name in (TASKS_FILE, EXAMPLES_FILE)}
-    from importlib.metadata import version
+    with staging_dir(out) as tmp:  # removed if anything below fails
+        (tmp / TASKS_FILE).write_text(json.dumps(tasks, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        with open(tmp / EXAMPLES_FILE, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n")
+        files = {name: sha256_file(tmp / name) for name in (TASKS_FILE, EXAMPLES_FILE)}
+        from importlib.metadata import version
 
-    n_texts, tokens = unique_text_tokens(rows)
-    manifest = {"format": "glp-probe-tasks/2", "config": cfg.model_dump(mode="json", exclude={"path"}),
-                "n_tasks": len(tasks), "n_examples": len(rows), "n_unique_texts": n_texts,
-                "est_tokens": {"unique_texts": tokens, "all_examples": sum(estimate_tokens(r["text"]) for r in rows),
-                               "rule": f"whitespace words x {TOKENS_PER_WORD}, rounded per text"},
-                "inputs": inputs or {}, "files": files,
-                "packages": {"vaderSentiment": version("vaderSentiment")}}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    publish_dir(tmp, out)
+        n_texts, tokens = unique_text_tokens(rows)
+        manifest = {"format": "glp-probe-tasks/2", "config": cfg.model_dump(mode="json", exclude={"path"}),
+                    "n_tasks": len(tasks), "n_examples": len(rows), "n_unique_texts": n_texts,
+                    "est_tokens": {"unique_texts": tokens, "all_examples": sum(estimate_tokens(r["text"]) for r in rows),
+                                   "rule": f"whitespace words x {TOKENS_PER_WORD}, rounded per text"},
+                    "inputs": inputs or {}, "files": files,
+                    "packages": {"vaderSentiment": version("vaderSentiment")}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        publish_dir(tmp, out)
     return manifest
 
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from glp.artifacts import fresh_temp_dir, publish_dir
+from glp.artifacts import fresh_temp_dir, publish_dir, remove_dead_temp_dirs
 from glp.config import CorpusConfig, SourceLMConfig, config_hash
 from glp.data.corpus import corpus_hash, load_documents
 
@@ -246,6 +246,7 @@ def train_source_lm(
 
 def _save(model, tokenizer, report: dict, out_dir: Path) -> None:
     """Write model, tokenizer and report into a temp sibling folder, then rename it into place."""
+    remove_dead_temp_dirs(out_dir)  # what a killed run left
     tmp = fresh_temp_dir(out_dir)
     try:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -207,11 +207,48 @@ def count_tokens(settings: Settings, source: SourceConfig, split: str) -> int:
     return sum(len(tokenize_doc(lm, d["text"], settings.store.max_seq_len)) - 1 for d in docs)
 
 
+MIN_DOCS_PER_SPLIT = 8
+"""Documents each split's store must come from: held-out statistics (the loss, the norm-stats outlier check) from
+fewer describe those few texts, not the corpus, and a train/held-out mismatch then reads as corrupt data."""
+
+
+class TooLittleData(ValueError):
+    """The activation stores hold too few rows or documents for a prior; the message gives the counts and the minimum."""
+
+
+def too_little_data(train: Any, heldout: Any, batch_size: int) -> str | None:
+    """Why the train and held-out stores are too small for a prior (rows and documents per split against the minimum:
+    one training batch of rows, MIN_DOCS_PER_SPLIT documents in each split), or None when they are not."""
+    have = {split: (store.n_rows, int(store.attrs.get("n_docs", 0))) for split, store in
+            (("train", train), ("held-out", heldout))}
+    short = [f"{split} has {docs} document{'s' * (docs != 1)}" for split, (_, docs) in have.items()
+             if docs < MIN_DOCS_PER_SPLIT]
+    if train.n_rows < batch_size:
+        short.append(f"train has {train.n_rows:,} rows")
+    if not short:
+        return None
+    fix = ["add documents to the corpus (GLP_CORPUS__PATH)"]
+    if have["held-out"][1] < MIN_DOCS_PER_SPLIT:
+        fix.append("raise GLP_CORPUS__HELDOUT_FRACTION")
+    if train.n_rows < batch_size:
+        fix.append("lower GLP_TRAIN__BATCH_SIZE")
+    counts = ", ".join(f"{split} {rows:,} rows from {docs} document{'s' * (docs != 1)}"
+                       for split, (rows, docs) in have.items())
+    return (f"too little data for a prior ({counts}): it needs at least {batch_size:,} train rows (train.batch_size, "
+            f"one batch) and {MIN_DOCS_PER_SPLIT} documents in each split, and {' and '.join(short)}: "
+            f"{', or '.join(fix)}, then re-materialize `activations`")
+
+
 def build_norm_stats(settings: Settings, source: SourceConfig) -> dict[str, Any]:
+    """The train store's normalization statistics, once the two stores are known to hold enough data for a prior."""
     from glp.data.stats import compute_stats
     from glp.data.store import ActivationStore
 
     paths = source_paths(settings, source)
-    stats = compute_stats(ActivationStore(paths.store("train")))
+    train = ActivationStore(paths.store("train"))
+    short = too_little_data(train, ActivationStore(paths.store("heldout")), settings.train.batch_size)
+    if short:
+        raise TooLittleData(short)
+    stats = compute_stats(train)
     stats.save(paths.norm_stats)
     return {"path": str(paths.norm_stats), "n": stats.n, "d_model": len(stats.mean), "version": short_sha256(paths.norm_stats)}

@@ -50,7 +50,7 @@ def build_sae(settings: Any, source: Any, log: Callable[[str], None] | None = No
 
 def build_probes(settings: Any, source: Any, log: Log | None = None) -> dict[str, Any]:
     """Probe every task with every family for one source; write `probes/` (results.json, plot, dashboards)."""
-    from glp.artifacts import fresh_temp_dir, publish_dir, write_manifest
+    from glp.artifacts import publish_dir, staging_dir, write_manifest
     from glp.data.lm import resolve_device
     from glp.data.probe_tasks import load_tasks, tasks_hash
     from glp.data.store import ActivationStore
@@ -85,11 +85,11 @@ def build_probes(settings: Any, source: Any, log: Log | None = None) -> dict[str
               "n_texts": len(texts), "tasks": rows, "summary": summary, "paper_mean_auc": PAPER_MEAN_AUC,
               "seconds": {"load": t1 - t0, "features": t2 - t1, "probes": t3 - t2, "dashboards": t4 - t3}}
     out = probes_dir(paths.root)
-    tmp = fresh_temp_dir(out)
-    (tmp / "results.json").write_text(json.dumps(report, indent=1, sort_keys=True))
-    (tmp / "table.md").write_text(table4_markdown(summary, cfg.families, len(rows)) + "\n")
-    (tmp / "dashboards.md").write_text(dashboards + "\n")
-    (tmp / "per_task.png").write_bytes(per_task_png(rows, cfg.families))
-    write_manifest(tmp)
-    publish_dir(tmp, out)
+    with staging_dir(out) as tmp:  # removed if anything below fails
+        (tmp / "results.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+        (tmp / "table.md").write_text(table4_markdown(summary, cfg.families, len(rows)) + "\n")
+        (tmp / "dashboards.md").write_text(dashboards + "\n")
+        (tmp / "per_task.png").write_bytes(per_task_png(rows, cfg.families))
+        write_manifest(tmp)
+        publish_dir(tmp, out)
     return {**report, "path": str(out)}

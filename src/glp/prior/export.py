@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from glp.artifacts import fresh_temp_dir, publish_dir, sha256_file, write_manifest
+from glp.artifacts import publish_dir, sha256_file, staging_dir, write_manifest
 from glp.data.stats import Normalizer
 from glp.prior.denoiser import GLPDenoiser
 
@@ -52,22 +52,22 @@ def save_prior(path: Path, denoiser: GLPDenoiser, normalizer: Normalizer, meta: 
     from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = fresh_temp_dir(path)
-    state = {k: v.detach().float().cpu().contiguous() for k, v in denoiser.state_dict().items()}
-    save_file(state, str(tmp / "model.safetensors"))
-    if snapshots:
-        (tmp / "snapshots").mkdir()
-        meta = {**meta, "snapshots": {}}
-        for tag, weights in snapshots.items():
-            file = tmp / "snapshots" / f"{tag}.safetensors"
-            save_file({k: v.detach().float().cpu().contiguous() for k, v in weights.items()}, str(file))
-            meta["snapshots"][tag] = {"step": int(tag.removeprefix("step")), "sha256": sha256_file(file)}
-    save_file({"mean": normalizer.mean.float().cpu().contiguous(), "std": normalizer.std.float().cpu().contiguous()},
-              str(tmp / "norm.safetensors"))
-    config = {"format": "glp-prior/1", "denoiser": denoiser.config_dict(), **meta,
-              **{key: sha256_file(tmp / name) for name, key in CHECKSUMS.items()}}
-    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    publish_dir(tmp, path)
+    with staging_dir(path) as tmp:  # removed if anything below fails
+        state = {k: v.detach().float().cpu().contiguous() for k, v in denoiser.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        if snapshots:
+            (tmp / "snapshots").mkdir()
+            meta = {**meta, "snapshots": {}}
+            for tag, weights in snapshots.items():
+                file = tmp / "snapshots" / f"{tag}.safetensors"
+                save_file({k: v.detach().float().cpu().contiguous() for k, v in weights.items()}, str(file))
+                meta["snapshots"][tag] = {"step": int(tag.removeprefix("step")), "sha256": sha256_file(file)}
+        save_file({"mean": normalizer.mean.float().cpu().contiguous(),
+                   "std": normalizer.std.float().cpu().contiguous()}, str(tmp / "norm.safetensors"))
+        config = {"format": "glp-prior/1", "denoiser": denoiser.config_dict(), **meta,
+                  **{key: sha256_file(tmp / name) for name, key in CHECKSUMS.items()}}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        publish_dir(tmp, path)
     return path
 
 
@@ -141,12 +141,12 @@ def export_prior(prior_dir: Path, out: Path, card: str, norm_stats: Path | None 
 
     load_prior(prior_dir)  # refuse to export a corrupt prior
     out = Path(out)
-    tmp = fresh_temp_dir(out)
-    for name in ("model.safetensors", "norm.safetensors", "config.json"):
-        shutil.copy2(Path(prior_dir) / name, tmp / name)
-    if norm_stats is not None:
-        shutil.copy2(norm_stats, tmp / "norm_stats.safetensors")
-    (tmp / "README.md").write_text(card)
-    write_manifest(tmp)
-    publish_dir(tmp, out)
+    with staging_dir(out) as tmp:  # removed if anything below fails
+        for name in ("model.safetensors", "norm.safetensors", "config.json"):
+            shutil.copy2(Path(prior_dir) / name, tmp / name)
+        if norm_stats is not None:
+            shutil.copy2(norm_stats, tmp / "norm_stats.safetensors")
+        (tmp / "README.md").write_text(card)
+        write_manifest(tmp)
+        publish_dir(tmp, out)
     return out

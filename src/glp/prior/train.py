@@ -443,15 +443,69 @@ def resume_tag(ckpt_dir: Path, say: Callable[[str], None], device: torch.device)
 
 
 def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any]) -> None:
-    """Save tag `step<N>` through DeepSpeed, seal it with its manifest, keep the newest KEEP_CHECKPOINTS sealed tags."""
+    """Save tag `step<N>` through DeepSpeed, seal it with its manifest, keep the newest KEEP_CHECKPOINTS sealed tags.
+    A write that fails (a full disk) removes the torn tag and raises CheckpointWriteError saying why and what to do."""
     tag = f"step{step}"
     if _rank() == 0 and (ckpt_dir / tag).exists():
         shutil.rmtree(ckpt_dir / tag)  # a torn save of this step from a killed run: write it afresh
     _barrier()
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state)  # ends with a barrier of all ranks
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state)  # ends with a barrier of all ranks
+        if _rank() == 0:
+            write_checkpoint_manifest(ckpt_dir / tag, step)
+    except (OSError, RuntimeError) as e:
+        if not is_write_failure(e):
+            raise
+        if _rank() == 0:
+            shutil.rmtree(ckpt_dir / tag, ignore_errors=True)  # torn (no manifest): its space back, never resumed
+        raise CheckpointWriteError(write_failure_message(ckpt_dir / tag, e)) from e
     if _rank() == 0:
-        write_checkpoint_manifest(ckpt_dir / tag, step)
         _prune_checkpoints(ckpt_dir, KEEP_CHECKPOINTS)
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk, a file size limit): the message says which and what to do."""
+
+
+# torch's zip writer reports a failed write as "[enforce fail at inline_container.cc] . unexpected pos N vs M" or
+# "PytorchStreamWriter failed writing file ...: file write failed", without the errno
+_TORCH_WRITE_FAILED = re.compile(r"inline_container|PytorchStreamWriter|unexpected pos|file write failed")
+
+
+def is_write_failure(e: BaseException) -> bool:
+    """Whether `e` is a failed file write: ENOSPC, EDQUOT, EFBIG or EIO, or torch's writer failing."""
+    import errno
+
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+    return isinstance(e, RuntimeError) and bool(_TORCH_WRITE_FAILED.search(str(e)))
+
+
+def write_failure_message(target: Path, e: BaseException) -> str:
+    """Why writing `target` failed, in words (no space left on <mount>, a file size limit), and what to do."""
+    import errno
+    import resource
+
+    folder = next(p for p in (target, *target.parents) if p.exists())
+    mount = folder.resolve()
+    while not os.path.ismount(mount):
+        mount = mount.parent
+    usage = shutil.disk_usage(folder)
+    space = f"{usage.free / 2**20:,.0f} MiB free of {usage.total / 2**30:,.1f} GiB"
+    fsize = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    code = getattr(e, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or (code is None and usage.free < 64 * 2**20):
+        cause = f"no space left on {mount} ({space})"
+        fix = "free space there, or set GLP_STORE__ROOT to a disk with room"
+    elif code == errno.EFBIG or (code is None and fsize != resource.RLIM_INFINITY):
+        cause = f"a file reached this process's file size limit (ulimit -f: {fsize:,} bytes; {mount}: {space})"
+        fix = "raise the limit (ulimit -f unlimited)"
+    else:
+        cause = f"the write failed ({mount}: {space})"
+        fix = "check that disk (dmesg shows I/O errors)"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return (f"writing {target} failed: {cause}. The torn checkpoint was removed and the newest complete one is kept, "
+            f"so training resumes from it: {fix}, then run the step again ({type(e).__name__}: {first[:200]})")
 
 
 def _prune_checkpoints(ckpt_dir: Path, keep: int) -> None:

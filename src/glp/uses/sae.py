@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glp.artifacts import fresh_temp_dir, publish_dir
+from glp.artifacts import publish_dir, staging_dir
 from glp.config import SAEConfig
 from glp.data.stats import ArtifactCorrupt, Normalizer, tensors_sha256
 from glp.data.store import ActivationStore, iter_shuffled_batches, n_batches
@@ -171,13 +171,13 @@ def save_sae(path: Path, sae: TopKSAE, normalizer: Normalizer, meta: dict[str, A
     from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = fresh_temp_dir(path)
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in sae.state_dict().items()}
     tensors |= {"norm.mean": normalizer.mean.float().cpu().contiguous(), "norm.std": normalizer.std.float().cpu().contiguous()}
-    save_file(tensors, str(tmp / WEIGHTS), metadata={"sha256": tensors_sha256({k: v.numpy() for k, v in tensors.items()})})
-    config = {"format": "glp-sae/1", "d_model": sae.d_model, "n_latents": sae.n_latents, "k": sae.k, **meta}
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
-    publish_dir(tmp, path)
+    with staging_dir(path) as tmp:  # removed if anything below fails
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"sha256": tensors_sha256({k: v.numpy() for k, v in tensors.items()})})
+        config = {"format": "glp-sae/1", "d_model": sae.d_model, "n_latents": sae.n_latents, "k": sae.k, **meta}
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+        publish_dir(tmp, path)
     return path
 
 

@@ -46,8 +46,23 @@ def concept_rises(report: dict[str, Any]) -> bool:
     return t["spearman_r_vs_concept_raw"] > 0 and t["spearman_ci"][0] > 0
 
 
-def pareto_png(report: dict[str, Any]) -> bytes:
-    """Concept (judge P(positive), up) vs fluency (NLL under the unsteered LM, left = better), one curve per mode."""
+def mode_label(mode: str, t_start: float | None) -> str:
+    """Legend name of a report mode: what was done to the steered activation, and at which noise level."""
+    if mode == "raw":
+        return "raw steering"
+    if mode == "glp" or mode.startswith("glp@"):
+        return f"SDEdit with GLP, t_start {t_start:g}"
+    if mode == "gated":
+        return f"gated SDEdit (off-manifold only), t_start {t_start:g}"
+    return mode if t_start is None else f"{mode}, t_start {t_start:g}"
+
+
+def pareto_figure(report: dict[str, Any]):
+    """The Pareto plot as a matplotlib figure: one colour per mode, its r ≥ 0 branch a solid line from the unsteered
+    r = 0 point and its r < 0 branch a dashed line of its own (the two steer towards opposite concepts, so one line
+    through r = 0 would read as one frontier)."""
+    from matplotlib.lines import Line2D
+
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9.5, 6), dpi=100)
     modes = list(dict.fromkeys(r["mode"] for r in report["rows"]))
@@ -55,13 +70,18 @@ def pareto_png(report: dict[str, Any]) -> bytes:
     # each mode writes its r labels on its own side of the points, so labels of nearby points do not overlap
     offsets = [(7, -13), (7, 7), (-40, 7), (-40, -13), (7, 17)]
     for k, (mode, color) in enumerate(colors.items()):
-        rows = [r for r in report["rows"] if r["mode"] == mode]
-        x = [r["nll"] for r in rows]
-        y = [r["concept"] for r in rows]
-        xerr = np.array([[r["nll"] - r["nll_ci"][0], r["nll_ci"][1] - r["nll"]] for r in rows]).T
-        yerr = np.array([[r["concept"] - r["concept_ci"][0], r["concept_ci"][1] - r["concept"]] for r in rows]).T
-        ax.errorbar(x, y, xerr=xerr, yerr=yerr, color=color, marker="o", capsize=2, lw=1.4,
-                    label="raw steering" if mode == "raw" else f"with GLP, t_start {rows[0]['t_start']:g}")
+        rows = sorted((r for r in report["rows"] if r["mode"] == mode), key=lambda r: r["r"])
+        label = mode_label(mode, rows[0]["t_start"])
+        for branch, style in (([r for r in rows if r["r"] >= 0], "-"), ([r for r in rows if r["r"] < 0], "--")):
+            if not branch:
+                continue
+            x = [r["nll"] for r in branch]
+            y = [r["concept"] for r in branch]
+            xerr = np.array([[r["nll"] - r["nll_ci"][0], r["nll_ci"][1] - r["nll"]] for r in branch]).T
+            yerr = np.array([[r["concept"] - r["concept_ci"][0], r["concept_ci"][1] - r["concept"]] for r in branch]).T
+            ax.errorbar(x, y, xerr=xerr, yerr=yerr, color=color, marker="o", capsize=2, lw=1.4, ls=style,
+                        label=label)
+            label = "_nolegend_"  # one legend entry per mode
         for r in rows:
             ax.annotate(f"r={r['r']:g}", (r["nll"], r["concept"]), fontsize=8, color=color,
                         xytext=offsets[k % len(offsets)], textcoords="offset points",
@@ -69,8 +89,16 @@ def pareto_png(report: dict[str, Any]) -> bytes:
     ax.set(xlabel="continuation NLL under unsteered LM (nats, lower = more fluent)",
            ylabel="P(positive), judge trained on reviews + tweets",
            title="steering: concept vs fluency (95% CI, clustered by prompt)")
-    ax.legend()
-    return to_png(fig)
+    handles, _ = ax.get_legend_handles_labels()
+    if any(r["r"] < 0 for r in report["rows"]):
+        handles.append(Line2D([], [], color="gray", ls="--", label="dashed: r < 0 (steered towards negative)"))
+    ax.legend(handles=handles)
+    return fig
+
+
+def pareto_png(report: dict[str, Any]) -> bytes:
+    """Concept (judge P(positive), up) vs fluency (NLL under the unsteered LM, left = better), one curve per mode."""
+    return to_png(pareto_figure(report))
 
 
 def pareto_inline(report: dict[str, Any]) -> str:
