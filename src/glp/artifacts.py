@@ -312,16 +312,6 @@ def content_hash(*parts: object, length: int = 16) -> str:
 # ---------------------------------------------------------------- temp folders that outlive their run
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
 def remove_dead_temp_dirs(out: Path) -> list[Path]:
     """Remove the temp siblings of `out` (`.<name>.tmp-<pid>`, from `fresh_temp_dir`) whose process is no longer
     alive on this host: what a failed or killed run left. Those of live processes (a writer now) are kept."""
