@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 from glp.config import StoreConfig
 from glp.data.lm import SourceLM, capture_residual, pad_tokens, run_until_captured
 from glp.data.store import StoreWriter
-from glp.progress import Progress
+from glp.progress import Progress, StageClock
 
 
 @dataclass
@@ -41,12 +42,31 @@ def tokenize_doc(lm: SourceLM, text: str, max_seq_len: int) -> list[int]:
     return [lm.bos_id, *ids[: max_seq_len - 1]]
 
 
-def forward_batch(lm: SourceLM, layer: int, seqs: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _stage(clock: StageClock | None, name: str):
+    return clock(name) if clock is not None else nullcontext()
+
+
+Run = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(ids (B,T), mask (B,T)) on the device -> the captured block's output (B,T,d) on the device, compute dtype."""
+
+
+def run_to_layer(lm: SourceLM, layer: int) -> Run:
+    """The model's forward, stopped right after block `layer`, as a `Run`."""
+    def run(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), capture_residual(lm, layer, stop=True) as box:
+            return run_until_captured(lm, box, input_ids=ids, attention_mask=mask)
+
+    return run
+
+
+def forward_batch(lm: SourceLM, layer: int, seqs: Sequence[list[int]], clock: StageClock | None = None,
+                  run: Run | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded forward of token lists; returns (acts (B,T,d) float32 on cpu, ids (B,T), mask (B,T))."""
     ids, mask = pad_tokens(seqs, lm.pad_id)
-    with torch.inference_mode(), capture_residual(lm, layer, stop=True) as box:
-        acts = run_until_captured(lm, box, input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device))
-    return acts.float().cpu(), ids, mask
+    with _stage(clock, "forward"):
+        acts = (run or run_to_layer(lm, layer))(ids.to(lm.device), mask.to(lm.device))
+    with _stage(clock, "device->host"):
+        return acts.float().cpu(), ids, mask
 
 
 def window_docs_of(cfg: StoreConfig) -> int:
@@ -56,7 +76,7 @@ def window_docs_of(cfg: StoreConfig) -> int:
 
 def iter_windows(
     lm: SourceLM, docs: Iterator[str], max_seq_len: int, window_docs: int, cap: float, doc: int = 0,
-    stop_doc: int | None = None, rows_total: int = 0,
+    stop_doc: int | None = None, rows_total: int = 0, clock: StageClock | None = None,
 ) -> Iterator[tuple[list[tuple[int, list[int]]], int]]:
     """The corpus cut into extraction windows, in corpus order: (window [(doc id, tokens)], next doc id) each.
 
@@ -71,7 +91,8 @@ def iter_windows(
             if text is None:
                 exhausted = True
                 break
-            seq = tokenize_doc(lm, text, max_seq_len)
+            with _stage(clock, "tokenize"):
+                seq = tokenize_doc(lm, text, max_seq_len)
             if len(seq) > 1:  # a document with no token after BOS yields no row
                 window.append((doc, seq))
                 rows_total += len(seq) - 1
@@ -90,13 +111,16 @@ def extract_activations(
     window_docs: int | None = None,
     log: Callable[[str], None] | None = None,
     doc_range: tuple[int, int] | None = None,
+    clock: StageClock | None = None,
+    run: Run | None = None,
 ) -> ExtractResult:
     """Write the activations of `texts` (in corpus order, up to `max_tokens` rows) to the store `out`.
 
     `texts` is consumed as a stream (pass a generator to keep memory independent of the corpus size) and always
     starts at the corpus's first document. `doc_range` = (lo, hi): extract exactly documents lo..hi-1, one shard of
     a plan made under `max_tokens` (glp.data.shards.plan_shards: the cap is already in the range, lo is a window start),
-    so its windows, batches and rows are the one-worker extraction's.
+    so its windows, batches and rows are the one-worker extraction's. `clock` (benchmarks) collects seconds per stage;
+    `run` (benchmarks: the host path alone) replaces the model's forward.
     """
     lm.block(layer)  # validate the layer before any work
     window_docs = window_docs or window_docs_of(cfg)
@@ -114,12 +138,15 @@ def extract_activations(
     docs = iter(texts)
     for _ in range(start_docs):  # resume, or a shard: these documents are not this run's
         next(docs, None)
-    for window, doc in iter_windows(lm, docs, cfg.max_seq_len, window_docs, cap, start_docs, hi, writer.n_rows):
+    for window, doc in iter_windows(lm, docs, cfg.max_seq_len, window_docs, cap, start_docs, hi, writer.n_rows,
+                                    clock):
         window.sort(key=lambda item: -len(item[1]))
         parts: dict[str, list[np.ndarray]] = {"acts": [], "doc_id": [], "position": [], "token_id": []}
         for b in range(0, len(window), cfg.batch_size):
             batch = window[b : b + cfg.batch_size]
-            acts, ids, mask = forward_batch(lm, layer, [s for _, s in batch])
+            acts, ids, mask = forward_batch(lm, layer, [s for _, s in batch], clock, run)
+            gather = _stage(clock, "gather")
+            gather.__enter__()
             mask[:, 0] = 0  # BOS is not a row
             keep = mask.bool()
             pos = torch.arange(ids.shape[1]).expand_as(ids)
@@ -127,13 +154,16 @@ def extract_activations(
             parts["doc_id"].append(torch.tensor([d for d, _ in batch]).unsqueeze(1).expand_as(ids)[keep].numpy())
             parts["position"].append(pos[keep].numpy().astype(np.int32))
             parts["token_id"].append(ids[keep].numpy().astype(np.int32))
-        if window:
-            writer.append(**{k: np.concatenate(v) for k, v in parts.items()})
-        writer.commit(doc)  # the resume point: a whole window is on disk
+            gather.__exit__(None, None, None)
+        with _stage(clock, "write"):
+            if window:
+                writer.append(**{k: np.concatenate(v) for k, v in parts.items()})
+            writer.commit(doc)  # the resume point: a whole window is on disk
         progress.set(writer.n_rows, lambda: f"{writer.n_docs:,} docs")
     seconds = time.perf_counter() - t0
     n_new = writer.n_rows - start_rows
     if log:
         log(f"{writer.path.name}: {writer.n_rows:,} rows from {writer.n_docs:,} docs ({n_new / max(seconds, 1e-9):,.0f} tok/s)")
-    writer.close({"n_docs_seen": writer.n_docs, "tokens_per_s": n_new / max(seconds, 1e-9)})
+    with _stage(clock, "checksum"):  # close: read back each chunk, CRC it, publish
+        writer.close({"n_docs_seen": writer.n_docs, "tokens_per_s": n_new / max(seconds, 1e-9)})
     return ExtractResult(writer.path, writer.n_rows, writer.n_docs, lm.d_model, seconds, n_new / max(seconds, 1e-9))
