@@ -36,8 +36,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import statistics
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -50,8 +50,8 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import torch
 
-from glp.data.activations import extract_activations, tokenize_doc
 from glp.config import CorpusConfig, SourceConfig, SourceLMConfig, StoreConfig
+from glp.data.activations import extract_activations, tokenize_doc
 from glp.data.lm import SourceLM, load_source_lm
 from glp.progress import StageClock
 
@@ -61,8 +61,8 @@ WINDOW_BATCHES = 16  # extract_activations' default window: batch_size * 16 docu
 def synthetic_texts(n: int, seed: int) -> list[str]:
     """n English-ish documents of 1-8 sentences (~5-130 tokens) over a Zipf lexicon of pseudo-words."""
     rng = random.Random(seed)
-    onset = "b c d f g h l m n p r s t v w br st tr pl gr ch sh th".split()
-    nucleus = "a e i o u ai ea ou oo".split()
+    onset = ["b", "c", "d", "f", "g", "h", "l", "m", "n", "p", "r", "s", "t", "v", "w", "br", "st", "tr", "pl", "gr", "ch", "sh", "th"]
+    nucleus = ["a", "e", "i", "o", "u", "ai", "ea", "ou", "oo"]
     coda = ["", "n", "r", "s", "t", "l", "m", "nd", "st", "ck", "ng"]
 
     def word() -> str:
@@ -75,7 +75,7 @@ def synthetic_texts(n: int, seed: int) -> list[str]:
     for rank in range(len(lexicon)):  # Zipf: p(word of rank r) ~ 1 / r
         total += 1.0 / (rank + 1)
         cum.append(total)
-    function_words = "the a of and to in is was that it for on with as by at from his her they this".split()
+    function_words = ["the", "a", "of", "and", "to", "in", "is", "was", "that", "it", "for", "on", "with", "as", "by", "at", "from", "his", "her", "they", "this"]
 
     def sentence() -> str:
         words = rng.choices(lexicon, cum_weights=cum, k=rng.randint(4, 16))
@@ -194,7 +194,8 @@ def time_extract(lm: SourceLM, layer: int, texts: list[str], root: Path, cfg: St
 
 def default_model_dir() -> Path:
     """The default source's local folder (the packaged model, converted once and cached in the store)."""
-    from glp.config import DEFAULT_MODEL, StoreConfig as _S
+    from glp.config import DEFAULT_MODEL
+    from glp.config import StoreConfig as _S
     from glp.data.source_model import convert_packaged
 
     return Path(convert_packaged(DEFAULT_MODEL, _S().root, log=print)["path"])

@@ -178,9 +178,17 @@ class StoreConfig(_Strict):
     heldout_max_tokens: int = Field(10_000, ge=1)
     """Cap on stored held-out activations (for evaluation)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Model compute dtype during extraction; rows are always stored as float32. `auto`: bfloat16 on a CUDA GPU
+    """Model compute dtype during extraction (rows are stored as `row_dtype` says). `auto`: bfloat16 on a CUDA GPU
     with bf16 or a CPU with avx512_bf16/AMX (measured 4.9x faster than float32 on SmolLM2 here, rows within 1.2%
     relative L2 error, cosine 0.9999: benchmarks/extract.py), else float32."""
+    row_dtype: Literal["float32", "compute"] = "float32"
+    """Dtype of the stored rows: `float32`, or `compute` = the compute dtype (bfloat16 rows when extracted in
+    bfloat16: half the bytes to write and to read; the store records it in attrs["acts_dtype"], readers get float32
+    either way). The `gpu` profile stores `compute`."""
+    codec: Literal["blosc-lz4", "raw"] = "blosc-lz4"
+    """How chunks are stored: Blosc lz4 + shuffle, or raw bytes (activations compress only ~1.2x; the CRC-32 of
+    each chunk in attrs protects both). Chosen by measurement (benchmarks/store_codec.py); how, not what: the rows
+    are the same."""
     activations_url: str | None = None
     """Where the activation stores live, as an fsspec URL (`s3://bucket/glp`, `gs://bucket/glp`, `file:///data/glp`;
     the filesystem's package, e.g. `s3fs`, must be installed): stores go to `<url>/<model>/L<layer>/<split>.zarr`.
@@ -191,7 +199,8 @@ class StoreConfig(_Strict):
     `activations_shard_<k>` that any executor can run in parallel), merged into one store holding exactly the rows
     of the one-worker store, in the same order (glp.data.shards). 1: one worker, no shard assets."""
 
-    HASH_OMIT: ClassVar[tuple[str, ...]] = ("activations_url", "shards")  # where / how, not what: same rows
+    HASH_OMIT: ClassVar[tuple[str, ...]] = ("activations_url", "shards", "codec")  # where / how, not what: same rows
+    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("row_dtype",)  # added after stores were built with the hash
 
     @field_validator("activations_url")
     @classmethod
@@ -687,7 +696,7 @@ class Settings(BaseSettings):
 
 GPU_PROFILE: dict[str, dict[str, object]] = {
     "store": {"max_tokens": 20_000_000, "heldout_max_tokens": 100_000, "batch_size": 128, "max_seq_len": 256,
-              "dtype": "bfloat16"},
+              "dtype": "bfloat16", "row_dtype": "compute", "codec": "raw"},
     "denoiser": {"width_mult": 2.0, "hidden_mult": 4.0, "n_blocks": 6},
     "train": {"batch_size": 4096, "lr": 5e-4, "epochs": 1, "precision": "bf16"},
     "eval": {"n_samples": 16_384, "sample_steps": 1000, "sweep_steps": [20, 100, 250]},
@@ -696,7 +705,8 @@ GPU_PROFILE: dict[str, dict[str, object]] = {
 }
 """What `GLP_PROFILE=gpu` raises (one GPU, minutes to an hour): 100x the activations (the corpus allows ~20 M
 tokens at 256 tokens per document), the paper's widths (D = 2d, H = 4d) with 6 blocks, bf16 compute for extraction
-and training (rows are still stored as float32), larger batches and evaluations. Measured on an H200:
+and training, rows stored in bf16 as raw chunks (bf16 rows compress 1.07x: benchmarks/results/store_codec-2026-12-03.txt),
+larger batches and evaluations. Measured on an H200:
 benchmarks/gpu.sh."""
 
 

@@ -1,7 +1,9 @@
 """Zarr v3 activation store: one row per token, row-chunked, compressed, with provenance arrays.
 
 Layout of `<name>.zarr`:
-    acts      (n, d)  float32   residual-stream rows, chunks of `chunk_rows` rows, Blosc lz4 + shuffle
+    acts      (n, d)  float32   residual-stream rows, chunks of `chunk_rows` rows, Blosc lz4 + shuffle (codec
+                                `blosc-lz4`) or raw bytes (codec `raw`); bfloat16 rows (row dtype `bfloat16`,
+                                attrs["acts_dtype"]) are stored as their uint16 bit patterns (numpy has no bfloat16)
     doc_id    (n,)    int64     index of the document in its corpus split
     position  (n,)    int32     token position in the document (BOS = 0 is never stored)
     token_id  (n,)    int32     the token at that position
@@ -121,11 +123,29 @@ def _chunk_checksums(group: Any, chunk_rows: int) -> dict[str, Any]:
     return {"algorithm": CHECKSUM_ALGORITHM, "chunk_rows": chunk_rows, "arrays": arrays}
 
 
-def _compressors() -> Any:
+CODECS = ("blosc-lz4", "raw")
+ROW_DTYPES = ("float32", "bfloat16")
+
+
+def _compressors(codec: str) -> Any:
+    if codec == "raw":  # uncompressed chunks: the CRC in attrs still catches every flipped bit
+        return None
     from zarr.codecs import BloscCodec, BloscShuffle
 
-    # lz4 + byte shuffle measured fastest here (STACK.md gotcha 6).
+    # lz4 + byte shuffle measured fastest of the compressors here (STACK.md gotcha 6).
     return BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle)
+
+
+def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) -> the same values as float32 (exact: bf16 is float32's top half)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _nonfinite_rows(acts: np.ndarray) -> np.ndarray:
+    """(n,) bool: rows holding NaN or Inf (float32 values or bfloat16 bit patterns)."""
+    if acts.dtype == np.uint16:
+        return ((acts & 0x7F80) == 0x7F80).any(axis=1)  # exponent all ones: Inf or NaN
+    return (~np.isfinite(acts)).any(axis=1)
 
 
 class StoreWriter:
@@ -139,7 +159,16 @@ class StoreWriter:
         chunk_rows: int,
         attrs: dict[str, Any],
         resume: bool = True,
+        row_dtype: str = "float32",
+        codec: str = "blosc-lz4",
     ) -> None:
+        if row_dtype not in ROW_DTYPES or codec not in CODECS:
+            raise StoreError(f"row dtype {row_dtype!r} / codec {codec!r}: choose a row dtype of {ROW_DTYPES} and a "
+                             f"codec of {CODECS}")
+        if row_dtype != "float32":  # recorded (and so part of the fingerprint) only when not the float32 default
+            attrs = {**attrs, "acts_dtype": row_dtype}
+        self.row_dtype = row_dtype
+        self._acts_np = np.uint16 if row_dtype == "bfloat16" else np.float32
         self.path = as_location(path)
         self.in_place = is_url(self.path)  # object stores: no atomic rename, publish by the completion marker
         self.tmp = self.path if self.in_place else self.path.with_name(self.path.name + ".partial")
@@ -167,24 +196,29 @@ class StoreWriter:
             self.tmp.parent.mkdir(parents=True, exist_ok=True)
         self.group = _open_group(self.tmp, "w", zarr_format=3)
         self.group.create_array(
-            "acts", shape=(0, d_model), chunks=(chunk_rows, d_model), dtype="float32", compressors=_compressors()
+            "acts", shape=(0, d_model), chunks=(chunk_rows, d_model), dtype=np.dtype(self._acts_np).name,
+            compressors=_compressors(codec),
         )
         for name, dtype in PROVENANCE.items():
-            self.group.create_array(name, shape=(0,), chunks=(chunk_rows,), dtype=dtype, compressors=_compressors())
+            self.group.create_array(name, shape=(0,), chunks=(chunk_rows,), dtype=dtype, compressors=_compressors(codec))
         self.n_rows = self.n_docs = self.written = 0
         self.group.attrs.update({**attrs, "fingerprint": fingerprint, "n_rows": 0, "n_docs": 0, "complete": False})
 
     def append(self, acts: np.ndarray, doc_id: np.ndarray, position: np.ndarray, token_id: np.ndarray) -> None:
-        """Buffer rows (acts (n, d) float32, the others (n,)); full chunks are written as they fill."""
+        """Buffer rows (acts (n, d): float32, or uint16 bfloat16 bit patterns in a bfloat16 store; the others (n,));
+        full chunks are written as they fill."""
         if acts.ndim != 2 or acts.shape[1] != self.d_model:
             raise StoreError(f"rows of shape {acts.shape} do not match store width {self.d_model}")
-        if not np.isfinite(acts).all():
-            bad = int((~np.isfinite(acts)).any(axis=1).sum())
+        if self.row_dtype == "bfloat16" and acts.dtype != np.uint16:
+            raise StoreError(f"a bfloat16 store takes rows as uint16 bit patterns, got {acts.dtype}: pass "
+                             "`tensor.view(torch.uint16).numpy()` of the bfloat16 rows")
+        bad = int(_nonfinite_rows(acts).sum())
+        if bad:
             raise StoreError(
                 f"{bad} activation rows contain NaN/Inf (documents {int(doc_id.min())}..{int(doc_id.max())}); "
                 "the model is numerically unstable at this layer/dtype: try dtype float32 or another layer"
             )
-        self._buf.append({"acts": acts.astype(np.float32, copy=False), "doc_id": doc_id, "position": position, "token_id": token_id})
+        self._buf.append({"acts": acts.astype(self._acts_np, copy=False), "doc_id": doc_id, "position": position, "token_id": token_id})
         self._buf_rows += len(acts)
         if self._buf_rows >= self.chunk_rows:
             self._write_buffer()
@@ -241,6 +275,7 @@ class ActivationStore:
         if not complete:
             raise StoreError(f"activation store {self.path} is incomplete (no completion marker: being written, or its "
                              "writer died): re-materialize `activations` to resume it")
+        self.row_dtype = str(self.group.attrs.get("acts_dtype", "float32"))
         sums = self.group.attrs.get("checksums")
         self.checksums: dict[str, list[int]] | None = sums["arrays"] if sums else None
         self.verify_reads = verify and self.checksums is not None
@@ -289,9 +324,15 @@ class ActivationStore:
                                    "corrupt; delete it and re-materialize `activations`")
         return values
 
+    @property
+    def codec(self) -> str:
+        return "raw" if not self.acts.compressors else "blosc-lz4"
+
     def chunk(self, i: int) -> np.ndarray:
-        """Rows of chunk i, (≤chunk_rows, d) float32 (verified unless the store was opened with verify=False)."""
-        return self.read_chunk("acts", i)
+        """Rows of chunk i, (≤chunk_rows, d) float32 whatever the stored row dtype (verified unless the store was
+        opened with verify=False). `read_chunk("acts", i)` gives the stored values (bfloat16 as uint16 bits)."""
+        values = self.read_chunk("acts", i)
+        return bf16_bits_to_float32(values) if self.row_dtype == "bfloat16" else values
 
     def rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Activation rows [start, stop) (n, d) float32, read chunk by chunk (so verified like `chunk`)."""
@@ -340,6 +381,51 @@ class ActivationStore:
         if is_url(self.path):
             return int(self.path.fs.du(self.path.path))
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+class prefetched(Iterator):
+    """The items of `items`, produced up to `depth` ahead by a background thread (e.g. tokenization ahead of the
+    forward). An error in the producer is raised here, at the item where it happened; `close()` stops the thread."""
+
+    def __init__(self, items: Iterator[Any], depth: int = 2) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._produce, args=(items,), name="glp-prefetch", daemon=True)
+        self._thread.start()
+
+    def _produce(self, items: Iterator[Any]) -> None:
+        try:
+            for item in items:
+                if self._stop.is_set():
+                    return
+                self._queue.put(("item", item))
+            self._queue.put(("end", None))
+        except BaseException as e:  # noqa: BLE001 (raised in the consumer)
+            self._queue.put(("error", e))
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        kind, value = self._queue.get()
+        if kind == "item":
+            return value
+        self._done = True
+        self._thread.join()
+        if kind == "error":
+            value.add_note("raised in a prefetching thread")
+            raise value
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop the producer (it may be blocked on a full queue: drain until it ends)."""
+        self._stop.set()
+        self._done = True
+        while self._thread.is_alive():
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                self._thread.join(timeout=0.05)
 
 
 def n_batches(n_rows: int, batch_size: int) -> int:

@@ -1,0 +1,123 @@
+"""Overlapped extraction (tokenize ahead, gather on the device, background writer) stores exactly the rows the
+one-after-the-other extraction stored; a writer error reaches the caller; bfloat16 rows and raw chunks round-trip."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from glp.config import StoreConfig
+from glp.data import activations
+from glp.data.activations import extract_activations, forward_batch, iter_windows
+from glp.data.lm import load_source_lm
+from glp.data.store import ActivationStore, StoreWriter, prefetched
+from tests.conftest import TEXTS
+
+
+def _sequential_rows(lm, layer, cfg, window_docs):
+    """The rows of the writer before the overlap: per window sorted by length, per batch a float32 cpu forward,
+    then acts[keep] with BOS and padding dropped, in that order."""
+    acts, docs = [], []
+    for window, _ in iter_windows(lm, iter(TEXTS), cfg.max_seq_len, window_docs, float("inf")):
+        window.sort(key=lambda item: -len(item[1]))
+        for b in range(0, len(window), cfg.batch_size):
+            batch = window[b : b + cfg.batch_size]
+            a, ids, mask = forward_batch(lm, 1, [s for _, s in batch])
+            mask[:, 0] = 0
+            keep = mask.bool()
+            acts.append(a[keep].numpy())
+            docs.append(torch.tensor([d for d, _ in batch]).unsqueeze(1).expand_as(ids)[keep].numpy())
+    return np.concatenate(acts), np.concatenate(docs)
+
+
+def _writer_threads():
+    return [t for t in threading.enumerate() if t.name in ("glp-store-writer", "glp-prefetch")]
+
+
+def test_overlapped_extraction_stores_the_rows_of_the_sequential_writer_in_its_order(tiny_lm, tmp_path):
+    cfg = StoreConfig(chunk_rows=64, batch_size=4, max_seq_len=32)
+    store = ActivationStore(extract_activations(tiny_lm, 1, TEXTS, tmp_path / "s.zarr", cfg, None, {}, window_docs=8).path)
+    acts, docs = _sequential_rows(tiny_lm, 1, cfg, window_docs=8)
+    np.testing.assert_array_equal(store.rows(), acts)  # bit for bit, same order
+    np.testing.assert_array_equal(store.provenance("doc_id"), docs)
+    assert store.verify() == [] and not _writer_threads()
+
+
+def test_a_writer_error_surfaces_in_the_caller_with_its_cause_and_no_thread_is_left(tiny_lm, tmp_path, monkeypatch):
+    cfg = StoreConfig(chunk_rows=64, batch_size=1, max_seq_len=32)  # one document per batch: many queued items
+    calls, real = [], StoreWriter.append
+
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full (injected)")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(activations, "WRITE_AHEAD", 1)  # the smallest queue: a dead writer would block the forward
+    monkeypatch.setattr(StoreWriter, "append", failing)
+    with pytest.raises(OSError, match="disk full") as err:
+        extract_activations(tiny_lm, 1, TEXTS, tmp_path / "s.zarr", cfg, None, {}, window_docs=4)
+    assert any("store writer thread" in note for note in err.value.__notes__)
+    assert len(calls) == 3  # nothing was written after the error
+    assert not _writer_threads()
+    assert not (tmp_path / "s.zarr").exists()  # nothing published; the partial store resumes
+    monkeypatch.setattr(StoreWriter, "append", real)
+    resumed = ActivationStore(extract_activations(tiny_lm, 1, TEXTS, tmp_path / "s.zarr", cfg, None, {}, window_docs=4).path)
+    np.testing.assert_array_equal(resumed.rows(), _sequential_rows(tiny_lm, 1, cfg, window_docs=4)[0])
+
+
+def test_an_error_in_the_forward_stops_the_writer_after_the_committed_windows(tiny_lm, tmp_path, monkeypatch):
+    cfg = StoreConfig(chunk_rows=64, batch_size=4, max_seq_len=32)
+    calls = []
+
+    def dying(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # in the third window (two batches each)
+            raise RuntimeError("device lost (injected)")
+        return forward_batch(*args, **kwargs)
+
+    monkeypatch.setattr(activations, "forward_batch", dying)
+    with pytest.raises(RuntimeError, match="device lost"):
+        extract_activations(tiny_lm, 1, TEXTS, tmp_path / "s.zarr", cfg, None, {}, window_docs=8)
+    assert not _writer_threads()
+    monkeypatch.setattr(activations, "forward_batch", forward_batch)
+    logs = []
+    resumed = extract_activations(tiny_lm, 1, TEXTS, tmp_path / "s.zarr", cfg, None, {}, window_docs=8, log=logs.append)
+    assert any("resuming s.zarr after 16 documents" in m for m in logs), logs  # the two windows before the error
+    np.testing.assert_array_equal(ActivationStore(resumed.path).rows(), _sequential_rows(tiny_lm, 1, cfg, 8)[0])
+
+
+def test_bfloat16_rows_are_stored_as_computed_raw_and_read_back_as_float32(tiny_lm_dir, tmp_path):
+    lm = load_source_lm(tiny_lm_dir, device="cpu", dtype="bfloat16")
+    f32 = StoreConfig(chunk_rows=64, batch_size=4, max_seq_len=32)
+    bf16 = f32.model_copy(update={"row_dtype": "compute", "codec": "raw"})
+    a = ActivationStore(extract_activations(lm, 1, TEXTS, tmp_path / "a.zarr", f32, None, {}, window_docs=8).path)
+    b = ActivationStore(extract_activations(lm, 1, TEXTS, tmp_path / "b.zarr", bf16, None, {}, window_docs=8).path)
+    assert (a.row_dtype, b.row_dtype, b.attrs["acts_dtype"], b.codec) == ("float32", "bfloat16", "bfloat16", "raw")
+    assert b.rows().dtype == np.float32
+    np.testing.assert_array_equal(b.rows(), a.rows())  # bf16 -> float32 is exact: the same values, half the bytes
+    assert b.read_chunk("acts", 0).dtype == np.uint16
+    assert b.verify() == [] and b.chunk_path("acts", 0).stat().st_size == 64 * lm.d_model * 2  # raw bf16 bytes
+    # a raw chunk has no codec to fail: the CRC alone catches a flipped bit
+    chunk = b.chunk_path("acts", 0)
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    chunk.write_bytes(bytes(data))
+    assert [p["chunk"] for p in ActivationStore(b.path).verify()] == [0]
+
+
+def test_prefetched_raises_the_producers_error_at_its_item_and_close_stops_it():
+    def items():
+        yield 1
+        yield 2
+        raise ValueError("bad document (injected)")
+
+    it = prefetched(items(), depth=1)
+    assert [next(it), next(it)] == [1, 2]
+    with pytest.raises(ValueError, match="bad document"):
+        next(it)
+    endless = prefetched(iter(range(10**9)), depth=1)
+    next(endless)
+    endless.close()
+    assert not _writer_threads()
