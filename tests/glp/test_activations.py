@@ -121,3 +121,55 @@ def test_prefetched_raises_the_producers_error_at_its_item_and_close_stops_it():
     next(endless)
     endless.close()
     assert not _writer_threads()
+
+
+KILLED_CHILD = """
+import sys, time
+from pathlib import Path
+from glp.config import StoreConfig
+from glp.data.activations import extract_activations
+from glp.data.lm import load_source_lm
+from glp.data.store import StoreWriter
+from tests.conftest import TEXTS
+
+real, commits = StoreWriter.commit, []
+
+def slow_commit(self, n_docs):  # the third window's rows are written, then the process is killed before its commit
+    commits.append(n_docs)
+    if len(commits) == 3:
+        self._write_buffer()
+        print("WRITTEN", flush=True)
+        time.sleep(120)
+    real(self, n_docs)
+
+StoreWriter.commit = slow_commit
+cfg = StoreConfig(chunk_rows=64, batch_size=4, max_seq_len=32, codec=sys.argv[3])
+extract_activations(load_source_lm(sys.argv[1], device="cpu"), 1, TEXTS, Path(sys.argv[2]), cfg, None, {}, window_docs=8)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("codec", ["blosc-lz4", "raw"])
+def test_kill_9_mid_window_then_resume_gives_the_same_bytes(tiny_lm, tiny_lm_dir, tmp_path, codec):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    cfg = StoreConfig(chunk_rows=64, batch_size=4, max_seq_len=32, codec=codec)
+    full = extract_activations(tiny_lm, 1, TEXTS, tmp_path / "full.zarr", cfg, None, {}, window_docs=8).path
+    out = tmp_path / "killed.zarr"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(["src", ".", os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, str(tiny_lm_dir), str(out), codec],
+                             stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert child.stdout.readline().strip() == "WRITTEN"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert (tmp_path / "killed.zarr.partial").exists() and not out.exists()
+    resumed = extract_activations(tiny_lm, 1, TEXTS, out, cfg, None, {}, window_docs=8).path
+    files = sorted(p.relative_to(full) for p in (full / "acts").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(resumed) for p in (resumed / "acts").rglob("*") if p.is_file())
+    for f in files:
+        assert (full / f).read_bytes() == (resumed / f).read_bytes(), f
