@@ -280,6 +280,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", "--stages", action="store_true", dest="profile",
                    help="print a stage table of one extraction per dtype (fractions of its wall time)")
+    p.add_argument("--row-dtype", choices=["float32", "compute"], default=StoreConfig().row_dtype,
+                   help="store.row_dtype (the gpu profile: compute)")
+    p.add_argument("--codec", choices=["blosc-lz4", "raw"], default=StoreConfig().codec,
+                   help="store.codec (the gpu profile: raw)")
     p.add_argument("--host-path", action="store_true",
                    help="forward replaced by a precomputed tensor: the rows/s the host side sustains, per core")
     args = p.parse_args()
@@ -308,7 +312,8 @@ def main() -> None:
             path = args.model or default_model_dir()
             what = f"{path} (its own weights)"
         texts = texts[: args.docs]
-        cfg = StoreConfig(root=tmp, batch_size=args.batch_size, max_seq_len=args.max_seq_len)
+        cfg = StoreConfig(root=tmp, batch_size=args.batch_size, max_seq_len=args.max_seq_len, row_dtype=args.row_dtype,
+                          codec=args.codec)
         if args.profile or args.host_path:
             print(f"model: {what}")
             for dtype in args.dtypes:
@@ -317,7 +322,8 @@ def main() -> None:
                 layer = (args.layers or [min(default_layer, lm.n_layers - 1)])[0]
                 threads = torch.get_num_threads()
                 head = (f"{dtype} L{layer}, device {lm.device}, {threads} torch threads, {visible_cores()} visible cores; "
-                        f"{len(texts)} docs, batch {cfg.batch_size}, max_seq_len {cfg.max_seq_len}")
+                        f"{len(texts)} docs, batch {cfg.batch_size}, max_seq_len {cfg.max_seq_len}; rows stored as "
+                        f"{cfg.row_dtype}, codec {cfg.codec}")
                 if args.profile:
                     batches, n_tokens = make_batches(lm, texts, cfg)
                     time_cut_forward(lm, layer, batches[:2])
@@ -327,14 +333,15 @@ def main() -> None:
                     print(clock.table(wall, STAGES))
                     print(f"cut forward alone {cut:.3f} s = {cut / wall:.2f} of the profiled extraction's wall time; "
                           f"{rows:,} rows, {rows / wall:,.0f} rows/s profiled (stage clocks synchronize)")
+                row_bytes = 2 if dtype == "bfloat16" and cfg.row_dtype == "compute" else 4
                 if args.host_path:
                     clock, wall, cpu, rows = profile_extract(lm, layer, texts, cfg, tmp, run=precomputed_run(lm, cfg))
                     print(f"\n--- host path (forward = a precomputed tensor): {head}")
                     print(clock.table(wall, STAGES))
                     print(f"host path: {rows:,} rows in {wall:.2f} s = {rows / wall:,.0f} rows/s; process CPU {cpu:.2f} s "
                           f"-> {rows / cpu:,.0f} rows per CPU-second (per core); {rows / wall / visible_cores():,.0f} "
-                          f"rows/s per visible core; {rows * lm.d_model * (2 if dtype == 'bfloat16' else 4) / wall / 1e6:,.0f} "
-                          f"MB/s of activations")
+                          f"rows/s per visible core; {rows * lm.d_model * row_bytes / wall / 1e6:,.0f} "
+                          f"MB/s of stored activations")
                 del lm
             return
         results, n = {}, None

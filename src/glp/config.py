@@ -291,6 +291,12 @@ class TrainConfig(_Strict):
     """Weights kept at this many evenly spaced points of training (besides the end), for the fluency-cost vs
     held-out-loss trend of the steering asset (0: none)."""
 
+    resident_max_bytes: int = Field(8 * 2**30, ge=0)
+    """When the train store's rows (in their stored dtype) take at most this many bytes, they are loaded once onto
+    the training device (each chunk verified once) and batches are gathered there; above it, batches stream from
+    the store through the prefetching loader. Both give the same batches in the same order (0: always stream)."""
+
+    HASH_OMIT: ClassVar[tuple[str, ...]] = ("resident_max_bytes",)  # how the batches arrive, not which
     HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("steps", "t_mean", "t_std", "ema_decay", "world_size")
 
     @model_validator(mode="after")

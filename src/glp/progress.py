@@ -13,6 +13,7 @@ lines go to `logging.getLogger("glp.progress")` at INFO, so a notebook stays qui
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -134,6 +135,11 @@ class StageClock:
         total = sum(self.seconds.values())
         lines.append(f"{'(sum)':<14}{total:>9.3f}{'':>8}{total / wall_s:>9.2f}   wall {wall_s:.3f} s")
         return "\n".join(lines)
+
+
+def stage(clock: StageClock | None, name: str) -> _Stage | contextlib.nullcontext:
+    """`clock(name)`, or a context that does nothing when there is no clock (the library's loops take an optional one)."""
+    return clock(name) if clock is not None else contextlib.nullcontext()
 
 
 class _Stage:

@@ -12,7 +12,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import torch
 from glp.config import StoreConfig
 from glp.data.lm import SourceLM, capture_residual, pad_tokens, run_until_captured
 from glp.data.store import StoreWriter, prefetched
-from glp.progress import Progress, StageClock
+from glp.progress import Progress, StageClock, stage
 
 
 @dataclass
@@ -44,10 +43,6 @@ def tokenize_doc(lm: SourceLM, text: str, max_seq_len: int) -> list[int]:
     return [lm.bos_id, *ids[: max_seq_len - 1]]
 
 
-def _stage(clock: StageClock | None, name: str):
-    return clock(name) if clock is not None else nullcontext()
-
-
 Run = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(ids (B,T), mask (B,T)) on the device -> the captured block's output (B,T,d) on the device, compute dtype."""
 
@@ -66,11 +61,11 @@ def forward_batch(lm: SourceLM, layer: int, seqs: Sequence[list[int]], clock: St
     """Right-padded forward of token lists; returns (acts (B,T,d) float32 on cpu, ids (B,T), mask (B,T)), ids and
     mask on the cpu. `on_device`: acts stay on the model's device in its compute dtype (extraction gathers there)."""
     ids, mask = pad_tokens(seqs, lm.pad_id)
-    with _stage(clock, "forward"):
+    with stage(clock, "forward"):
         acts = (run or run_to_layer(lm, layer))(ids.to(lm.device), mask.to(lm.device))
     if on_device:
         return acts, ids, mask
-    with _stage(clock, "device->host"):
+    with stage(clock, "device->host"):
         return acts.float().cpu(), ids, mask
 
 
@@ -96,7 +91,7 @@ def iter_windows(
             if text is None:
                 exhausted = True
                 break
-            with _stage(clock, "tokenize"):
+            with stage(clock, "tokenize"):
                 seq = tokenize_doc(lm, text, max_seq_len)
             if len(seq) > 1:  # a document with no token after BOS yields no row
                 window.append((doc, seq))
@@ -148,7 +143,7 @@ class _BackgroundWriter:
 
     def _do(self, kind: str, payload: Any) -> None:
         if kind == "commit":
-            with _stage(self.clock, "write"):
+            with stage(self.clock, "write"):
                 self.writer.commit(payload)  # the resume point: a whole window is on disk
             return
         if payload["event"] is not None:
@@ -157,7 +152,7 @@ class _BackgroundWriter:
         if payload["buffer"] is not None:  # copy out of the pinned buffer, which goes back to the pool
             acts = acts.clone()
         values = acts.view(torch.uint16).numpy() if acts.dtype == torch.bfloat16 else acts.numpy()
-        with _stage(self.clock, "write"):
+        with stage(self.clock, "write"):
             self.writer.append(values, **payload["provenance"])
 
     def raise_if_failed(self) -> None:
@@ -168,7 +163,7 @@ class _BackgroundWriter:
 
     def put(self, kind: str, payload: Any) -> None:
         self.raise_if_failed()
-        with _stage(self.clock, "writer wait"):
+        with stage(self.clock, "writer wait"):
             self.queue.put((kind, payload))
 
     def finish(self) -> None:
@@ -248,7 +243,7 @@ def extract_activations(
             for b in range(0, len(window), cfg.batch_size):
                 batch = window[b : b + cfg.batch_size]
                 acts, ids, mask = forward_batch(lm, layer, [s for _, s in batch], clock, run, on_device=True)
-                with _stage(clock, "gather"):
+                with stage(clock, "gather"):
                     mask[:, 0] = 0  # BOS is not a row
                     keep = mask.bool()
                     rows = _rows_on_device(acts, keep, row_dtype)  # (n, d) on the device
@@ -259,9 +254,9 @@ def extract_activations(
                     }
                 payload: dict[str, Any] = {"provenance": provenance, "buffer": None, "event": None}
                 if buffers is not None:
-                    with _stage(clock, "writer wait"):
+                    with stage(clock, "writer wait"):
                         buffer = buffers.free.get()  # the writer hands each buffer back, even after an error
-                with _stage(clock, "device->host"):
+                with stage(clock, "device->host"):
                     if buffers is not None:
                         host = buffer[: len(rows)]
                         host.copy_(rows, non_blocking=True)
@@ -281,6 +276,6 @@ def extract_activations(
     n_new = writer.n_rows - start_rows
     if log:
         log(f"{writer.path.name}: {writer.n_rows:,} rows from {writer.n_docs:,} docs ({n_new / max(seconds, 1e-9):,.0f} tok/s)")
-    with _stage(clock, "checksum"):  # close: read back each chunk, CRC it, publish
+    with stage(clock, "checksum"):  # close: read back each chunk, CRC it, publish
         writer.close({"n_docs_seen": writer.n_docs, "tokens_per_s": n_new / max(seconds, 1e-9)})
     return ExtractResult(writer.path, writer.n_rows, writer.n_docs, lm.d_model, seconds, n_new / max(seconds, 1e-9))

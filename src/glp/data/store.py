@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 from glp.artifacts import publish_dir
+from glp.progress import StageClock, stage
 
 if TYPE_CHECKING:
     from upath import UPath
@@ -221,19 +222,24 @@ class StoreWriter:
         self._buf.append({"acts": acts.astype(self._acts_np, copy=False), "doc_id": doc_id, "position": position, "token_id": token_id})
         self._buf_rows += len(acts)
         if self._buf_rows >= self.chunk_rows:
-            self._write_buffer()
+            self._write_buffer(whole_chunks=True)
 
-    def _write_buffer(self) -> None:
+    def _write_buffer(self, whole_chunks: bool = False) -> None:
+        """Write the buffered rows; `whole_chunks`: only up to the last chunk boundary they reach, keeping the rest
+        buffered, so no chunk is written twice (a partial chunk is read, decoded and re-encoded on its next write)."""
         if not self._buf:
             return
         cols = {k: np.concatenate([b[k] for b in self._buf]) for k in self._buf[0]}
         n = len(cols["acts"])
+        if whole_chunks:
+            n = (self.written + n) // self.chunk_rows * self.chunk_rows - self.written
         for name, values in cols.items():
             arr = self.group[name]
             arr.resize((self.written + n, *arr.shape[1:]))
-            arr[self.written : self.written + n] = values.astype(arr.dtype, copy=False)
+            arr[self.written : self.written + n] = values[:n].astype(arr.dtype, copy=False)
         self.written += n
-        self._buf, self._buf_rows = [], 0
+        rest = {k: v[n:] for k, v in cols.items()}
+        self._buf, self._buf_rows = ([rest] if len(rest["acts"]) else []), len(rest["acts"])
 
     def commit(self, n_docs: int) -> None:
         """Write all buffered rows and record that the first `n_docs` documents are done (the resume point)."""
@@ -309,29 +315,35 @@ class ActivationStore:
         arr = self.group[name]
         return self.path / name / arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
 
-    def read_chunk(self, name: str, i: int, verify: bool | None = None) -> np.ndarray:
-        """Chunk i of array `name` ("acts" or a provenance array), decoded and (by default) verified."""
+    def read_chunk(self, name: str, i: int, verify: bool | None = None, clock: StageClock | None = None) -> np.ndarray:
+        """Chunk i of array `name` ("acts" or a provenance array), decoded and (by default) verified. `clock`
+        (benchmarks) gets the seconds of the "read" and the "verify" stages."""
         lo = i * self.chunk_rows
         try:
-            values = self.group[name][lo : lo + self.chunk_rows]
+            with stage(clock, "read"):
+                values = self.group[name][lo : lo + self.chunk_rows]
         except Exception as e:  # codec errors (e.g. blosc decompression) name nothing: say where and what to do
             raise StoreCorrupt(f"{self._where(name, i)} cannot be decoded ({type(e).__name__}: {e}): the store is "
                                "corrupt; delete it and re-materialize `activations`") from e
+        with stage(clock, "verify"):
+            self._check(name, i, values, verify)
+        return values
+
+    def _check(self, name: str, i: int, values: np.ndarray, verify: bool | None) -> None:
         if (self.verify_reads if verify is None else verify and self.checksums is not None):
             expected = self.checksums[name][i] if i < len(self.checksums.get(name, [])) else None
             if expected is None or chunk_checksum(values) != expected:
                 raise StoreCorrupt(f"{self._where(name, i)} does not match its recorded checksum: the store is "
                                    "corrupt; delete it and re-materialize `activations`")
-        return values
 
     @property
     def codec(self) -> str:
         return "raw" if not self.acts.compressors else "blosc-lz4"
 
-    def chunk(self, i: int) -> np.ndarray:
+    def chunk(self, i: int, clock: StageClock | None = None) -> np.ndarray:
         """Rows of chunk i, (≤chunk_rows, d) float32 whatever the stored row dtype (verified unless the store was
         opened with verify=False). `read_chunk("acts", i)` gives the stored values (bfloat16 as uint16 bits)."""
-        values = self.read_chunk("acts", i)
+        values = self.read_chunk("acts", i, clock=clock)
         return bf16_bits_to_float32(values) if self.row_dtype == "bfloat16" else values
 
     def rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -376,6 +388,11 @@ class ActivationStore:
         """A provenance array (n,), read chunk by chunk and verified like the activations."""
         parts = [self.read_chunk(name, i) for i in range(-(-self.group[name].shape[0] // self.chunk_rows))]
         return np.concatenate(parts) if parts else np.empty(0, PROVENANCE[name])
+
+    @property
+    def nbytes_rows(self) -> int:
+        """Bytes of the activation rows in their stored dtype (what holding them in memory takes)."""
+        return self.n_rows * self.d_model * (2 if self.row_dtype == "bfloat16" else 4)
 
     def nbytes_stored(self) -> int:
         if is_url(self.path):
@@ -433,6 +450,61 @@ def n_batches(n_rows: int, batch_size: int) -> int:
     return n_rows // batch_size
 
 
+def _chunk_groups(n_chunks: int, seed: int, epoch: int, group_chunks: int) -> list[np.ndarray]:
+    """The epoch's chunk order (permuted per (seed, epoch)) cut into groups of `group_chunks` chunks."""
+    order = np.random.default_rng([seed, epoch]).permutation(n_chunks)
+    return [order[i : i + group_chunks] for i in range(0, len(order), group_chunks)]
+
+
+def _group_permutation(seed: int, epoch: int, group: int, n: int) -> np.ndarray:
+    """How the rows of one group are shuffled (their own seeded RNG, so any group can be read alone)."""
+    return np.random.default_rng([seed, epoch, group]).permutation(n)
+
+
+def epoch_row_order(store: ActivationStore, seed: int, epoch: int, group_chunks: int = 8) -> np.ndarray:
+    """(n_rows,) int64: the store's row indices in the order `iter_shuffled_batches` yields them in this epoch
+    (batch b = rows order[b*batch : (b+1)*batch]); computed from the same groups and permutations."""
+    parts = []
+    for gi, group in enumerate(_chunk_groups(store.n_chunks, seed, epoch, group_chunks)):
+        rows = np.concatenate([np.arange(c * store.chunk_rows, min((c + 1) * store.chunk_rows, store.n_rows))
+                               for c in group])
+        parts.append(rows[_group_permutation(seed, epoch, gi, len(rows))])
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+class ResidentRows:
+    """Every row of a store held in one tensor (n, d) on `device`, in its stored dtype (bfloat16 stays bfloat16),
+    read and verified once; `batches` gathers the batches of `iter_shuffled_batches` there, in the same order.
+
+    For a train store that fits in device memory (TrainConfig.resident_max_bytes): no reading, checking or
+    shuffling on the host while the step waits."""
+
+    def __init__(self, store: ActivationStore, device: Any, clock: StageClock | None = None) -> None:
+        import torch
+
+        self.store, self.device = store, torch.device(device)
+        dtype = torch.bfloat16 if store.row_dtype == "bfloat16" else torch.float32
+        self.rows = torch.empty((store.n_rows, store.d_model), dtype=dtype, device=self.device)
+        for i in range(store.n_chunks):
+            values = store.read_chunk("acts", i, clock=clock)
+            with stage(clock, "host->device"):
+                chunk = torch.from_numpy(values)
+                chunk = chunk.view(torch.bfloat16) if dtype == torch.bfloat16 else chunk
+                self.rows[i * store.chunk_rows : i * store.chunk_rows + len(chunk)].copy_(chunk)
+
+    def batches(self, batch_size: int, seed: int, epoch: int = 0, start_batch: int = 0, group_chunks: int = 8,
+                clock: StageClock | None = None) -> Iterator[Any]:
+        """(batch_size, d) float32 tensors on the device: batch b of the epoch is batch b of iter_shuffled_batches."""
+        import torch
+
+        with stage(clock, "shuffle"):
+            order = torch.from_numpy(epoch_row_order(self.store, seed, epoch, group_chunks)).to(self.device)
+        for b in range(start_batch, n_batches(self.store.n_rows, batch_size)):
+            with stage(clock, "shuffle"):  # the gather: the device's share of the shuffle
+                batch = self.rows.index_select(0, order[b * batch_size : (b + 1) * batch_size]).float()
+            yield batch
+
+
 def iter_shuffled_batches(
     store: ActivationStore,
     batch_size: int,
@@ -441,17 +513,18 @@ def iter_shuffled_batches(
     start_batch: int = 0,
     group_chunks: int = 8,
     prefetch: int = 2,
+    clock: StageClock | None = None,
 ) -> Iterator[np.ndarray]:
     """Shuffled (batch_size, d) float32 batches for one epoch, streamed with bounded memory.
 
     Chunk order is permuted per (seed, epoch); groups of `group_chunks` chunks are loaded, shuffled
     row-wise with their own seeded RNG and cut into batches, the remainder carried into the next group.
     Batch b of the epoch is fully determined by (seed, epoch, b), so `start_batch` resumes exactly —
-    and only the groups from the resume point on are read.
+    and only the groups from the resume point on are read. A background thread reads `prefetch` groups ahead
+    (each `group_chunks` whole chunks: large contiguous reads, many batches ahead of the step).
+    `epoch_row_order` gives the same order as row indices (the device-resident path: `ResidentRows`).
     """
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(store.n_chunks)
-    groups = [order[i : i + group_chunks] for i in range(0, len(order), group_chunks)]
+    groups = _chunk_groups(store.n_chunks, seed, epoch, group_chunks)
     sizes = [sum(min(store.chunk_rows, store.n_rows - c * store.chunk_rows) for c in g) for g in groups]
     total = n_batches(store.n_rows, batch_size)
     skip_rows = start_batch * batch_size
@@ -461,8 +534,9 @@ def iter_shuffled_batches(
         first += 1
 
     def load(gi: int) -> np.ndarray:
-        rows = np.concatenate([store.chunk(int(c)) for c in groups[gi]])
-        return rows[np.random.default_rng([seed, epoch, gi]).permutation(len(rows))]
+        rows = np.concatenate([store.chunk(int(c), clock) for c in groups[gi]])
+        with stage(clock, "shuffle"):
+            return rows[_group_permutation(seed, epoch, gi, len(rows))]
 
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
