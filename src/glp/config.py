@@ -704,7 +704,7 @@ GPU_PROFILE: dict[str, dict[str, object]] = {
     "store": {"max_tokens": 20_000_000, "heldout_max_tokens": 100_000, "batch_size": 128, "max_seq_len": 256,
               "dtype": "bfloat16", "row_dtype": "compute", "codec": "raw"},
     "denoiser": {"width_mult": 2.0, "hidden_mult": 4.0, "n_blocks": 6},
-    "train": {"batch_size": 4096, "lr": 5e-4, "epochs": 1, "precision": "bf16"},
+    "train": {"batch_size": 4096, "lr": 5e-4, "epochs": 1, "precision": "bf16", "resident_max_bytes": 64 * 2**30},
     "eval": {"n_samples": 16_384, "sample_steps": 1000, "sweep_steps": [20, 100, 250]},
     "sae": {"batch_size": 4096},
     "delta_lm": {"max_tokens": 20_000},
@@ -712,8 +712,13 @@ GPU_PROFILE: dict[str, dict[str, object]] = {
 """What `GLP_PROFILE=gpu` raises (one GPU, minutes to an hour): 100x the activations (the corpus allows ~20 M
 tokens at 256 tokens per document), the paper's widths (D = 2d, H = 4d) with 6 blocks, bf16 compute for extraction
 and training, rows stored in bf16 as raw chunks (bf16 rows compress 1.07x: benchmarks/results/store_codec-2026-12-03.txt),
-larger batches and evaluations. Measured on an H200:
-benchmarks/gpu.sh."""
+larger batches and evaluations; the train rows (20 M x 576 bf16 = 23 GB) are held on the GPU. Measured on an H200:
+benchmarks/gpu.sh.
+
+Compute of `make gpu` on the default source (d = 576): N = 66,536,640 prior parameters (D = 2d, H = 4d, 6 blocks),
+D = 20,000,000 activations seen once, C = 6·N·D = 8.0e15 FLOP: 95-140x the CPU run (N = 11.7 M, 2,343 steps of 512
+rows: 6·N·D = 8.4e13 counting every row seen; issue 20 quotes 5.6e13). Sized for <= 7 minutes on one H200 at the loop rates issue 20 aims for (extraction
+at 0.7 of the cut forward: ~30 s; training at 0.7 of the bare step: ~65 s); unrun so far (docs/gpu.md)."""
 
 
 def _merge(base: dict, over: dict) -> dict:
