@@ -162,7 +162,7 @@ def loader_rows_per_s(store: ActivationStore, batch_size: int, seed: int) -> flo
     return rows / (time.perf_counter() - t0)
 
 
-STAGES = ("read", "verify", "shuffle", "host->device", "noise", "step", "loader wait")
+STAGES = ("read", "verify", "shuffle", "host->device", "noise", "step", "checkpoint", "loader wait")
 
 
 def print_stage_tables(store: ActivationStore, dcfg: DenoiserConfig, tcfg: TrainConfig, device: torch.device,

@@ -1,8 +1,7 @@
 import json
 
-import pytest
-
 import dagster as dg
+import pytest
 
 from glp import pipeline
 from glp.prior import load_prior

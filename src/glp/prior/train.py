@@ -206,7 +206,7 @@ def train_prior(
 
     The rows are held on the device when they fit in `tcfg.resident_max_bytes` (read and verified once), else
     streamed by the prefetching loader; either way batch s is the same. `clock` (benchmarks) gets seconds per
-    stage: read, verify, shuffle, host->device, noise (t and ε), step, loader wait."""
+    stage: read, verify, shuffle, host->device, noise (t and ε), step, checkpoint, loader wait."""
     ckpt_dir = Path(ckpt_dir)
     init_distributed_env()
     import deepspeed
@@ -298,15 +298,17 @@ def train_prior(
                 losses.append(_global_mean(loss.detach(), world))  # the global batch's loss, on every rank
             step += 1
             if step in keep_at:
-                weights = _full_state_dict(engine, tcfg.zero_stage)  # a collective under ZeRO-3: every rank
-                if ema is not None:
-                    weights.update(ema.state())
-                if rank == 0:
-                    _save_weights(snap_dir / f"step{step}.safetensors", weights)
+                with stage(clock, "checkpoint"):
+                    weights = _full_state_dict(engine, tcfg.zero_stage)  # a collective under ZeRO-3: every rank
+                    if ema is not None:
+                        weights.update(ema.state())
+                    if rank == 0:
+                        _save_weights(snap_dir / f"step{step}.safetensors", weights)
             progress.set(step, lambda: f"loss {np.mean(flushed()[-100:]):.4f} lr {scheduler.get_last_lr()[0]:.2e}")
             if step % tcfg.checkpoint_every == 0 or step == total:
-                client = {"step": step, "losses": flushed()}
-                save_checkpoint(engine, ckpt_dir, step, client if ema is None else {**client, "ema": ema.state()})
+                with stage(clock, "checkpoint"):
+                    client = {"step": step, "losses": flushed()}
+                    save_checkpoint(engine, ckpt_dir, step, client if ema is None else {**client, "ema": ema.state()})
             if interrupt_after is not None and step >= interrupt_after:
                 batches.close()
                 raise TrainingInterrupted(f"stopped after step {step} as asked")
