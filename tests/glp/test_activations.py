@@ -44,6 +44,24 @@ def test_overlapped_extraction_stores_the_rows_of_the_sequential_writer_in_its_o
     assert store.verify() == [] and not _writer_threads()
 
 
+def test_the_reused_host_buffer_path_stores_the_same_rows_and_hands_every_buffer_back(tiny_lm, tmp_path, monkeypatch):
+    # the GPU's path (gathered rows copied into reused buffers the writer returns), run on the CPU with unpinned buffers
+    made = []
+    real_init = activations._HostBuffers.__init__
+
+    def recording(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(activations, "HOST_BUFFERS", "always")
+    monkeypatch.setattr(activations, "WRITE_AHEAD", 1)  # 3 buffers for 13 batches: each is reused
+    monkeypatch.setattr(activations._HostBuffers, "__init__", recording)
+    cfg = StoreConfig(chunk_rows=64, batch_size=4, max_seq_len=32)
+    store = ActivationStore(extract_activations(tiny_lm, 1, TEXTS, tmp_path / "s.zarr", cfg, None, {}, window_docs=8).path)
+    np.testing.assert_array_equal(store.rows(), _sequential_rows(tiny_lm, 1, cfg, window_docs=8)[0])
+    assert len(made) == 1 and made[0].free.qsize() == made[0].n == 3
+
+
 def test_a_writer_error_surfaces_in_the_caller_with_its_cause_and_no_thread_is_left(tiny_lm, tmp_path, monkeypatch):
     cfg = StoreConfig(chunk_rows=64, batch_size=1, max_seq_len=32)  # one document per batch: many queued items
     calls, real = [], StoreWriter.append

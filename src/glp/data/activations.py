@@ -105,14 +105,20 @@ WRITE_AHEAD = 4
 next batches runs while these are written; more only costs memory."""
 
 
-class _HostBuffers:
-    """Reused pinned host buffers for the device->host copies of gathered rows (a GPU only; pinning a fresh tensor
-    per batch can cost more than the copy). A batch takes one, the writer gives it back once written."""
+HOST_BUFFERS: str = "cuda"
+"""Where the device->host copies go through `_HostBuffers`: "cuda" (on a CUDA device only; elsewhere the gathered
+rows are already host memory) or "always" (tests run that path on the CPU, unpinned)."""
 
-    def __init__(self, n: int, rows: int, d: int, dtype: torch.dtype) -> None:
+
+class _HostBuffers:
+    """Reused (pinned, on a GPU) host buffers for the device->host copies of gathered rows: pinning a fresh tensor
+    per batch can cost more than the copy. A batch takes one, the writer gives it back once written."""
+
+    def __init__(self, n: int, rows: int, d: int, dtype: torch.dtype, pin: bool) -> None:
+        self.n = n
         self.free: queue.Queue[torch.Tensor] = queue.Queue()
         for _ in range(n):
-            self.free.put(torch.empty((rows, d), dtype=dtype, pin_memory=True))
+            self.free.put(torch.empty((rows, d), dtype=dtype, pin_memory=pin))
 
 
 class _BackgroundWriter:
@@ -233,7 +239,8 @@ def extract_activations(
     for _ in range(start_docs):  # resume, or a shard: these documents are not this run's
         next(docs, None)
     cuda = lm.device.type == "cuda"
-    buffers = _HostBuffers(WRITE_AHEAD + 2, cfg.batch_size * cfg.max_seq_len, lm.d_model, row_dtype) if cuda else None
+    buffers = (_HostBuffers(WRITE_AHEAD + 2, cfg.batch_size * cfg.max_seq_len, lm.d_model, row_dtype, pin=cuda)
+               if cuda or HOST_BUFFERS == "always" else None)
     background = _BackgroundWriter(writer, WRITE_AHEAD, clock, buffers)
     windows = prefetched(iter_windows(lm, docs, cfg.max_seq_len, window_docs, cap, start_docs, hi, writer.n_rows,
                                       clock), depth=2)
@@ -259,9 +266,10 @@ def extract_activations(
                 with stage(clock, "device->host"):
                     if buffers is not None:
                         host = buffer[: len(rows)]
-                        host.copy_(rows, non_blocking=True)
-                        payload.update(acts=host, buffer=buffer, event=torch.cuda.Event())
-                        payload["event"].record()
+                        host.copy_(rows, non_blocking=cuda)
+                        payload.update(acts=host, buffer=buffer, event=torch.cuda.Event() if cuda else None)
+                        if cuda:
+                            payload["event"].record()
                     else:
                         payload["acts"] = rows.cpu()
                 background.put("rows", payload)
