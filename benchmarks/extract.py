@@ -19,8 +19,16 @@ downloaded. `--random-weights` keeps the model's config and tokenizer but initia
 folder with no weight file will do: throughput does not depend on weight values), and `--llama-1b-shape` also
 swaps the blocks for Llama-3.2-1B's (d = 2048, 16 blocks): how benchmarks/gpu.sh measures both shapes offline.
 
+`--profile` (alias `--stages`) runs one extraction per dtype with a stage clock and prints where its time goes
+(tokenize, forward, gather, device->host, checksum, write, and the writer's wait) as fractions of extraction's wall
+time, beside the cut forward's. Stages in the background writer thread overlap the caller's, so fractions may add up
+to more than 1; on a GPU each stage synchronizes at its end (so the profiled run overlaps less than a plain one).
+`--host-path` replaces the model's forward by a precomputed tensor of the right shape, dtype and device (everything
+else runs as in extraction), and prints the rows/s the host side sustains, per core (rows per CPU-second of the
+process, all threads) and per visible core.
+
     python benchmarks/extract.py [--docs 256] [--batch-size 32] [--layers 15] [--model DIR | --builtin-shape]
-                                 [--random-weights | --llama-1b-shape]
+                                 [--random-weights | --llama-1b-shape] [--profile | --host-path]
 """
 
 from __future__ import annotations
@@ -28,8 +36,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import statistics
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -42,9 +50,10 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import torch
 
-from glp.data.activations import extract_activations, tokenize_doc
 from glp.config import CorpusConfig, SourceConfig, SourceLMConfig, StoreConfig
+from glp.data.activations import extract_activations, tokenize_doc
 from glp.data.lm import SourceLM, load_source_lm
+from glp.progress import StageClock
 
 WINDOW_BATCHES = 16  # extract_activations' default window: batch_size * 16 documents
 
@@ -52,8 +61,8 @@ WINDOW_BATCHES = 16  # extract_activations' default window: batch_size * 16 docu
 def synthetic_texts(n: int, seed: int) -> list[str]:
     """n English-ish documents of 1-8 sentences (~5-130 tokens) over a Zipf lexicon of pseudo-words."""
     rng = random.Random(seed)
-    onset = "b c d f g h l m n p r s t v w br st tr pl gr ch sh th".split()
-    nucleus = "a e i o u ai ea ou oo".split()
+    onset = ["b", "c", "d", "f", "g", "h", "l", "m", "n", "p", "r", "s", "t", "v", "w", "br", "st", "tr", "pl", "gr", "ch", "sh", "th"]
+    nucleus = ["a", "e", "i", "o", "u", "ai", "ea", "ou", "oo"]
     coda = ["", "n", "r", "s", "t", "l", "m", "nd", "st", "ck", "ng"]
 
     def word() -> str:
@@ -66,7 +75,7 @@ def synthetic_texts(n: int, seed: int) -> list[str]:
     for rank in range(len(lexicon)):  # Zipf: p(word of rank r) ~ 1 / r
         total += 1.0 / (rank + 1)
         cum.append(total)
-    function_words = "the a of and to in is was that it for on with as by at from his her they this".split()
+    function_words = ["the", "a", "of", "and", "to", "in", "is", "was", "that", "it", "for", "on", "with", "as", "by", "at", "from", "his", "her", "they", "this"]
 
     def sentence() -> str:
         words = rng.choices(lexicon, cum_weights=cum, k=rng.randint(4, 16))
@@ -185,7 +194,8 @@ def time_extract(lm: SourceLM, layer: int, texts: list[str], root: Path, cfg: St
 
 def default_model_dir() -> Path:
     """The default source's local folder (the packaged model, converted once and cached in the store)."""
-    from glp.config import DEFAULT_MODEL, StoreConfig as _S
+    from glp.config import DEFAULT_MODEL
+    from glp.config import StoreConfig as _S
     from glp.data.source_model import convert_packaged
 
     return Path(convert_packaged(DEFAULT_MODEL, _S().root, log=print)["path"])
@@ -208,6 +218,41 @@ def measure(lm: SourceLM, layers: list[int], texts: list[str], cfg: StoreConfig,
             ext.append(seconds)
         out[layer] = {"cut": cut, "ext": ext, "store": store}
     return out
+
+
+STAGES = ("tokenize", "forward", "gather", "device->host", "write", "checksum", "writer wait")
+
+
+def profile_extract(lm: SourceLM, layer: int, texts: list[str], cfg: StoreConfig, tmp: Path, run=None,
+                    ) -> tuple[StageClock, float, float, int]:
+    """One extraction with a stage clock (after a warm-up): (clock, wall seconds, process CPU seconds, rows)."""
+    sync = torch.cuda.synchronize if lm.device.type == "cuda" else None
+    warm = Path(tempfile.mkdtemp(dir=tmp)) / "warm.zarr"
+    extract_activations(lm, layer, texts[: 2 * cfg.batch_size], warm, cfg, None, {"split": "warm"}, run=run)
+    clock = StageClock(sync)
+    out = Path(tempfile.mkdtemp(dir=tmp)) / "acts.zarr"
+    c0, t0 = time.process_time(), time.perf_counter()
+    res = extract_activations(lm, layer, texts, out, cfg, None, {"split": "bench"}, clock=clock, run=run)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    shutil.rmtree(out.parent)
+    return clock, wall, cpu, res.n_rows
+
+
+def precomputed_run(lm: SourceLM, cfg: StoreConfig):
+    """A `Run` that returns a slice of one precomputed (batch, max_seq_len, d) tensor in the model's dtype, on its
+    device: the forward's output with none of its cost."""
+    dtype = next(lm.model.parameters()).dtype
+    big = torch.randn(cfg.batch_size, cfg.max_seq_len, lm.d_model, generator=torch.Generator().manual_seed(0)).to(
+        lm.device, dtype)
+
+    def run(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return big[: ids.shape[0], : ids.shape[1]]
+
+    return run
+
+
+def visible_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def rows_of(store: Path):
@@ -233,6 +278,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", "--stages", action="store_true", dest="profile",
+                   help="print a stage table of one extraction per dtype (fractions of its wall time)")
+    p.add_argument("--row-dtype", choices=["float32", "compute"], default=StoreConfig().row_dtype,
+                   help="store.row_dtype (the gpu profile: compute)")
+    p.add_argument("--codec", choices=["blosc-lz4", "raw"], default=StoreConfig().codec,
+                   help="store.codec (the gpu profile: raw)")
+    p.add_argument("--host-path", action="store_true",
+                   help="forward replaced by a precomputed tensor: the rows/s the host side sustains, per core")
     args = p.parse_args()
     from transformers.utils import logging as hf_logging
 
@@ -259,7 +312,38 @@ def main() -> None:
             path = args.model or default_model_dir()
             what = f"{path} (its own weights)"
         texts = texts[: args.docs]
-        cfg = StoreConfig(root=tmp, batch_size=args.batch_size, max_seq_len=args.max_seq_len)
+        cfg = StoreConfig(root=tmp, batch_size=args.batch_size, max_seq_len=args.max_seq_len, row_dtype=args.row_dtype,
+                          codec=args.codec)
+        if args.profile or args.host_path:
+            print(f"model: {what}")
+            for dtype in args.dtypes:
+                lm = load_source_lm(path, device=args.device, dtype=dtype)
+                default_layer = 1 if args.builtin_shape else 7 if args.llama_1b_shape else SourceConfig().layer
+                layer = (args.layers or [min(default_layer, lm.n_layers - 1)])[0]
+                threads = torch.get_num_threads()
+                head = (f"{dtype} L{layer}, device {lm.device}, {threads} torch threads, {visible_cores()} visible cores; "
+                        f"{len(texts)} docs, batch {cfg.batch_size}, max_seq_len {cfg.max_seq_len}; rows stored as "
+                        f"{cfg.row_dtype}, codec {cfg.codec}")
+                if args.profile:
+                    batches, n_tokens = make_batches(lm, texts, cfg)
+                    time_cut_forward(lm, layer, batches[:2])
+                    cut = time_cut_forward(lm, layer, batches)
+                    clock, wall, cpu, rows = profile_extract(lm, layer, texts, cfg, tmp)
+                    print(f"\n--- stage table: {head}")
+                    print(clock.table(wall, STAGES))
+                    print(f"cut forward alone {cut:.3f} s = {cut / wall:.2f} of the profiled extraction's wall time; "
+                          f"{rows:,} rows, {rows / wall:,.0f} rows/s profiled (stage clocks synchronize)")
+                row_bytes = 2 if dtype == "bfloat16" and cfg.row_dtype == "compute" else 4
+                if args.host_path:
+                    clock, wall, cpu, rows = profile_extract(lm, layer, texts, cfg, tmp, run=precomputed_run(lm, cfg))
+                    print(f"\n--- host path (forward = a precomputed tensor): {head}")
+                    print(clock.table(wall, STAGES))
+                    print(f"host path: {rows:,} rows in {wall:.2f} s = {rows / wall:,.0f} rows/s; process CPU {cpu:.2f} s "
+                          f"-> {rows / cpu:,.0f} rows per CPU-second (per core); {rows / wall / visible_cores():,.0f} "
+                          f"rows/s per visible core; {rows * lm.d_model * row_bytes / wall / 1e6:,.0f} "
+                          f"MB/s of stored activations")
+                del lm
+            return
         results, n = {}, None
         for dtype in args.dtypes:
             lm = load_source_lm(path, device=args.device, dtype=dtype)

@@ -22,8 +22,14 @@ on batches already on the device, with no DeepSpeed, loader or host-side noise, 
 
     (c) trainer rows/s / model step rows/s   1.0 = the loop costs nothing beyond the model's arithmetic.
 
+`--model-step` also times the DeepSpeed engine's step on the same on-device batches (engine step / bare step: what
+the engine costs per step). `--stages` prints instead the stage table of the training loop (read, verify, shuffle,
+host->device, noise, step, loader wait; fractions of the loop's wall time), once with the rows streamed by the
+prefetching loader (as every run did before rows could be held on the device) and once with them held there.
+With `--profile gpu` the store holds bf16 rows in raw chunks, as the gpu profile's extraction writes them.
+
     python benchmarks/train.py [--d 256] [--steps 100] [--batch-size 512] [--profile gpu] [--n-blocks N]
-                               [--width-mult W] [--preset official] [--model-step]
+                               [--width-mult W] [--preset official] [--model-step] [--stages]
 """
 
 from __future__ import annotations
@@ -41,18 +47,29 @@ import torch
 from glp.config import DenoiserConfig, StoreConfig, TrainConfig
 from glp.data.lm import resolve_device
 from glp.data.stats import Normalizer
-from glp.data.store import ActivationStore, StoreWriter, iter_shuffled_batches
+from glp.data.store import (
+    ActivationStore,
+    ResidentRows,
+    StoreWriter,
+    iter_shuffled_batches,
+)
 from glp.prior.train import init_distributed_env, resolve_precision, train_prior
+from glp.progress import StageClock
 
 
-def random_store(path: Path, n_rows: int, d: int, chunk_rows: int, seed: int) -> ActivationStore:
-    """A complete store of n_rows random N(0, 1) rows (n_rows, d), written one chunk at a time."""
+def random_store(path: Path, n_rows: int, d: int, chunk_rows: int, seed: int, row_dtype: str = "float32",
+                 codec: str = "blosc-lz4") -> ActivationStore:
+    """A complete store of n_rows random N(0, 1) rows (n_rows, d), written one chunk at a time (bfloat16 rows:
+    the float32 draws truncated to bf16)."""
     rng = np.random.default_rng(seed)
-    writer = StoreWriter(path, d, chunk_rows, {"model": "random", "split": "bench"})
+    writer = StoreWriter(path, d, chunk_rows, {"model": "random", "split": "bench"}, row_dtype=row_dtype, codec=codec)
     for start in range(0, n_rows, chunk_rows):
         k = min(chunk_rows, n_rows - start)
         zeros = np.zeros(k, np.int32)
-        writer.append(rng.standard_normal((k, d), dtype=np.float32), np.arange(start, start + k), zeros, zeros)
+        rows = rng.standard_normal((k, d), dtype=np.float32)
+        if row_dtype == "bfloat16":
+            rows = (rows.view(np.uint32) >> 16).astype(np.uint16)
+        writer.append(rows, np.arange(start, start + k), zeros, zeros)
     writer.commit(n_rows)
     return ActivationStore(writer.close())
 
@@ -103,11 +120,70 @@ def model_step_rows_per_s(d: int, dcfg: DenoiserConfig, batch_size: int, device:
     return steps * batch_size / (time.perf_counter() - t0)
 
 
+def engine_step_rows_per_s(d: int, dcfg: DenoiserConfig, tcfg: TrainConfig, device: torch.device, precision: str,
+                           steps: int = 20) -> float:
+    """Rows/s of the DeepSpeed engine's step (loss, engine.backward, engine.step with the trainer's config: clip,
+    AdamW, LR schedule, bf16 master weights) on batches already on `device`: model_step_rows_per_s with the engine."""
+    import deepspeed
+
+    from glp.prior.denoiser import GLPDenoiser
+    from glp.prior.flow import flow_matching_loss
+    from glp.prior.train import ds_config, lr_lambda
+
+    torch.manual_seed(0)
+    model = GLPDenoiser(d, dcfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(1000, tcfg))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
+                                           config=ds_config(tcfg, precision, 1))
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    x0 = torch.randn(4, tcfg.batch_size, d, device=engine.device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step(i: int) -> None:
+        loss = flow_matching_loss(engine, x0[i % len(x0)])
+        engine.backward(loss)
+        engine.step()
+
+    for i in range(3):
+        step(i)
+    sync()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    sync()
+    return steps * tcfg.batch_size / (time.perf_counter() - t0)
+
+
 def loader_rows_per_s(store: ActivationStore, batch_size: int, seed: int) -> float:
     """Rows/s of one epoch of `iter_shuffled_batches`, every batch consumed."""
     t0 = time.perf_counter()
     rows = sum(len(batch) for batch in iter_shuffled_batches(store, batch_size, seed))
     return rows / (time.perf_counter() - t0)
+
+
+STAGES = ("read", "verify", "shuffle", "host->device", "noise", "step", "checkpoint", "loader wait")
+
+
+def print_stage_tables(store: ActivationStore, dcfg: DenoiserConfig, tcfg: TrainConfig, device: torch.device,
+                       tmp: Path) -> None:
+    """The training loop's stage table twice: rows streamed by the prefetching loader (resident_max_bytes 0: the
+    path every run took before rows could live on the device) and rows held on the device."""
+    identity = Normalizer(torch.zeros(store.d_model), torch.ones(store.d_model))
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    walls = {}
+    for name, budget in (("streamed (prefetching loader)", 0), ("held on the device", 2**62)):
+        clock = StageClock(sync)
+        cfg = tcfg.model_copy(update={"resident_max_bytes": budget})
+        _, res = train_prior(store, identity, dcfg, cfg, tmp / f"ckpt-{budget}", device, clock=clock)
+        walls[name] = res.seconds
+        print(f"\n--- training loop, rows {name}: {res.steps} steps of batch {tcfg.batch_size}, d={store.d_model}, "
+              f"rows stored as {store.row_dtype} ({store.codec}), precision {res.precision}, device {device}, "
+              f"{torch.get_num_threads()} torch threads")
+        print(clock.table(res.seconds, STAGES))
+        print(f"{res.rows_per_s:,.0f} rows/s (profiled: each stage synchronizes)")
+    (a, wa), (b, wb) = walls.items()
+    print(f"\ntraining loop seconds, {b} / {a} = {wb / wa:.2f}")
 
 
 def main() -> None:
@@ -120,7 +196,11 @@ def main() -> None:
     p.add_argument("--width-mult", type=float, help="D = width_mult · d (overrides the profile)")
     p.add_argument("--n-blocks", type=int, help="residual blocks (overrides the profile)")
     p.add_argument("--preset", choices=["glp", "official"], help="DenoiserConfig preset (official: the paper's N)")
-    p.add_argument("--model-step", action="store_true", help="also time the bare denoiser step (ratio c)")
+    p.add_argument("--model-step", action="store_true",
+                   help="also time the bare denoiser step (ratio c) and the DeepSpeed engine's step on the same batches")
+    p.add_argument("--stages", action="store_true",
+                   help="stage tables of the training loop (read, verify, shuffle, host->device, noise, step), the "
+                        "rows held on the device vs streamed by the loader")
     p.add_argument("--matmul-k", type=int, default=1024, help="K = N of the baseline (batch × K) @ (K × N) matmul")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -146,9 +226,15 @@ def main() -> None:
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
     import_s = time.perf_counter() - t0
 
+    scfg = StoreConfig(**{k: v for k, v in profile.get("store", {}).items() if k in ("row_dtype", "codec")})
+    row_dtype = "bfloat16" if scfg.row_dtype == "compute" and precision == "bf16" else "float32"
     with tempfile.TemporaryDirectory(prefix="glp_bench_train_") as tmp:
         tmp = Path(tmp)
-        store = random_store(tmp / "rows.zarr", args.steps * args.batch_size, args.d, StoreConfig().chunk_rows, args.seed)
+        store = random_store(tmp / "rows.zarr", args.steps * args.batch_size, args.d, scfg.chunk_rows, args.seed,
+                             row_dtype, scfg.codec)
+        if args.stages:
+            print_stage_tables(store, dcfg, tcfg, device, tmp)
+            return
         mm = [matmul_flops(args.batch_size, args.matmul_k, args.matmul_k, device, dtype)]
         load = [loader_rows_per_s(store, args.batch_size, args.seed)]
         identity = Normalizer(torch.zeros(args.d), torch.ones(args.d))  # rows are already N(0, 1)
@@ -163,16 +249,26 @@ def main() -> None:
                 stamps.append(time.perf_counter())
                 yield batch
 
+        resident_batches = ResidentRows.batches
+
+        def stamped_resident(self, *a, **k):
+            for batch in resident_batches(self, *a, **k):
+                stamps.append(time.perf_counter())
+                yield batch
+
         train_module.iter_shuffled_batches = stamped
+        ResidentRows.batches = stamped_resident
         try:
             t0 = time.perf_counter()
             _, res = train_prior(store, identity, dcfg, tcfg, tmp / "ckpt", device)
         finally:
             train_module.iter_shuffled_batches = iter_shuffled_batches
+            ResidentRows.batches = resident_batches
         outside_loop_s = time.perf_counter() - t0 - res.seconds  # deepspeed.initialize + final weight export
         mm.append(matmul_flops(args.batch_size, args.matmul_k, args.matmul_k, device, dtype))
         load.append(loader_rows_per_s(store, args.batch_size, args.seed))
         step_rps = model_step_rows_per_s(args.d, dcfg, args.batch_size, device, dtype) if args.model_step else None
+        engine_rps = engine_step_rows_per_s(args.d, dcfg, tcfg, device, precision) if args.model_step else None
 
     trainer_flops = res.flops / res.seconds
     mm_flops, load_rps = statistics.mean(mm), statistics.mean(load)
@@ -204,6 +300,9 @@ def main() -> None:
               f"{step_rps:,.0f} rows/s = {6 * res.n_params * step_rps / 1e12:.2f} TFLOP/s = "
               f"{6 * res.n_params * step_rps / mm_flops:.2f} of the matmul")
         print(f"trainer rows/s ({loop}) / model step rows/s = {loop_rps / step_rps:.2f}")
+        per_step_ms = (args.batch_size / engine_rps - args.batch_size / step_rps) * 1e3
+        print(f"DeepSpeed engine step (same batches on the device, the trainer's config): {engine_rps:,.0f} rows/s; "
+              f"engine step / bare step = {engine_rps / step_rps:.2f} ({per_step_ms:+.2f} ms per step)")
 
 
 if __name__ == "__main__":

@@ -195,9 +195,17 @@ class StoreConfig(_Strict):
     heldout_max_tokens: int = Field(10_000, ge=1)
     """Cap on stored held-out activations (for evaluation)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Model compute dtype during extraction; rows are always stored as float32. `auto`: bfloat16 on a CUDA GPU
+    """Model compute dtype during extraction (rows are stored as `row_dtype` says). `auto`: bfloat16 on a CUDA GPU
     with bf16 or a CPU with avx512_bf16/AMX (measured 4.9x faster than float32 on SmolLM2 here, rows within 1.2%
     relative L2 error, cosine 0.9999: benchmarks/extract.py), else float32."""
+    row_dtype: Literal["float32", "compute"] = "float32"
+    """Dtype of the stored rows: `float32`, or `compute` = the compute dtype (bfloat16 rows when extracted in
+    bfloat16: half the bytes to write and to read; the store records it in attrs["acts_dtype"], readers get float32
+    either way). The `gpu` profile stores `compute`."""
+    codec: Literal["blosc-lz4", "raw"] = "blosc-lz4"
+    """How chunks are stored: Blosc lz4 + shuffle, or raw bytes (activations compress only ~1.2x; the CRC-32 of
+    each chunk in attrs protects both). Chosen by measurement (benchmarks/store_codec.py); how, not what: the rows
+    are the same."""
     activations_url: str | None = None
     """Where the activation stores live, as an fsspec URL (`s3://bucket/glp`, `gs://bucket/glp`, `file:///data/glp`;
     the filesystem's package, e.g. `s3fs`, must be installed): stores go to `<url>/<model>/L<layer>/<split>.zarr`.
@@ -208,7 +216,8 @@ class StoreConfig(_Strict):
     `activations_shard_<k>` that any executor can run in parallel), merged into one store holding exactly the rows
     of the one-worker store, in the same order (glp.data.shards). 1: one worker, no shard assets."""
 
-    HASH_OMIT: ClassVar[tuple[str, ...]] = ("root", "activations_url", "shards")  # where / how, not what: same rows
+    HASH_OMIT: ClassVar[tuple[str, ...]] = ("root", "activations_url", "shards", "codec")  # where / how, not what
+    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("row_dtype",)  # added after stores were built with the hash
 
     @field_validator("activations_url")
     @classmethod
@@ -299,6 +308,12 @@ class TrainConfig(_Strict):
     """Weights kept at this many evenly spaced points of training (besides the end), for the fluency-cost vs
     held-out-loss trend of the steering asset (0: none)."""
 
+    resident_max_bytes: int = Field(8 * 2**30, ge=0)
+    """When the train store's rows (in their stored dtype) take at most this many bytes, they are loaded once onto
+    the training device (each chunk verified once) and batches are gathered there; above it, batches stream from
+    the store through the prefetching loader. Both give the same batches in the same order (0: always stream)."""
+
+    HASH_OMIT: ClassVar[tuple[str, ...]] = ("resident_max_bytes",)  # how the batches arrive, not which
     HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("steps", "t_mean", "t_std", "ema_decay", "world_size")
 
     @model_validator(mode="after")
@@ -706,17 +721,23 @@ class Settings(BaseSettings):
 
 GPU_PROFILE: dict[str, dict[str, object]] = {
     "store": {"max_tokens": 20_000_000, "heldout_max_tokens": 100_000, "batch_size": 128, "max_seq_len": 256,
-              "dtype": "bfloat16"},
+              "dtype": "bfloat16", "row_dtype": "compute", "codec": "raw"},
     "denoiser": {"width_mult": 2.0, "hidden_mult": 4.0, "n_blocks": 6},
-    "train": {"batch_size": 4096, "lr": 5e-4, "epochs": 1, "precision": "bf16"},
+    "train": {"batch_size": 4096, "lr": 5e-4, "epochs": 1, "precision": "bf16", "resident_max_bytes": 64 * 2**30},
     "eval": {"n_samples": 16_384, "sample_steps": 1000, "sweep_steps": [20, 100, 250]},
     "sae": {"batch_size": 4096},
     "delta_lm": {"max_tokens": 20_000},
 }
 """What `GLP_PROFILE=gpu` raises (one GPU, minutes to an hour): 100x the activations (the corpus allows ~20 M
 tokens at 256 tokens per document), the paper's widths (D = 2d, H = 4d) with 6 blocks, bf16 compute for extraction
-and training (rows are still stored as float32), larger batches and evaluations. Measured on an H200:
-benchmarks/gpu.sh."""
+and training, rows stored in bf16 as raw chunks (bf16 rows compress 1.07x: benchmarks/results/store_codec-2026-12-03.txt),
+larger batches and evaluations; the train rows (20 M x 576 bf16 = 23 GB) are held on the GPU. Measured on an H200:
+benchmarks/gpu.sh.
+
+Compute of `make gpu` on the default source (d = 576): N = 66,536,640 prior parameters (D = 2d, H = 4d, 6 blocks),
+D = 20,000,000 activations seen once, C = 6·N·D = 8.0e15 FLOP: 95-140x the CPU run (N = 11.7 M, 2,343 steps of 512
+rows: 6·N·D = 8.4e13 counting every row seen; issue 20 quotes 5.6e13). Sized for <= 7 minutes on one H200 at the loop rates issue 20 aims for (extraction
+at 0.7 of the cut forward: ~30 s; training at 0.7 of the bare step: ~65 s); unrun so far (docs/gpu.md)."""
 
 
 def _merge(base: dict, over: dict) -> dict:

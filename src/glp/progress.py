@@ -13,6 +13,7 @@ lines go to `logging.getLogger("glp.progress")` at INFO, so a notebook stays qui
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -95,3 +96,60 @@ class Progress:
         else:
             head = f"{self.label}: {_count(self.done)}{unit} {_rate(rate, self.unit)}, elapsed {duration(elapsed)}"
         return f"{head}, {note}" if note else head
+
+
+class StageClock:
+    """Seconds spent per named stage of a loop (thread-safe), for a benchmark's stage table.
+
+        clock = StageClock()
+        with clock("forward"):
+            ...
+        print(clock.table(wall_seconds))
+
+    `sync` (e.g. torch.cuda.synchronize) runs at the end of each stage, so asynchronous device work is charged to
+    the stage that queued it; that costs overlap, so a clock is for profiling runs only. Stages running in other
+    threads overlap the caller's: their fractions of the wall time may add up to more than 1."""
+
+    def __init__(self, sync: Callable[[], None] | None = None) -> None:
+        import threading
+
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._sync = sync
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+            self.calls[stage] = self.calls.get(stage, 0) + 1
+
+    def __call__(self, stage: str) -> _Stage:
+        return _Stage(self, stage)
+
+    def table(self, wall_s: float, order: tuple[str, ...] = ()) -> str:
+        """One line per stage: seconds, calls and the fraction of `wall_s`; then the sum of the fractions."""
+        names = [s for s in order if s in self.seconds] + sorted(self.seconds.keys() - set(order))
+        lines = [f"{'stage':<14}{'seconds':>9}{'calls':>8}{'of wall':>9}"]
+        for s in names:
+            lines.append(f"{s:<14}{self.seconds[s]:>9.3f}{self.calls[s]:>8}{self.seconds[s] / wall_s:>9.2f}")
+        total = sum(self.seconds.values())
+        lines.append(f"{'(sum)':<14}{total:>9.3f}{'':>8}{total / wall_s:>9.2f}   wall {wall_s:.3f} s")
+        return "\n".join(lines)
+
+
+def stage(clock: StageClock | None, name: str) -> _Stage | contextlib.nullcontext:
+    """`clock(name)`, or a context that does nothing when there is no clock (the library's loops take an optional one)."""
+    return clock(name) if clock is not None else contextlib.nullcontext()
+
+
+class _Stage:
+    def __init__(self, clock: StageClock, stage: str) -> None:
+        self.clock, self.stage = clock, stage
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.clock._sync is not None:
+            self.clock._sync()
+        self.clock.add(self.stage, time.perf_counter() - self.t0)

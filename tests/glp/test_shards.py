@@ -91,3 +91,22 @@ def test_more_shards_than_windows_fail_naming_the_limit(tmp_path):
     pipeline.build_source_lm(s)
     with pytest.raises(ShardError, match="store.shards=5 but .* only 4 extraction windows"):
         pipeline.build_activation_shard(s, s.sources[0], 0)
+
+
+def test_bfloat16_raw_shards_merge_into_a_bfloat16_raw_store(tmp_path):
+    from glp.data.shards import merge_shards
+    from glp.data.store import StoreWriter
+
+    rng = np.random.default_rng(0)
+    bits = (rng.standard_normal((100, 8), dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    paths = []
+    for k, (lo, hi) in enumerate([(0, 40), (40, 100)]):
+        w = StoreWriter(tmp_path / f"s{k}.zarr", 8, 16, {"model": "m", "shard": k, "shards": 2, "doc_range": [lo, hi]},
+                        row_dtype="bfloat16", codec="raw")
+        w.append(bits[lo:hi], np.arange(lo, hi), np.ones(hi - lo, np.int32), np.zeros(hi - lo, np.int32))
+        w.commit(hi)
+        paths.append(w.close())
+    merged = ActivationStore(merge_shards(paths, tmp_path / "all.zarr"))
+    assert (merged.row_dtype, merged.codec) == ("bfloat16", "raw") and merged.verify() == []
+    np.testing.assert_array_equal(merged.read_chunk("acts", 0), bits[:16])
+    np.testing.assert_array_equal(merged.provenance("doc_id"), np.arange(100))

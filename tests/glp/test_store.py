@@ -144,3 +144,31 @@ def test_extraction_streams_documents_from_a_generator(tiny_lm, tmp_path):
     pulled.clear()
     extract_activations(tiny_lm, 1, stream(), tmp_path / "c.zarr", cfg, 50, {}, window_docs=8)
     assert len(pulled) < len(TEXTS)
+
+
+@pytest.mark.parametrize("row_dtype", ["float32", "bfloat16"])
+def test_device_resident_batches_are_the_loaders_batches_in_the_same_order(tmp_path, row_dtype):
+    import torch
+
+    from glp.data.store import ResidentRows, epoch_row_order
+
+    rows = np.random.default_rng(1).standard_normal((203, 6), dtype=np.float32)  # 12 full chunks and a ragged one
+    if row_dtype == "bfloat16":
+        rows = (rows.view(np.uint32) & 0xFFFF0000).view(np.float32)  # exactly representable in bf16
+        w = StoreWriter(tmp_path / "a.zarr", 6, 16, {"model": "m"}, row_dtype="bfloat16", codec="raw")
+        w.append((rows.view(np.uint32) >> 16).astype(np.uint16), np.arange(203), np.ones(203, np.int32),
+                 np.zeros(203, np.int32))
+        w.commit(203)
+        store = ActivationStore(w.close())
+    else:
+        store = ActivationStore(_write(tmp_path / "a.zarr", rows, chunk_rows=16))
+    resident = ResidentRows(store, "cpu")
+    assert resident.rows.dtype == (torch.bfloat16 if row_dtype == "bfloat16" else torch.float32)
+    for seed, epoch, start in [(3, 0, 0), (3, 1, 0), (5, 2, 7)]:
+        loader = list(iter_shuffled_batches(store, 10, seed, epoch, start_batch=start, group_chunks=3))
+        on_device = list(resident.batches(10, seed, epoch, start_batch=start, group_chunks=3))
+        assert len(loader) == len(on_device) == n_batches(203, 10) - start
+        for a, b in zip(loader, on_device, strict=True):
+            np.testing.assert_array_equal(a, b.numpy())
+        order = epoch_row_order(store, seed, epoch, group_chunks=3)
+        np.testing.assert_array_equal(np.concatenate(loader), rows[order[start * 10 : n_batches(203, 10) * 10]])

@@ -1,6 +1,7 @@
 import json
 
 import dagster as dg
+import pytest
 
 from glp import pipeline
 from glp.prior import load_prior
@@ -56,3 +57,23 @@ def test_wrong_layer_fails_with_the_valid_range(tmp_path):
     pipeline.build_source_lm(s)
     with pytest.raises(Exception, match=r"layer 5 out of range.*choose 0\.\.1"):
         pipeline.build_activations(s, s.sources[0])
+
+
+@pytest.mark.slow
+def test_whole_chain_materializes_under_the_gpu_profile_on_the_cpu(tmp_path):
+    """GLP_PROFILE=gpu's code paths at tiny sizes on the CPU (what `benchmarks/gpu_chain.sh --smoke` runs on a GPU):
+    bf16 extraction stored as bf16 raw chunks, bf16 training from rows held on the device, every reader after."""
+    from glp.data.store import ActivationStore
+
+    settings = tiny_settings(tmp_path, profile="gpu")
+    assert (settings.store.row_dtype, settings.store.codec, settings.train.precision) == ("compute", "raw", "bf16")
+    defs = build_definitions(settings)
+    res = dg.materialize(list(defs.assets) + list(defs.asset_checks), instance=dg.DagsterInstance.ephemeral(),
+                         partition_key=KEY, resources=defs.resources,
+                         selection=dg.AssetSelection.all() - dg.AssetSelection.assets("scaling"))
+    assert res.success
+    failed = [e.asset_check_key.name for e in res.get_asset_check_evaluations() if not e.passed
+              and e.severity == dg.AssetCheckSeverity.ERROR]
+    assert not failed, failed
+    store = ActivationStore(pipeline.source_paths(settings, settings.sources[0]).store("train"))
+    assert (store.row_dtype, store.codec) == ("bfloat16", "raw") and store.verify() == []

@@ -8,6 +8,8 @@ Documents are read as a stream, so memory is bounded by one window, whatever the
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,8 +21,8 @@ import torch
 
 from glp.config import StoreConfig
 from glp.data.lm import SourceLM, capture_residual, pad_tokens, run_until_captured
-from glp.data.store import StoreWriter
-from glp.progress import Progress
+from glp.data.store import StoreWriter, prefetched
+from glp.progress import Progress, StageClock, stage
 
 
 @dataclass
@@ -62,12 +64,30 @@ def _prefix_at_space(text: str, n: int) -> str:
     return text[: cut if cut > 0 else n]
 
 
-def forward_batch(lm: SourceLM, layer: int, seqs: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded forward of token lists; returns (acts (B,T,d) float32 on cpu, ids (B,T), mask (B,T))."""
+Run = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(ids (B,T), mask (B,T)) on the device -> the captured block's output (B,T,d) on the device, compute dtype."""
+
+
+def run_to_layer(lm: SourceLM, layer: int) -> Run:
+    """The model's forward, stopped right after block `layer`, as a `Run`."""
+    def run(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), capture_residual(lm, layer, stop=True) as box:
+            return run_until_captured(lm, box, input_ids=ids, attention_mask=mask)
+
+    return run
+
+
+def forward_batch(lm: SourceLM, layer: int, seqs: Sequence[list[int]], clock: StageClock | None = None,
+                  run: Run | None = None, on_device: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded forward of token lists; returns (acts (B,T,d) float32 on cpu, ids (B,T), mask (B,T)), ids and
+    mask on the cpu. `on_device`: acts stay on the model's device in its compute dtype (extraction gathers there)."""
     ids, mask = pad_tokens(seqs, lm.pad_id)
-    with torch.inference_mode(), capture_residual(lm, layer, stop=True) as box:
-        acts = run_until_captured(lm, box, input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device))
-    return acts.float().cpu(), ids, mask
+    with stage(clock, "forward"):
+        acts = (run or run_to_layer(lm, layer))(ids.to(lm.device), mask.to(lm.device))
+    if on_device:
+        return acts, ids, mask
+    with stage(clock, "device->host"):
+        return acts.float().cpu(), ids, mask
 
 
 def window_docs_of(cfg: StoreConfig) -> int:
@@ -77,7 +97,7 @@ def window_docs_of(cfg: StoreConfig) -> int:
 
 def iter_windows(
     lm: SourceLM, docs: Iterator[str], max_seq_len: int, window_docs: int, cap: float, doc: int = 0,
-    stop_doc: int | None = None, rows_total: int = 0,
+    stop_doc: int | None = None, rows_total: int = 0, clock: StageClock | None = None,
 ) -> Iterator[tuple[list[tuple[int, list[int]]], int]]:
     """The corpus cut into extraction windows, in corpus order: (window [(doc id, tokens)], next doc id) each.
 
@@ -92,12 +112,106 @@ def iter_windows(
             if text is None:
                 exhausted = True
                 break
-            seq = tokenize_doc(lm, text, max_seq_len)
+            with stage(clock, "tokenize"):
+                seq = tokenize_doc(lm, text, max_seq_len)
             if len(seq) > 1:  # a document with no token after BOS yields no row
                 window.append((doc, seq))
                 rows_total += len(seq) - 1
             doc += 1
         yield window, doc
+
+
+WRITE_AHEAD = 4
+"""Batches of rows queued for the background writer (each holds one reused host buffer on a GPU): the forward of the
+next batches runs while these are written; more only costs memory."""
+
+
+HOST_BUFFERS: str = "cuda"
+"""Where the device->host copies go through `_HostBuffers`: "cuda" (on a CUDA device only; elsewhere the gathered
+rows are already host memory) or "always" (tests run that path on the CPU, unpinned)."""
+
+
+class _HostBuffers:
+    """Reused (pinned, on a GPU) host buffers for the device->host copies of gathered rows: pinning a fresh tensor
+    per batch can cost more than the copy. A batch takes one, the writer gives it back once written."""
+
+    def __init__(self, n: int, rows: int, d: int, dtype: torch.dtype, pin: bool) -> None:
+        self.n = n
+        self.free: queue.Queue[torch.Tensor] = queue.Queue()
+        for _ in range(n):
+            self.free.put(torch.empty((rows, d), dtype=dtype, pin_memory=pin))
+
+
+class _BackgroundWriter:
+    """A StoreWriter driven by one background thread through a bounded queue of ("rows", ...) / ("commit", n_docs)
+    items, in order. The thread never stops draining the queue, so a producer blocked on a full queue always wakes;
+    after an error it only discards (and hands back buffers), and the error is raised in the caller at its next
+    `put` or at `finish`, itself (with a note saying where it happened), never lost with the thread."""
+
+    def __init__(self, writer: StoreWriter, depth: int, clock: StageClock | None,
+                 buffers: _HostBuffers | None) -> None:
+        self.writer, self.clock, self.buffers = writer, clock, buffers
+        self.queue: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None  # to raise in the caller (once)
+        self.failed = False  # for good: after an error nothing more is written, not even what is queued
+        self.thread = threading.Thread(target=self._loop, name="glp-store-writer", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while (item := self.queue.get()) is not None:
+            kind, payload = item
+            try:
+                if not self.failed:
+                    self._do(kind, payload)
+            except BaseException as e:  # noqa: BLE001 (re-raised in the caller's thread)
+                self.error, self.failed = e, True
+            finally:
+                if kind == "rows" and payload["buffer"] is not None:
+                    self.buffers.free.put(payload["buffer"])
+
+    def _do(self, kind: str, payload: Any) -> None:
+        if kind == "commit":
+            with stage(self.clock, "write"):
+                self.writer.commit(payload)  # the resume point: a whole window is on disk
+            return
+        if payload["event"] is not None:
+            payload["event"].synchronize()  # the non-blocking copy into the pinned buffer has landed
+        acts = payload["acts"]
+        if payload["buffer"] is not None:  # copy out of the pinned buffer, which goes back to the pool
+            acts = acts.clone()
+        values = acts.view(torch.uint16).numpy() if acts.dtype == torch.bfloat16 else acts.numpy()
+        with stage(self.clock, "write"):
+            self.writer.append(values, **payload["provenance"])
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            error.add_note(f"raised in the store writer thread of {self.writer.path}")
+            raise error
+
+    def put(self, kind: str, payload: Any) -> None:
+        self.raise_if_failed()
+        with stage(self.clock, "writer wait"):
+            self.queue.put((kind, payload))
+
+    def finish(self) -> None:
+        """Wait until everything queued is written; raise the writer's error if it had one."""
+        self.queue.put(None)
+        self.thread.join()
+        self.raise_if_failed()
+
+    def abandon(self) -> None:
+        """After an error in the caller: let the thread write what is queued (a committed window stays a resume
+        point), then stop it; its own error, if any, is dropped for the caller's."""
+        self.queue.put(None)
+        self.thread.join()
+
+
+def _rows_on_device(acts: torch.Tensor, keep: torch.Tensor, row_dtype: torch.dtype) -> torch.Tensor:
+    """The kept positions' rows (n, d) in `row_dtype`, gathered and cast on acts' device (row-major order, as
+    `acts[keep]`). `keep` (B, T) bool is on the CPU, so n is known without waiting for the device."""
+    idx = keep.flatten().nonzero().squeeze(1).to(acts.device, non_blocking=True)
+    return acts.reshape(-1, acts.shape[-1]).index_select(0, idx).to(row_dtype)
 
 
 def extract_activations(
@@ -111,19 +225,30 @@ def extract_activations(
     window_docs: int | None = None,
     log: Callable[[str], None] | None = None,
     doc_range: tuple[int, int] | None = None,
+    clock: StageClock | None = None,
+    run: Run | None = None,
 ) -> ExtractResult:
     """Write the activations of `texts` (in corpus order, up to `max_tokens` rows) to the store `out`.
 
     `texts` is consumed as a stream (pass a generator to keep memory independent of the corpus size) and always
     starts at the corpus's first document. `doc_range` = (lo, hi): extract exactly documents lo..hi-1, one shard of
     a plan made under `max_tokens` (glp.data.shards.plan_shards: the cap is already in the range, lo is a window start),
-    so its windows, batches and rows are the one-worker extraction's.
+    so its windows, batches and rows are the one-worker extraction's. `clock` (benchmarks) collects seconds per stage;
+    `run` (benchmarks: the host path alone) replaces the model's forward.
+
+    Three threads overlap: the next windows are tokenized ahead (a producer thread), the forward runs here and
+    gathers and casts the kept rows on the device (on a GPU: one non-blocking copy into a reused pinned buffer per
+    batch), and a background writer appends them to the store through a bounded queue. Rows, their order and the
+    resume points (one commit per window) are those of doing the three one after the other.
     """
     lm.block(layer)  # validate the layer before any work
     window_docs = window_docs or window_docs_of(cfg)
-    attrs = {**attrs, "layer": layer, "d_model": lm.d_model, "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."), "max_seq_len": cfg.max_seq_len,
+    compute = next(lm.model.parameters()).dtype
+    row_dtype = compute if cfg.row_dtype == "compute" and compute == torch.bfloat16 else torch.float32
+    attrs = {**attrs, "layer": layer, "d_model": lm.d_model, "dtype": str(compute).removeprefix("torch."), "max_seq_len": cfg.max_seq_len,
              "max_tokens": max_tokens, "bos_id": lm.bos_id}
-    writer = StoreWriter(out, lm.d_model, cfg.chunk_rows, attrs)
+    writer = StoreWriter(out, lm.d_model, cfg.chunk_rows, attrs, row_dtype=str(row_dtype).removeprefix("torch."),
+                         codec=cfg.codec)
     lo, hi = doc_range if doc_range is not None else (0, None)
     start_docs, start_rows = max(writer.n_docs, lo), writer.n_rows
     if writer.n_docs and log:
@@ -135,26 +260,52 @@ def extract_activations(
     docs = iter(texts)
     for _ in range(start_docs):  # resume, or a shard: these documents are not this run's
         next(docs, None)
-    for window, doc in iter_windows(lm, docs, cfg.max_seq_len, window_docs, cap, start_docs, hi, writer.n_rows):
-        window.sort(key=lambda item: -len(item[1]))
-        parts: dict[str, list[np.ndarray]] = {"acts": [], "doc_id": [], "position": [], "token_id": []}
-        for b in range(0, len(window), cfg.batch_size):
-            batch = window[b : b + cfg.batch_size]
-            acts, ids, mask = forward_batch(lm, layer, [s for _, s in batch])
-            mask[:, 0] = 0  # BOS is not a row
-            keep = mask.bool()
-            pos = torch.arange(ids.shape[1]).expand_as(ids)
-            parts["acts"].append(acts[keep].numpy())
-            parts["doc_id"].append(torch.tensor([d for d, _ in batch]).unsqueeze(1).expand_as(ids)[keep].numpy())
-            parts["position"].append(pos[keep].numpy().astype(np.int32))
-            parts["token_id"].append(ids[keep].numpy().astype(np.int32))
-        if window:
-            writer.append(**{k: np.concatenate(v) for k, v in parts.items()})
-        writer.commit(doc)  # the resume point: a whole window is on disk
-        progress.set(writer.n_rows, lambda: f"{writer.n_docs:,} docs")
+    cuda = lm.device.type == "cuda"
+    buffers = (_HostBuffers(WRITE_AHEAD + 2, cfg.batch_size * cfg.max_seq_len, lm.d_model, row_dtype, pin=cuda)
+               if cuda or HOST_BUFFERS == "always" else None)
+    background = _BackgroundWriter(writer, WRITE_AHEAD, clock, buffers)
+    windows = prefetched(iter_windows(lm, docs, cfg.max_seq_len, window_docs, cap, start_docs, hi, writer.n_rows,
+                                      clock), depth=2)
+    try:
+        for window, doc in windows:
+            window.sort(key=lambda item: -len(item[1]))
+            for b in range(0, len(window), cfg.batch_size):
+                batch = window[b : b + cfg.batch_size]
+                acts, ids, mask = forward_batch(lm, layer, [s for _, s in batch], clock, run, on_device=True)
+                with stage(clock, "gather"):
+                    mask[:, 0] = 0  # BOS is not a row
+                    keep = mask.bool()
+                    rows = _rows_on_device(acts, keep, row_dtype)  # (n, d) on the device
+                    provenance = {
+                        "doc_id": torch.tensor([d for d, _ in batch]).unsqueeze(1).expand_as(ids)[keep].numpy(),
+                        "position": torch.arange(ids.shape[1]).expand_as(ids)[keep].numpy().astype(np.int32),
+                        "token_id": ids[keep].numpy().astype(np.int32),
+                    }
+                payload: dict[str, Any] = {"provenance": provenance, "buffer": None, "event": None}
+                if buffers is not None:
+                    with stage(clock, "writer wait"):
+                        buffer = buffers.free.get()  # the writer hands each buffer back, even after an error
+                with stage(clock, "device->host"):
+                    if buffers is not None:
+                        host = buffer[: len(rows)]
+                        host.copy_(rows, non_blocking=cuda)
+                        payload.update(acts=host, buffer=buffer, event=torch.cuda.Event() if cuda else None)
+                        if cuda:
+                            payload["event"].record()
+                    else:
+                        payload["acts"] = rows.cpu()
+                background.put("rows", payload)
+            background.put("commit", doc)
+            progress.set(writer.n_rows, lambda: f"{writer.n_docs:,} docs")
+    except BaseException:
+        windows.close()
+        background.abandon()
+        raise
+    background.finish()
     seconds = time.perf_counter() - t0
     n_new = writer.n_rows - start_rows
     if log:
         log(f"{writer.path.name}: {writer.n_rows:,} rows from {writer.n_docs:,} docs ({n_new / max(seconds, 1e-9):,.0f} tok/s)")
-    writer.close({"n_docs_seen": writer.n_docs, "tokens_per_s": n_new / max(seconds, 1e-9)})
+    with stage(clock, "checksum"):  # close: read back each chunk, CRC it, publish
+        writer.close({"n_docs_seen": writer.n_docs, "tokens_per_s": n_new / max(seconds, 1e-9)})
     return ExtractResult(writer.path, writer.n_rows, writer.n_docs, lm.d_model, seconds, n_new / max(seconds, 1e-9))

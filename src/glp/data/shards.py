@@ -117,7 +117,8 @@ def merge_shards(shards: list[Location], out: Location, log: Log | None = None) 
             raise ShardError(f"shard store {s.path} has width {s.d_model} / chunks of {s.chunk_rows} rows where shard "
                              f"0 has {stores[0].d_model} / {stores[0].chunk_rows}")
         expect_lo = hi
-    writer = StoreWriter(out, stores[0].d_model, stores[0].chunk_rows, base)
+    writer = StoreWriter(out, stores[0].d_model, stores[0].chunk_rows, {k: v for k, v in base.items() if k != "acts_dtype"},
+                         row_dtype=stores[0].row_dtype, codec=stores[0].codec)
     if writer.n_docs and log:
         log(f"resuming the merge into {writer.path.name} after {writer.n_docs} documents")
     seconds = 0.0

@@ -1,7 +1,9 @@
 """Zarr v3 activation store: one row per token, row-chunked, compressed, with provenance arrays.
 
 Layout of `<name>.zarr`:
-    acts      (n, d)  float32   residual-stream rows, chunks of `chunk_rows` rows, Blosc lz4 + shuffle
+    acts      (n, d)  float32   residual-stream rows, chunks of `chunk_rows` rows, Blosc lz4 + shuffle (codec
+                                `blosc-lz4`) or raw bytes (codec `raw`); bfloat16 rows (row dtype `bfloat16`,
+                                attrs["acts_dtype"]) are stored as their uint16 bit patterns (numpy has no bfloat16)
     doc_id    (n,)    int64     index of the document in its corpus split
     position  (n,)    int32     token position in the document (BOS = 0 is never stored)
     token_id  (n,)    int32     the token at that position
@@ -41,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 from glp.artifacts import publish_dir
+from glp.progress import StageClock, stage
 
 if TYPE_CHECKING:
     from upath import UPath
@@ -121,11 +124,29 @@ def _chunk_checksums(group: Any, chunk_rows: int) -> dict[str, Any]:
     return {"algorithm": CHECKSUM_ALGORITHM, "chunk_rows": chunk_rows, "arrays": arrays}
 
 
-def _compressors() -> Any:
+CODECS = ("blosc-lz4", "raw")
+ROW_DTYPES = ("float32", "bfloat16")
+
+
+def _compressors(codec: str) -> Any:
+    if codec == "raw":  # uncompressed chunks: the CRC in attrs still catches every flipped bit
+        return None
     from zarr.codecs import BloscCodec, BloscShuffle
 
-    # lz4 + byte shuffle measured fastest here (STACK.md gotcha 6).
+    # lz4 + byte shuffle measured fastest of the compressors here (STACK.md gotcha 6).
     return BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle)
+
+
+def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) -> the same values as float32 (exact: bf16 is float32's top half)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _nonfinite_rows(acts: np.ndarray) -> np.ndarray:
+    """(n,) bool: rows holding NaN or Inf (float32 values or bfloat16 bit patterns)."""
+    if acts.dtype == np.uint16:
+        return ((acts & 0x7F80) == 0x7F80).any(axis=1)  # exponent all ones: Inf or NaN
+    return (~np.isfinite(acts)).any(axis=1)
 
 
 class StoreWriter:
@@ -139,7 +160,16 @@ class StoreWriter:
         chunk_rows: int,
         attrs: dict[str, Any],
         resume: bool = True,
+        row_dtype: str = "float32",
+        codec: str = "blosc-lz4",
     ) -> None:
+        if row_dtype not in ROW_DTYPES or codec not in CODECS:
+            raise StoreError(f"row dtype {row_dtype!r} / codec {codec!r}: choose a row dtype of {ROW_DTYPES} and a "
+                             f"codec of {CODECS}")
+        if row_dtype != "float32":  # recorded (and so part of the fingerprint) only when not the float32 default
+            attrs = {**attrs, "acts_dtype": row_dtype}
+        self.row_dtype = row_dtype
+        self._acts_np = np.uint16 if row_dtype == "bfloat16" else np.float32
         self.path = as_location(path)
         self.in_place = is_url(self.path)  # object stores: no atomic rename, publish by the completion marker
         self.tmp = self.path if self.in_place else self.path.with_name(self.path.name + ".partial")
@@ -167,39 +197,49 @@ class StoreWriter:
             self.tmp.parent.mkdir(parents=True, exist_ok=True)
         self.group = _open_group(self.tmp, "w", zarr_format=3)
         self.group.create_array(
-            "acts", shape=(0, d_model), chunks=(chunk_rows, d_model), dtype="float32", compressors=_compressors()
+            "acts", shape=(0, d_model), chunks=(chunk_rows, d_model), dtype=np.dtype(self._acts_np).name,
+            compressors=_compressors(codec),
         )
         for name, dtype in PROVENANCE.items():
-            self.group.create_array(name, shape=(0,), chunks=(chunk_rows,), dtype=dtype, compressors=_compressors())
+            self.group.create_array(name, shape=(0,), chunks=(chunk_rows,), dtype=dtype, compressors=_compressors(codec))
         self.n_rows = self.n_docs = self.written = 0
         self.group.attrs.update({**attrs, "fingerprint": fingerprint, "n_rows": 0, "n_docs": 0, "complete": False})
 
     def append(self, acts: np.ndarray, doc_id: np.ndarray, position: np.ndarray, token_id: np.ndarray) -> None:
-        """Buffer rows (acts (n, d) float32, the others (n,)); full chunks are written as they fill."""
+        """Buffer rows (acts (n, d): float32, or uint16 bfloat16 bit patterns in a bfloat16 store; the others (n,));
+        full chunks are written as they fill."""
         if acts.ndim != 2 or acts.shape[1] != self.d_model:
             raise StoreError(f"rows of shape {acts.shape} do not match store width {self.d_model}")
-        if not np.isfinite(acts).all():
-            bad = int((~np.isfinite(acts)).any(axis=1).sum())
+        if self.row_dtype == "bfloat16" and acts.dtype != np.uint16:
+            raise StoreError(f"a bfloat16 store takes rows as uint16 bit patterns, got {acts.dtype}: pass "
+                             "`tensor.view(torch.uint16).numpy()` of the bfloat16 rows")
+        bad = int(_nonfinite_rows(acts).sum())
+        if bad:
             raise StoreError(
                 f"{bad} activation rows contain NaN/Inf (documents {int(doc_id.min())}..{int(doc_id.max())}); "
                 "the model is numerically unstable at this layer/dtype: try dtype float32 or another layer"
             )
-        self._buf.append({"acts": acts.astype(np.float32, copy=False), "doc_id": doc_id, "position": position, "token_id": token_id})
+        self._buf.append({"acts": acts.astype(self._acts_np, copy=False), "doc_id": doc_id, "position": position, "token_id": token_id})
         self._buf_rows += len(acts)
         if self._buf_rows >= self.chunk_rows:
-            self._write_buffer()
+            self._write_buffer(whole_chunks=True)
 
-    def _write_buffer(self) -> None:
+    def _write_buffer(self, whole_chunks: bool = False) -> None:
+        """Write the buffered rows; `whole_chunks`: only up to the last chunk boundary they reach, keeping the rest
+        buffered, so no chunk is written twice (a partial chunk is read, decoded and re-encoded on its next write)."""
         if not self._buf:
             return
         cols = {k: np.concatenate([b[k] for b in self._buf]) for k in self._buf[0]}
         n = len(cols["acts"])
+        if whole_chunks:
+            n = (self.written + n) // self.chunk_rows * self.chunk_rows - self.written
         for name, values in cols.items():
             arr = self.group[name]
             arr.resize((self.written + n, *arr.shape[1:]))
-            arr[self.written : self.written + n] = values.astype(arr.dtype, copy=False)
+            arr[self.written : self.written + n] = values[:n].astype(arr.dtype, copy=False)
         self.written += n
-        self._buf, self._buf_rows = [], 0
+        rest = {k: v[n:] for k, v in cols.items()}
+        self._buf, self._buf_rows = ([rest] if len(rest["acts"]) else []), len(rest["acts"])
 
     def commit(self, n_docs: int) -> None:
         """Write all buffered rows and record that the first `n_docs` documents are done (the resume point)."""
@@ -241,6 +281,7 @@ class ActivationStore:
         if not complete:
             raise StoreError(f"activation store {self.path} is incomplete (no completion marker: being written, or its "
                              "writer died): re-materialize `activations` to resume it")
+        self.row_dtype = str(self.group.attrs.get("acts_dtype", "float32"))
         sums = self.group.attrs.get("checksums")
         self.checksums: dict[str, list[int]] | None = sums["arrays"] if sums else None
         self.verify_reads = verify and self.checksums is not None
@@ -274,14 +315,21 @@ class ActivationStore:
         arr = self.group[name]
         return self.path / name / arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
 
-    def read_chunk(self, name: str, i: int, verify: bool | None = None) -> np.ndarray:
-        """Chunk i of array `name` ("acts" or a provenance array), decoded and (by default) verified."""
+    def read_chunk(self, name: str, i: int, verify: bool | None = None, clock: StageClock | None = None) -> np.ndarray:
+        """Chunk i of array `name` ("acts" or a provenance array), decoded and (by default) verified. `clock`
+        (benchmarks) gets the seconds of the "read" and the "verify" stages."""
         lo = i * self.chunk_rows
         try:
-            values = self.group[name][lo : lo + self.chunk_rows]
+            with stage(clock, "read"):
+                values = self.group[name][lo : lo + self.chunk_rows]
         except Exception as e:  # codec errors (e.g. blosc decompression) name nothing: say where and what to do
             raise StoreCorrupt(f"{self._where(name, i)} cannot be decoded ({type(e).__name__}: {e}): the store is "
                                "corrupt; delete it and re-materialize `activations`") from e
+        with stage(clock, "verify"):
+            self._check(name, i, values, verify)
+        return values
+
+    def _check(self, name: str, i: int, values: np.ndarray, verify: bool | None) -> None:
         if (self.verify_reads if verify is None else verify and self.checksums is not None):
             expected = self.checksums[name][i] if i < len(self.checksums.get(name, [])) else None
             if expected is None or chunk_checksum(values) != expected:
@@ -289,22 +337,27 @@ class ActivationStore:
                                    "corrupt; delete it and re-materialize `activations`")
             if name == "acts":
                 self._check_finite(values, i)
-        return values
 
     def _check_finite(self, values: np.ndarray, i: int) -> None:
-        """Refuse a chunk holding NaN or Inf, naming its first bad row and dimension: the writer never stores one,
-        so it was put there after the checksum was recorded (or the checksum with it)."""
-        bad = ~np.isfinite(values)
+        """Refuse a chunk holding NaN or Inf (float32 values or bfloat16 bit patterns), naming its first bad row and
+        dimension: the writer never stores one, so it was put there after the checksum was recorded (or with it)."""
+        bad = (values & 0x7F80) == 0x7F80 if values.dtype == np.uint16 else ~np.isfinite(values)
         if bad.any():
             r, d = (int(k) for k in np.argwhere(bad)[0])
-            row = i * self.chunk_rows + r
-            raise StoreCorrupt(f"{self.path}/acts chunk {i}: row {row} dimension {d} is {values[r, d]} "
+            value = bf16_bits_to_float32(values[r : r + 1, d])[0] if values.dtype == np.uint16 else values[r, d]
+            raise StoreCorrupt(f"{self.path}/acts chunk {i}: row {i * self.chunk_rows + r} dimension {d} is {value} "
                                f"({int(bad.any(axis=1).sum())} non-finite row(s) in the chunk) although the writer "
                                "never stores one: the store is corrupt; delete it and re-materialize `activations`")
 
-    def chunk(self, i: int) -> np.ndarray:
-        """Rows of chunk i, (≤chunk_rows, d) float32 (verified unless the store was opened with verify=False)."""
-        return self.read_chunk("acts", i)
+    @property
+    def codec(self) -> str:
+        return "raw" if not self.acts.compressors else "blosc-lz4"
+
+    def chunk(self, i: int, clock: StageClock | None = None) -> np.ndarray:
+        """Rows of chunk i, (≤chunk_rows, d) float32 whatever the stored row dtype (verified unless the store was
+        opened with verify=False). `read_chunk("acts", i)` gives the stored values (bfloat16 as uint16 bits)."""
+        values = self.read_chunk("acts", i, clock=clock)
+        return bf16_bits_to_float32(values) if self.row_dtype == "bfloat16" else values
 
     def rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Activation rows [start, stop) (n, d) float32, read chunk by chunk (so verified like `chunk`)."""
@@ -349,15 +402,120 @@ class ActivationStore:
         parts = [self.read_chunk(name, i) for i in range(-(-self.group[name].shape[0] // self.chunk_rows))]
         return np.concatenate(parts) if parts else np.empty(0, PROVENANCE[name])
 
+    @property
+    def nbytes_rows(self) -> int:
+        """Bytes of the activation rows in their stored dtype (what holding them in memory takes)."""
+        return self.n_rows * self.d_model * (2 if self.row_dtype == "bfloat16" else 4)
+
     def nbytes_stored(self) -> int:
         if is_url(self.path):
             return int(self.path.fs.du(self.path.path))
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
 
 
+class prefetched(Iterator):
+    """The items of `items`, produced up to `depth` ahead by a background thread (e.g. tokenization ahead of the
+    forward). An error in the producer is raised here, at the item where it happened; `close()` stops the thread."""
+
+    def __init__(self, items: Iterator[Any], depth: int = 2) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._produce, args=(items,), name="glp-prefetch", daemon=True)
+        self._thread.start()
+
+    def _produce(self, items: Iterator[Any]) -> None:
+        try:
+            for item in items:
+                if self._stop.is_set():
+                    return
+                self._queue.put(("item", item))
+            self._queue.put(("end", None))
+        except BaseException as e:  # noqa: BLE001 (raised in the consumer)
+            self._queue.put(("error", e))
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        kind, value = self._queue.get()
+        if kind == "item":
+            return value
+        self._done = True
+        self._thread.join()
+        if kind == "error":
+            value.add_note("raised in a prefetching thread")
+            raise value
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop the producer (it may be blocked on a full queue: drain until it ends)."""
+        self._stop.set()
+        self._done = True
+        while self._thread.is_alive():
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                self._thread.join(timeout=0.05)
+
+
 def n_batches(n_rows: int, batch_size: int) -> int:
     """Full batches per epoch (the ragged tail is dropped so every step sees `batch_size` rows)."""
     return n_rows // batch_size
+
+
+def _chunk_groups(n_chunks: int, seed: int, epoch: int, group_chunks: int) -> list[np.ndarray]:
+    """The epoch's chunk order (permuted per (seed, epoch)) cut into groups of `group_chunks` chunks."""
+    order = np.random.default_rng([seed, epoch]).permutation(n_chunks)
+    return [order[i : i + group_chunks] for i in range(0, len(order), group_chunks)]
+
+
+def _group_permutation(seed: int, epoch: int, group: int, n: int) -> np.ndarray:
+    """How the rows of one group are shuffled (their own seeded RNG, so any group can be read alone)."""
+    return np.random.default_rng([seed, epoch, group]).permutation(n)
+
+
+def epoch_row_order(store: ActivationStore, seed: int, epoch: int, group_chunks: int = 8) -> np.ndarray:
+    """(n_rows,) int64: the store's row indices in the order `iter_shuffled_batches` yields them in this epoch
+    (batch b = rows order[b*batch : (b+1)*batch]); computed from the same groups and permutations."""
+    parts = []
+    for gi, group in enumerate(_chunk_groups(store.n_chunks, seed, epoch, group_chunks)):
+        rows = np.concatenate([np.arange(c * store.chunk_rows, min((c + 1) * store.chunk_rows, store.n_rows))
+                               for c in group])
+        parts.append(rows[_group_permutation(seed, epoch, gi, len(rows))])
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+class ResidentRows:
+    """Every row of a store held in one tensor (n, d) on `device`, in its stored dtype (bfloat16 stays bfloat16),
+    read and verified once; `batches` gathers the batches of `iter_shuffled_batches` there, in the same order.
+
+    For a train store that fits in device memory (TrainConfig.resident_max_bytes): no reading, checking or
+    shuffling on the host while the step waits."""
+
+    def __init__(self, store: ActivationStore, device: Any, clock: StageClock | None = None) -> None:
+        import torch
+
+        self.store, self.device = store, torch.device(device)
+        dtype = torch.bfloat16 if store.row_dtype == "bfloat16" else torch.float32
+        self.rows = torch.empty((store.n_rows, store.d_model), dtype=dtype, device=self.device)
+        for i in range(store.n_chunks):
+            values = store.read_chunk("acts", i, clock=clock)
+            with stage(clock, "host->device"):
+                chunk = torch.from_numpy(values)
+                chunk = chunk.view(torch.bfloat16) if dtype == torch.bfloat16 else chunk
+                self.rows[i * store.chunk_rows : i * store.chunk_rows + len(chunk)].copy_(chunk)
+
+    def batches(self, batch_size: int, seed: int, epoch: int = 0, start_batch: int = 0, group_chunks: int = 8,
+                clock: StageClock | None = None) -> Iterator[Any]:
+        """(batch_size, d) float32 tensors on the device: batch b of the epoch is batch b of iter_shuffled_batches."""
+        import torch
+
+        with stage(clock, "shuffle"):
+            order = torch.from_numpy(epoch_row_order(self.store, seed, epoch, group_chunks)).to(self.device)
+        for b in range(start_batch, n_batches(self.store.n_rows, batch_size)):
+            with stage(clock, "shuffle"):  # the gather: the device's share of the shuffle
+                batch = self.rows.index_select(0, order[b * batch_size : (b + 1) * batch_size]).float()
+            yield batch
 
 
 def iter_shuffled_batches(
@@ -368,17 +526,18 @@ def iter_shuffled_batches(
     start_batch: int = 0,
     group_chunks: int = 8,
     prefetch: int = 2,
+    clock: StageClock | None = None,
 ) -> Iterator[np.ndarray]:
     """Shuffled (batch_size, d) float32 batches for one epoch, streamed with bounded memory.
 
     Chunk order is permuted per (seed, epoch); groups of `group_chunks` chunks are loaded, shuffled
     row-wise with their own seeded RNG and cut into batches, the remainder carried into the next group.
     Batch b of the epoch is fully determined by (seed, epoch, b), so `start_batch` resumes exactly —
-    and only the groups from the resume point on are read.
+    and only the groups from the resume point on are read. A background thread reads `prefetch` groups ahead
+    (each `group_chunks` whole chunks: large contiguous reads, many batches ahead of the step).
+    `epoch_row_order` gives the same order as row indices (the device-resident path: `ResidentRows`).
     """
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(store.n_chunks)
-    groups = [order[i : i + group_chunks] for i in range(0, len(order), group_chunks)]
+    groups = _chunk_groups(store.n_chunks, seed, epoch, group_chunks)
     sizes = [sum(min(store.chunk_rows, store.n_rows - c * store.chunk_rows) for c in g) for g in groups]
     total = n_batches(store.n_rows, batch_size)
     skip_rows = start_batch * batch_size
@@ -388,8 +547,9 @@ def iter_shuffled_batches(
         first += 1
 
     def load(gi: int) -> np.ndarray:
-        rows = np.concatenate([store.chunk(int(c)) for c in groups[gi]])
-        return rows[np.random.default_rng([seed, epoch, gi]).permutation(len(rows))]
+        rows = np.concatenate([store.chunk(int(c), clock) for c in groups[gi]])
+        with stage(clock, "shuffle"):
+            return rows[_group_permutation(seed, epoch, gi, len(rows))]
 
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()

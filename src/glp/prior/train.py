@@ -27,7 +27,7 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,15 @@ import torch
 from glp.artifacts import sha256_file, write_atomic
 from glp.config import DenoiserConfig, TrainConfig
 from glp.data.stats import Normalizer
-from glp.data.store import ActivationStore, iter_shuffled_batches, n_batches
+from glp.data.store import (
+    ActivationStore,
+    ResidentRows,
+    iter_shuffled_batches,
+    n_batches,
+)
 from glp.prior.denoiser import GLPDenoiser
 from glp.prior.flow import flow_matching_loss
-from glp.progress import Progress
+from glp.progress import Progress, StageClock, stage
 
 
 class TrainingInterrupted(RuntimeError):
@@ -52,15 +57,20 @@ class NonFiniteLoss(ValueError):
     """The training loss went NaN or Inf: nothing of that run is published."""
 
 
-def _non_finite_message(step: int, epoch: int, losses: list[float], x0: torch.Tensor, tcfg: TrainConfig) -> str:
-    finite = bool(torch.isfinite(x0).all())
+def _non_finite_message(step: int, epoch: int, losses: list[float], x0: torch.Tensor | None,
+                        tcfg: TrainConfig) -> str:
+    """`losses` ends with the first non-finite loss (of `step`); `x0` is that step's input batch when known."""
     last = next((f"{v:.4g} at step {k + 1}" for k, v in reversed(list(enumerate(losses[:-1]))) if math.isfinite(v)),
                 "none")
-    cause = (f"the input batch was finite (max |x| {float(x0.abs().max()):.3g} after normalization), so the "
-             f"training diverged: lower train.lr (now {tcfg.lr:g}) or raise train.warmup_frac, then re-materialize "
-             "`glp_prior`" if finite else
-             "the input batch holds NaN/Inf after normalization (the norm stats or the store are corrupt): "
-             "re-materialize `norm_stats` (and `activations` if its checks fail)")
+    diverged = (f"so the training diverged: lower train.lr (now {tcfg.lr:g}) or raise train.warmup_frac, then "
+                "re-materialize `glp_prior`")
+    if x0 is None:
+        cause = f"every row read is checked finite where it is read, {diverged}"
+    elif bool(torch.isfinite(x0).all()):
+        cause = f"the input batch was finite (max |x| {float(x0.abs().max()):.3g} after normalization), {diverged}"
+    else:
+        cause = ("the input batch holds NaN/Inf after normalization (the norm stats or the store are corrupt): "
+                 "re-materialize `norm_stats` (and `activations` if its checks fail)")
     return (f"the training loss went {losses[-1]} at step {step} (epoch {epoch}; last finite loss {last}); no "
             f"prior is published and no checkpoint of it is kept: {cause}")
 
@@ -149,15 +159,17 @@ def ds_config(cfg: TrainConfig, precision: str, world_size: int) -> dict[str, An
     }
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of step `step`'s random choices (t and ε). On a CUDA device it is the device's own generator
+    (no host-side draw and copy per step; its numbers differ from the CPU generator's, but are as reproducible)."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
 
 
 def draw_t(n: int, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """Training noise levels (n,) in [0, 1]: uniform, or logit-normal sigmoid(N(t_mean, t_std))."""
+    """Training noise levels (n,) in [0, 1] on the generator's device: uniform, or logit-normal sigmoid(N(t_mean, t_std))."""
     if cfg.t_sampling == "uniform":
-        return torch.rand(n, generator=gen)
-    return torch.sigmoid(cfg.t_mean + cfg.t_std * torch.randn(n, generator=gen))
+        return torch.rand(n, generator=gen, device=gen.device)
+    return torch.sigmoid(cfg.t_mean + cfg.t_std * torch.randn(n, generator=gen, device=gen.device))
 
 
 @torch.no_grad()
@@ -210,8 +222,13 @@ def train_prior(
     device: torch.device,
     log: Callable[[str], None] | None = None,
     interrupt_after: int | None = None,
+    clock: StageClock | None = None,
 ) -> tuple[GLPDenoiser, TrainResult]:
-    """Train a denoiser on the store's rows; resumes from the newest good checkpoint of this run in `ckpt_dir`."""
+    """Train a denoiser on the store's rows; resumes from the newest good checkpoint of this run in `ckpt_dir`.
+
+    The rows are held on the device when they fit in `tcfg.resident_max_bytes` (read and verified once), else
+    streamed by the prefetching loader; either way batch s is the same. `clock` (benchmarks) gets seconds per
+    stage: read, verify, shuffle, host->device, noise (t and ε), step, checkpoint, loader wait."""
     ckpt_dir = Path(ckpt_dir)
     init_distributed_env()
     import deepspeed
@@ -258,41 +275,78 @@ def train_prior(
     micro = tcfg.batch_size // world
     engine.train()
     t0 = time.perf_counter()
+    resident = ResidentRows(store, engine.device, clock) if store.nbytes_rows <= tcfg.resident_max_bytes else None
+    noise_device = engine.device if engine.device.type == "cuda" else torch.device("cpu")
+    pending: list[torch.Tensor] = []
+
+    checked = [len(losses)]  # losses before this index are known finite
+
+    def flushed() -> list[float]:
+        """Every step's loss on the host, each checked finite once: the first non-finite one stops the run, before
+        any checkpoint of it (a resume restarts from the last good one) and before anything is published."""
+        if pending:
+            losses.extend(float(x) for x in torch.stack(pending).float().cpu())
+            pending.clear()
+        bad = next((k for k in range(checked[0], len(losses)) if not math.isfinite(losses[k])), None)
+        if bad is not None:
+            raise NonFiniteLoss(_non_finite_message(bad + 1, epoch, losses[: bad + 1],
+                                                    x0 if bad + 1 == step else None, tcfg))
+        checked[0] = len(losses)
+        return losses
+
     step = start
     progress = Progress("train", total, "step", log, done=start)
     for epoch in range(start // per_epoch, -(-total // per_epoch)):
         first = step - epoch * per_epoch
-        for batch in iter_shuffled_batches(store, tcfg.batch_size, tcfg.seed, epoch, start_batch=first):
-            if step >= total:
+        if resident is not None:
+            batches: Iterator[Any] = resident.batches(tcfg.batch_size, tcfg.seed, epoch, start_batch=first, clock=clock)
+        else:
+            batches = iter_shuffled_batches(store, tcfg.batch_size, tcfg.seed, epoch, start_batch=first, clock=clock)
+        while True:
+            with stage(clock, "loader wait"):
+                batch = next(batches, None)
+            if batch is None or step >= total:
                 break
-            gen = step_generator(tcfg.seed, step)
-            t = draw_t(tcfg.batch_size, tcfg, gen)
-            eps = torch.randn(batch.shape, generator=gen)
+            with stage(clock, "noise"):
+                gen = step_generator(tcfg.seed, step, noise_device)
+                t = draw_t(tcfg.batch_size, tcfg, gen)
+                eps = torch.randn(batch.shape, generator=gen, device=noise_device)
             sl = slice(rank * micro, (rank + 1) * micro)  # this rank's share of the global batch
-            x0 = norm.normalize(torch.from_numpy(batch[sl]).to(engine.device))
-            loss = flow_matching_loss(
-                engine, x0.to(in_dtype), t=t[sl].to(engine.device, in_dtype), eps=eps[sl].to(engine.device, in_dtype)
-            )
-            engine.backward(loss)
-            engine.step()
+            with stage(clock, "host->device"):
+                x0 = batch[sl] if resident is not None else torch.from_numpy(batch[sl])
+                x0 = norm.normalize(x0.to(engine.device))
+            with stage(clock, "step"):
+                loss = flow_matching_loss(
+                    engine, x0.to(in_dtype), t=t[sl].to(engine.device, in_dtype), eps=eps[sl].to(engine.device, in_dtype)
+                )
+                engine.backward(loss)
+                engine.step()
             if ema is not None:
                 ema.update(engine.module)
-            losses.append(_global_mean(loss.detach(), world))  # the global batch's loss, on every rank
+            if world == 1:  # kept on the device until needed: no host-device sync per step
+                pending.append(loss.detach())
+            else:
+                losses.append(_global_mean(loss.detach(), world))  # the global batch's loss, on every rank
             step += 1
-            if not math.isfinite(losses[-1]):  # before any checkpoint of it: a resume restarts from the last good one
-                raise NonFiniteLoss(_non_finite_message(step, epoch, losses, x0, tcfg))
+            if world > 1:  # the loss is on the host already (the all-reduce synchronized)
+                flushed()
             if step in keep_at:
-                weights = _full_state_dict(engine, tcfg.zero_stage)  # a collective under ZeRO-3: every rank
-                if ema is not None:
-                    weights.update(ema.state())
-                if rank == 0:
-                    _save_weights(snap_dir / f"step{step}.safetensors", weights)
-            progress.set(step, lambda: f"loss {np.mean(losses[-100:]):.4f} lr {scheduler.get_last_lr()[0]:.2e}")
+                with stage(clock, "checkpoint"):
+                    weights = _full_state_dict(engine, tcfg.zero_stage)  # a collective under ZeRO-3: every rank
+                    if ema is not None:
+                        weights.update(ema.state())
+                    if rank == 0:
+                        _save_weights(snap_dir / f"step{step}.safetensors", weights)
+            progress.set(step, lambda: f"loss {np.mean(flushed()[-100:]):.4f} lr {scheduler.get_last_lr()[0]:.2e}")
             if step % tcfg.checkpoint_every == 0 or step == total:
-                client = {"step": step, "losses": losses}
-                save_checkpoint(engine, ckpt_dir, step, client if ema is None else {**client, "ema": ema.state()})
+                with stage(clock, "checkpoint"):
+                    client = {"step": step, "losses": flushed()}
+                    save_checkpoint(engine, ckpt_dir, step, client if ema is None else {**client, "ema": ema.state()})
             if interrupt_after is not None and step >= interrupt_after:
+                batches.close()
                 raise TrainingInterrupted(f"stopped after step {step} as asked")
+        batches.close()  # stops the loader's thread when the run ends inside the epoch
+    flushed()
     seconds = time.perf_counter() - t0
     rows = (step - start) * tcfg.batch_size
     trained = GLPDenoiser(store.d_model, dcfg)
