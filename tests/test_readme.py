@@ -158,6 +158,11 @@ def _check_settings(case: Case, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
             monkeypatch.delenv(name)
     for name, value in case.payload:
         monkeypatch.setenv(name, value)
+    if dict(case.payload).get("GLP_PROFILE") == "gpu" and "GLP_DEVICE" not in dict(case.payload):
+        import torch
+
+        if not torch.cuda.is_available():  # the gpu profile is refused without a GPU unless the CPU is chosen: the
+            monkeypatch.setenv("GLP_DEVICE", "cpu")  # block is for GPU machines; check the rest of its settings
     monkeypatch.chdir(tmp_path)  # no glp.toml of the checkout
     try:
         load_settings()
