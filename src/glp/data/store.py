@@ -124,6 +124,11 @@ def _chunk_checksums(group: Any, chunk_rows: int) -> dict[str, Any]:
     return {"algorithm": CHECKSUM_ALGORITHM, "chunk_rows": chunk_rows, "arrays": arrays}
 
 
+WRITE_CHUNKS = 8
+"""Whole chunks the writer buffers before writing them in one call (Zarr writes them concurrently, and each call's
+fixed cost, a resize and a write per array, is paid once for all): 0.70 s vs 0.81 s with a call per chunk for
+192k bf16 rows of width 576 here; most of the rest is Zarr's own chunk encoding and file writes."""
+
 CODECS = ("blosc-lz4", "raw")
 ROW_DTYPES = ("float32", "bfloat16")
 
@@ -207,7 +212,7 @@ class StoreWriter:
 
     def append(self, acts: np.ndarray, doc_id: np.ndarray, position: np.ndarray, token_id: np.ndarray) -> None:
         """Buffer rows (acts (n, d): float32, or uint16 bfloat16 bit patterns in a bfloat16 store; the others (n,));
-        full chunks are written as they fill."""
+        full chunks are written, WRITE_CHUNKS at a time, as they fill."""
         if acts.ndim != 2 or acts.shape[1] != self.d_model:
             raise StoreError(f"rows of shape {acts.shape} do not match store width {self.d_model}")
         if self.row_dtype == "bfloat16" and acts.dtype != np.uint16:
@@ -221,7 +226,7 @@ class StoreWriter:
             )
         self._buf.append({"acts": acts.astype(self._acts_np, copy=False), "doc_id": doc_id, "position": position, "token_id": token_id})
         self._buf_rows += len(acts)
-        if self._buf_rows >= self.chunk_rows:
+        if self._buf_rows >= self.chunk_rows * WRITE_CHUNKS:
             self._write_buffer(whole_chunks=True)
 
     def _write_buffer(self, whole_chunks: bool = False) -> None:
