@@ -284,9 +284,16 @@ def main() -> None:
                    help="store.row_dtype (the gpu profile: compute)")
     p.add_argument("--codec", choices=["blosc-lz4", "raw"], default=StoreConfig().codec,
                    help="store.codec (the gpu profile: raw)")
+    p.add_argument("--overlap", choices=["accelerator", "always", "never"],
+                   help="glp.data.activations.OVERLAP: when tokenizing and writing run in threads beside the forward "
+                        "(default: the library's, accelerator)")
     p.add_argument("--host-path", action="store_true",
                    help="forward replaced by a precomputed tensor: the rows/s the host side sustains, per core")
     args = p.parse_args()
+    if args.overlap:
+        from glp.data import activations
+
+        activations.OVERLAP = args.overlap
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -323,7 +330,7 @@ def main() -> None:
                 threads = torch.get_num_threads()
                 head = (f"{dtype} L{layer}, device {lm.device}, {threads} torch threads, {visible_cores()} visible cores; "
                         f"{len(texts)} docs, batch {cfg.batch_size}, max_seq_len {cfg.max_seq_len}; rows stored as "
-                        f"{cfg.row_dtype}, codec {cfg.codec}")
+                        f"{cfg.row_dtype}, codec {cfg.codec}; overlap {args.overlap or 'accelerator'}")
                 if args.profile:
                     batches, n_tokens = make_batches(lm, texts, cfg)
                     time_cut_forward(lm, layer, batches[:2])

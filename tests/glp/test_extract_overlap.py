@@ -35,7 +35,14 @@ def _writer_threads():
     return [t for t in threading.enumerate() if t.name in ("glp-store-writer", "glp-prefetch")]
 
 
+@pytest.fixture(autouse=True)
+def threaded(monkeypatch):
+    """The accelerator's threaded path (producer, writer thread), run on the CPU."""
+    monkeypatch.setattr(activations, "OVERLAP", "always")
+
+
 def test_overlapped_extraction_stores_the_rows_of_the_sequential_writer_in_its_order(tiny_lm, tmp_path):
+    # (the sequential path, OVERLAP="never" as on the CPU, is what tests/glp/test_store.py extracts)
     cfg = StoreConfig(chunk_rows=64, batch_size=4, max_seq_len=32)
     store = ActivationStore(extract_activations(tiny_lm, 1, TEXTS, tmp_path / "s.zarr", cfg, None, {}, window_docs=8).path)
     acts, docs = _sequential_rows(tiny_lm, 1, cfg, window_docs=8)
@@ -172,9 +179,11 @@ from pathlib import Path
 from glp.config import StoreConfig
 from glp.data.activations import extract_activations
 from glp.data.lm import load_source_lm
+from glp.data import activations
 from glp.data.store import StoreWriter
 from tests.conftest import TEXTS
 
+activations.OVERLAP = "always"  # the writer thread: the kill lands while it works
 real, commits = StoreWriter.commit, []
 
 def slow_commit(self, n_docs):  # the third window's rows are written, then the process is killed before its commit

@@ -1,9 +1,15 @@
 import numpy as np
 import pytest
 
-from glp.data.activations import extract_activations
 from glp.config import StoreConfig
-from glp.data.store import ActivationStore, StoreError, StoreWriter, iter_shuffled_batches, n_batches
+from glp.data.activations import extract_activations
+from glp.data.store import (
+    ActivationStore,
+    StoreError,
+    StoreWriter,
+    iter_shuffled_batches,
+    n_batches,
+)
 from tests.conftest import TEXTS
 
 
@@ -172,3 +178,20 @@ def test_device_resident_batches_are_the_loaders_batches_in_the_same_order(tmp_p
             np.testing.assert_array_equal(a, b.numpy())
         order = epoch_row_order(store, seed, epoch, group_chunks=3)
         np.testing.assert_array_equal(np.concatenate(loader), rows[order[start * 10 : n_batches(203, 10) * 10]])
+
+
+def test_checksums_taken_while_writing_equal_a_full_read_back(tmp_path):
+    from glp.data.store import _chunk_checksums
+
+    rows = np.random.default_rng(2).standard_normal((1000, 4), dtype=np.float32)
+    w = StoreWriter(tmp_path / "a.zarr", 4, 16, {"model": "m"})
+    for i in range(0, 1000, 37):  # appends and commits that cut chunks anywhere
+        w.append(rows[i : i + 37], np.arange(i, min(i + 37, 1000)), np.ones(len(rows[i : i + 37]), np.int32),
+                 np.zeros(len(rows[i : i + 37]), np.int32))
+        if i % 111 == 0:
+            w.commit(i)
+    w.commit(1000)
+    assert sum(len(v) for v in w._sums.values()) > 0  # most chunks were summed as written
+    store = ActivationStore(w.close())
+    assert store.attrs["checksums"] == _chunk_checksums(store.group, 16)
+    assert store.verify() == []

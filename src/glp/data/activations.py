@@ -21,7 +21,7 @@ import torch
 
 from glp.config import StoreConfig
 from glp.data.lm import SourceLM, capture_residual, pad_tokens, run_until_captured
-from glp.data.store import StoreWriter, prefetched
+from glp.data.store import StoreError, StoreWriter, prefetched
 from glp.progress import Progress, StageClock, stage
 
 
@@ -126,6 +126,12 @@ WRITE_AHEAD = 4
 next batches runs while these are written; more only costs memory."""
 
 
+OVERLAP: str = "accelerator"
+"""When tokenizing and writing run in their own threads beside the forward: "accelerator" (the model is not on the
+CPU: the host is idle while the device computes), "always" (tests run the threaded path on the CPU) or "never". On
+the CPU the forward already keeps the cores busy, and a writer beside it measured slower here (docs/gpu.md), so there
+the three stages run one after the other, through the same code."""
+
 HOST_BUFFERS: str = "cuda"
 """Where the device->host copies go through `_HostBuffers`: "cuda" (on a CUDA device only; elsewhere the gathered
 rows are already host memory) or "always" (tests run that path on the CPU, unpinned)."""
@@ -149,13 +155,14 @@ class _BackgroundWriter:
     `put` or at `finish`, itself (with a note saying where it happened), never lost with the thread."""
 
     def __init__(self, writer: StoreWriter, depth: int, clock: StageClock | None,
-                 buffers: _HostBuffers | None) -> None:
+                 buffers: _HostBuffers | None, threaded: bool = True) -> None:
         self.writer, self.clock, self.buffers = writer, clock, buffers
         self.queue: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None  # to raise in the caller (once)
         self.failed = False  # for good: after an error nothing more is written, not even what is queued
-        self.thread = threading.Thread(target=self._loop, name="glp-store-writer", daemon=True)
-        self.thread.start()
+        self.thread = threading.Thread(target=self._loop, name="glp-store-writer", daemon=True) if threaded else None
+        if self.thread is not None:
+            self.thread.start()
 
     def _loop(self) -> None:
         while (item := self.queue.get()) is not None:
@@ -191,20 +198,34 @@ class _BackgroundWriter:
 
     def put(self, kind: str, payload: Any) -> None:
         self.raise_if_failed()
+        if self.thread is None:  # not threaded: written here and now, errors raised as they happen
+            if self.failed:
+                raise StoreError(f"the store writer of {self.writer.path} failed before: nothing more is written")
+            try:
+                self._do(kind, payload)
+            except BaseException:
+                self.failed = True
+                raise
+            finally:
+                if kind == "rows" and payload["buffer"] is not None:
+                    self.buffers.free.put(payload["buffer"])
+            return
         with stage(self.clock, "writer wait"):
             self.queue.put((kind, payload))
 
     def finish(self) -> None:
         """Wait until everything queued is written; raise the writer's error if it had one."""
-        self.queue.put(None)
-        self.thread.join()
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
         self.raise_if_failed()
 
     def abandon(self) -> None:
         """After an error in the caller: let the thread write what is queued (a committed window stays a resume
         point), then stop it; its own error, if any, is dropped for the caller's."""
-        self.queue.put(None)
-        self.thread.join()
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
 
 
 def _rows_on_device(acts: torch.Tensor, keep: torch.Tensor, row_dtype: torch.dtype) -> torch.Tensor:
@@ -236,10 +257,11 @@ def extract_activations(
     so its windows, batches and rows are the one-worker extraction's. `clock` (benchmarks) collects seconds per stage;
     `run` (benchmarks: the host path alone) replaces the model's forward.
 
-    Three threads overlap: the next windows are tokenized ahead (a producer thread), the forward runs here and
-    gathers and casts the kept rows on the device (on a GPU: one non-blocking copy into a reused pinned buffer per
-    batch), and a background writer appends them to the store through a bounded queue. Rows, their order and the
-    resume points (one commit per window) are those of doing the three one after the other.
+    On an accelerator three threads overlap (`OVERLAP`): the next windows are tokenized ahead (a producer thread),
+    the forward runs here and gathers and casts the kept rows on the device (one non-blocking copy into a reused
+    pinned buffer per batch), and a background writer appends them to the store through a bounded queue. Rows, their
+    order and the resume points (one commit per window) are those of doing the three one after the other, which is
+    what happens on the CPU.
     """
     lm.block(layer)  # validate the layer before any work
     window_docs = window_docs or window_docs_of(cfg)
@@ -263,9 +285,10 @@ def extract_activations(
     cuda = lm.device.type == "cuda"
     buffers = (_HostBuffers(WRITE_AHEAD + 2, cfg.batch_size * cfg.max_seq_len, lm.d_model, row_dtype, pin=cuda)
                if cuda or HOST_BUFFERS == "always" else None)
-    background = _BackgroundWriter(writer, WRITE_AHEAD, clock, buffers)
-    windows = prefetched(iter_windows(lm, docs, cfg.max_seq_len, window_docs, cap, start_docs, hi, writer.n_rows,
-                                      clock), depth=2)
+    threaded = OVERLAP == "always" or (OVERLAP == "accelerator" and lm.device.type != "cpu")
+    background = _BackgroundWriter(writer, WRITE_AHEAD, clock, buffers, threaded)
+    windows = iter_windows(lm, docs, cfg.max_seq_len, window_docs, cap, start_docs, hi, writer.n_rows, clock)
+    windows = prefetched(windows, depth=2) if threaded else windows
     try:
         for window, doc in windows:
             window.sort(key=lambda item: -len(item[1]))

@@ -10,9 +10,10 @@ Layout of `<name>.zarr`:
     attrs: model, layer, d_model, dtype, corpus_hash, split, n_rows, n_docs, complete, checksums, ...
 
 Every chunk of every array has a CRC-32 of its decoded values in `attrs["checksums"]`, recorded when the store
-is published (read back from the partial store just before the rename). Reads through `ActivationStore.chunk`
-/ `rows` verify them, so a flipped bit that still decodes, a truncated chunk file or two swapped chunk files
-fail with the array, chunk index and row range named, instead of flowing silently into training;
+is published: computed from the values of each chunk written whole (most of them, as they are written), the others
+(a chunk finished across a commit or a resume, the last one) read back from the partial store just before the rename.
+Reads through `ActivationStore.chunk` / `rows` verify them, so a flipped bit that still decodes, a truncated chunk
+file or two swapped chunk files fail with the array, chunk index and row range named, instead of flowing silently into training;
 `ActivationStore.verify()` checks a whole store without raising (the blocking asset check).
 
 Writing goes to `<name>.zarr.partial` and is renamed into place only when complete, so a reader never sees
@@ -116,13 +117,20 @@ def chunk_checksum(values: np.ndarray) -> int:
     return zlib.crc32(memoryview(np.ascontiguousarray(values)).cast("B"))
 
 
-def _chunk_checksums(group: Any, chunk_rows: int) -> dict[str, Any]:
+def _chunk_checksums(group: Any, chunk_rows: int, known: dict[str, dict[int, int]] | None = None) -> dict[str, Any]:
+    """Every chunk's checksum: taken from `known` (computed from the values as they were written) or read back."""
     arrays = {}
     for name in ("acts", *PROVENANCE):
-        arr, n = group[name], group[name].shape[0]
-        arrays[name] = [chunk_checksum(arr[i : i + chunk_rows]) for i in range(0, n, chunk_rows)]
+        arr, n, have = group[name], group[name].shape[0], (known or {}).get(name, {})
+        arrays[name] = [have[i // chunk_rows] if i // chunk_rows in have else chunk_checksum(arr[i : i + chunk_rows])
+                        for i in range(0, n, chunk_rows)]
     return {"algorithm": CHECKSUM_ALGORITHM, "chunk_rows": chunk_rows, "arrays": arrays}
 
+
+WRITE_CHUNKS = 8
+"""Whole chunks the writer buffers before writing them in one call (Zarr writes them concurrently, and each call's
+fixed cost, a resize and a write per array, is paid once for all): 0.70 s vs 0.81 s with a call per chunk for
+192k bf16 rows of width 576 here; most of the rest is Zarr's own chunk encoding and file writes."""
 
 CODECS = ("blosc-lz4", "raw")
 ROW_DTYPES = ("float32", "bfloat16")
@@ -177,6 +185,7 @@ class StoreWriter:
         self.d_model = d_model
         self._buf: list[dict[str, np.ndarray]] = []
         self._buf_rows = 0
+        self._sums: dict[str, dict[int, int]] = {name: {} for name in ("acts", *PROVENANCE)}  # chunk -> checksum
         fingerprint = {k: attrs[k] for k in sorted(attrs)}
         if self.tmp.exists() and resume:
             group = _open_group(self.tmp, "r+")
@@ -207,7 +216,7 @@ class StoreWriter:
 
     def append(self, acts: np.ndarray, doc_id: np.ndarray, position: np.ndarray, token_id: np.ndarray) -> None:
         """Buffer rows (acts (n, d): float32, or uint16 bfloat16 bit patterns in a bfloat16 store; the others (n,));
-        full chunks are written as they fill."""
+        full chunks are written, WRITE_CHUNKS at a time, as they fill."""
         if acts.ndim != 2 or acts.shape[1] != self.d_model:
             raise StoreError(f"rows of shape {acts.shape} do not match store width {self.d_model}")
         if self.row_dtype == "bfloat16" and acts.dtype != np.uint16:
@@ -221,7 +230,7 @@ class StoreWriter:
             )
         self._buf.append({"acts": acts.astype(self._acts_np, copy=False), "doc_id": doc_id, "position": position, "token_id": token_id})
         self._buf_rows += len(acts)
-        if self._buf_rows >= self.chunk_rows:
+        if self._buf_rows >= self.chunk_rows * WRITE_CHUNKS:
             self._write_buffer(whole_chunks=True)
 
     def _write_buffer(self, whole_chunks: bool = False) -> None:
@@ -233,10 +242,14 @@ class StoreWriter:
         n = len(cols["acts"])
         if whole_chunks:
             n = (self.written + n) // self.chunk_rows * self.chunk_rows - self.written
+        lo, cr = self.written, self.chunk_rows
         for name, values in cols.items():
             arr = self.group[name]
-            arr.resize((self.written + n, *arr.shape[1:]))
-            arr[self.written : self.written + n] = values[:n].astype(arr.dtype, copy=False)
+            out = values[:n].astype(arr.dtype, copy=False)
+            arr.resize((lo + n, *arr.shape[1:]))
+            arr[lo : lo + n] = out
+            for c in range(-(-lo // cr), (lo + n) // cr):  # chunks written whole here: their checksum, with no read-back
+                self._sums[name][c] = chunk_checksum(out[c * cr - lo : (c + 1) * cr - lo])
         self.written += n
         rest = {k: v[n:] for k, v in cols.items()}
         self._buf, self._buf_rows = ([rest] if len(rest["acts"]) else []), len(rest["acts"])
@@ -253,7 +266,7 @@ class StoreWriter:
             raise StoreError("uncommitted rows at close: call commit(n_docs) first")
         if self.n_rows == 0:
             raise StoreError(f"no activation rows were written to {self.path}: is the corpus empty?")
-        checksums = _chunk_checksums(self.group, self.chunk_rows)
+        checksums = _chunk_checksums(self.group, self.chunk_rows, self._sums)  # read back: chunks finished over commits
         # one write of the group's zarr.json: the completion marker of an in-place (object store) store
         self.group.attrs.update({**(extra_attrs or {}), "checksums": checksums, "complete": True})
         if not self.in_place:
