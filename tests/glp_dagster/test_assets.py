@@ -65,7 +65,7 @@ def test_whole_chain_materializes_under_the_gpu_profile_on_the_cpu(tmp_path):
     bf16 extraction stored as bf16 raw chunks, bf16 training from rows held on the device, every reader after."""
     from glp.data.store import ActivationStore
 
-    settings = tiny_settings(tmp_path, profile="gpu")
+    settings = tiny_settings(tmp_path, profile="gpu", device="cpu")  # the explicit CPU override of a gpu profile
     assert (settings.store.row_dtype, settings.store.codec, settings.train.precision) == ("compute", "raw", "bf16")
     defs = build_definitions(settings)
     res = dg.materialize(list(defs.assets) + list(defs.asset_checks), instance=dg.DagsterInstance.ephemeral(),

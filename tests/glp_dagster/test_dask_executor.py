@@ -5,6 +5,7 @@ assets → activations)."""
 import json
 
 import dagster as dg
+import pytest
 from dagster._core.instance.ref import InstanceRef
 
 from glp.data.store import ActivationStore
@@ -20,6 +21,8 @@ execution:
 """
 
 
+@pytest.mark.slow  # 16 s of a 3-minute default suite: two dask worker processes start and import the chain;
+# the shard assets themselves run in the default suite (test_shard_assets.py)
 def test_a_dask_cluster_of_two_worker_processes_runs_the_shards_from_run_config_alone(tmp_path):
     env = _env(tmp_path)
     env["GLP_STORE"] = json.dumps({**TINY["store"], "root": str(tmp_path / "store"), "batch_size": 1, "shards": 2})
