@@ -24,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from glp.artifacts import fresh_temp_dir, publish_dir, remove_dead_temp_dirs, sha256_file
+from glp.artifacts import publish_dir, sha256_file, staging_dir
 from glp.config import CorpusConfig, load_settings
 from glp.data.corpus import (
     LABELLED_DIR,
@@ -161,9 +161,7 @@ def write_corpus(
     out = Path(out)
     _check_replaceable(out, "corpus")
     out.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_temp_dirs(out)  # what a killed build left
-    tmp = fresh_temp_dir(out)
-    try:
+    with staging_dir(out) as tmp:  # removed if anything below fails; dead runs' temp folders first
         counts: dict[str, dict] = {}
         for split, split_docs in by_split.items():
             split_docs = interleave_sources(split_docs, cfg.seed)
@@ -191,9 +189,6 @@ def write_corpus(
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
                                     encoding="utf-8")
         publish_dir(tmp, out)  # fsyncs, then renames
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -274,9 +269,7 @@ def write_labelled(out: Path, tables: dict[str, list[dict]], counts: dict, seed:
     out = Path(out)
     _check_replaceable(out, "labelled dataset")
     out.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_temp_dirs(out)  # what a killed build left
-    tmp = fresh_temp_dir(out)
-    try:
+    with staging_dir(out) as tmp:  # removed if anything below fails; dead runs' temp folders first
         for name in LABELLED_FILES:
             _write_jsonl(tmp / name, tables[name])
         _copy_licenses(tmp, licenses)
@@ -292,9 +285,6 @@ def write_labelled(out: Path, tables: dict[str, list[dict]], counts: dict, seed:
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
                                     encoding="utf-8")
         publish_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from glp.artifacts import fresh_temp_dir, publish_dir, remove_dead_temp_dirs
+from glp.artifacts import publish_dir, staging_dir
 from glp.config import CorpusConfig, SourceLMConfig, config_hash
 from glp.data.corpus import corpus_hash, load_documents
 
@@ -246,13 +245,8 @@ def train_source_lm(
 
 def _save(model, tokenizer, report: dict, out_dir: Path) -> None:
     """Write model, tokenizer and report into a temp sibling folder, then rename it into place."""
-    remove_dead_temp_dirs(out_dir)  # what a killed run left
-    tmp = fresh_temp_dir(out_dir)
-    try:
+    with staging_dir(out_dir) as tmp:  # removed if anything below fails; dead runs' temp folders first
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")  # written last
         publish_dir(tmp, out_dir)  # fsyncs, then renames
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

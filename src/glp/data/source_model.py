@@ -17,12 +17,11 @@ import functools
 import importlib.util
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from glp.artifacts import fresh_temp_dir, publish_dir, sha256_file
+from glp.artifacts import publish_dir, sha256_file, staging_dir
 from glp.config import PACKAGED
 
 REPORT = "conversion.json"
@@ -119,15 +118,11 @@ def convert_packaged(name: str, root: Path, log: Callable[[str], None] | None = 
         "max_logit_diff_vs_gguf": diff, "seconds": time.perf_counter() - t0,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fresh_temp_dir(out)
-    try:
+    with staging_dir(out) as tmp:  # removed if anything below fails; dead runs' temp folders first
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
         publish_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if log:
         log(f"converted {name}: {report['n_params'] / 1e6:.1f} M parameters, {n_layers} layers in {report['seconds']:.0f} s")
     return {**report, "path": str(out), "cached": False}
