@@ -39,6 +39,7 @@ import logging
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,18 @@ def matmul_flops(m: int, k: int, n: int, device: torch.device, dtype: torch.dtyp
     return 2 * m * k * n * reps / (time.perf_counter() - t0)
 
 
+def timed_rows_per_s(step: Callable[[int], None], steps: int, batch_size: int, sync: Callable[[], None]) -> float:
+    """Rows/s of `steps` calls of step(i) after 3 warm-up calls, the device synchronized before each clock read."""
+    for i in range(3):
+        step(i)
+    sync()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    sync()
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
 def model_step_rows_per_s(d: int, dcfg: DenoiserConfig, batch_size: int, device: torch.device, dtype: torch.dtype,
                           steps: int = 20) -> float:
     """Rows/s of the bare denoiser step: loss, backward, AdamW on random batches already on `device`, params in `dtype`."""
@@ -110,14 +123,7 @@ def model_step_rows_per_s(d: int, dcfg: DenoiserConfig, batch_size: int, device:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for i in range(3):
-        step(i)
-    sync()
-    t0 = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    sync()
-    return steps * batch_size / (time.perf_counter() - t0)
+    return timed_rows_per_s(step, steps, batch_size, sync)
 
 
 def engine_step_rows_per_s(d: int, dcfg: DenoiserConfig, tcfg: TrainConfig, device: torch.device, precision: str,
@@ -145,14 +151,7 @@ def engine_step_rows_per_s(d: int, dcfg: DenoiserConfig, tcfg: TrainConfig, devi
         engine.backward(loss)
         engine.step()
 
-    for i in range(3):
-        step(i)
-    sync()
-    t0 = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    sync()
-    return steps * tcfg.batch_size / (time.perf_counter() - t0)
+    return timed_rows_per_s(step, steps, tcfg.batch_size, sync)
 
 
 def loader_rows_per_s(store: ActivationStore, batch_size: int, seed: int) -> float:

@@ -150,11 +150,16 @@ def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
+def _nonfinite(acts: np.ndarray) -> np.ndarray:
+    """(n, d) bool: the values that are NaN or Inf (float32 values or bfloat16 bit patterns)."""
+    if acts.dtype == np.uint16:
+        return (acts & 0x7F80) == 0x7F80  # exponent all ones: Inf or NaN
+    return ~np.isfinite(acts)
+
+
 def _nonfinite_rows(acts: np.ndarray) -> np.ndarray:
     """(n,) bool: rows holding NaN or Inf (float32 values or bfloat16 bit patterns)."""
-    if acts.dtype == np.uint16:
-        return ((acts & 0x7F80) == 0x7F80).any(axis=1)  # exponent all ones: Inf or NaN
-    return (~np.isfinite(acts)).any(axis=1)
+    return _nonfinite(acts).any(axis=1)
 
 
 class StoreWriter:
@@ -354,7 +359,7 @@ class ActivationStore:
     def _check_finite(self, values: np.ndarray, i: int) -> None:
         """Refuse a chunk holding NaN or Inf (float32 values or bfloat16 bit patterns), naming its first bad row and
         dimension: the writer never stores one, so it was put there after the checksum was recorded (or with it)."""
-        bad = (values & 0x7F80) == 0x7F80 if values.dtype == np.uint16 else ~np.isfinite(values)
+        bad = _nonfinite(values)
         if bad.any():
             r, d = (int(k) for k in np.argwhere(bad)[0])
             value = bf16_bits_to_float32(values[r : r + 1, d])[0] if values.dtype == np.uint16 else values[r, d]

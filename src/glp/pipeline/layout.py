@@ -232,8 +232,9 @@ class SourceArtifacts:
         if expected is None or recorded == expected:
             return
         found = "records none (written by an older glp)" if recorded is None else f"records {recorded!r}"
+        redo = self._redo(name)
         raise LineageMismatch(f"{name} at {where} was made from another {what} than {of} ({self.step}): it "
-                              f"{found}, {of} has {expected!r}. {self._redo(name)[0].upper()}{self._redo(name)[1:]}")
+                              f"{found}, {of} has {expected!r}. {redo[0].upper()}{redo[1:]}")
 
     def _once(self, key: Any, load: Any) -> Any:
         if key not in self._loaded:

@@ -279,19 +279,20 @@ def train_prior(
     noise_device = engine.device if engine.device.type == "cuda" else torch.device("cpu")
     pending: list[torch.Tensor] = []
 
-    checked = [len(losses)]  # losses before this index are known finite
+    checked = len(losses)  # losses before this index are known finite
 
     def flushed() -> list[float]:
         """Every step's loss on the host, each checked finite once: the first non-finite one stops the run, before
         any checkpoint of it (a resume restarts from the last good one) and before anything is published."""
+        nonlocal checked
         if pending:
             losses.extend(float(x) for x in torch.stack(pending).float().cpu())
             pending.clear()
-        bad = next((k for k in range(checked[0], len(losses)) if not math.isfinite(losses[k])), None)
+        bad = next((k for k in range(checked, len(losses)) if not math.isfinite(losses[k])), None)
         if bad is not None:
             raise NonFiniteLoss(_non_finite_message(bad + 1, epoch, losses[: bad + 1],
                                                     x0 if bad + 1 == step else None, tcfg))
-        checked[0] = len(losses)
+        checked = len(losses)
         return losses
 
     step = start
