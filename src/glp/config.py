@@ -251,7 +251,16 @@ class DenoiserConfig(_Strict):
     in closed form before training, a fixed buffer), and out_proj starts at 0, so the prior starts *as* the
     full-covariance Gaussian prior and the network learns only what is not Gaussian (benchmarks/prior_recipe.py)."""
 
-    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("bias", "init", "preset")  # skip: in the hash (new default)
+    prediction: Literal["v", "x"] = "v"
+    """What the network outputs. `v`: the velocity. `x`: the clean activation x0 (x-prediction; the loss stays the
+    velocity loss, the forward still returns a velocity: v = (x_t - x0_hat) / max(t, x_t_min)). With the affine skip
+    the network's output corrects the Gaussian prior's x0 estimate, so it still starts as the Gaussian prior.
+    Reported to help most when the data is high-dimensional and low-rank (JiT, Li & He 2025); benchmarks/prior_recipe.py."""
+    x_t_min: float = Field(0.05, gt=0, le=1)
+    """x-prediction: the noise level below which 1/t is clipped when turning x0_hat into a velocity."""
+
+    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("bias", "init", "preset", "prediction", "x_t_min")
+    # skip: in the hash (new default); prediction, x_t_min: added after priors were built with the hash
 
     @model_validator(mode="before")
     @classmethod
@@ -308,13 +317,41 @@ class TrainConfig(_Strict):
     """Weights kept at this many evenly spaced points of training (besides the end), for the fluency-cost vs
     held-out-loss trend of the steering asset (0: none)."""
 
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """`adamw`: AdamW for every parameter. `muon`: Muon (torch.optim.Muon: momentum orthogonalized by Newton-Schulz,
+    its step scaled to AdamW's RMS, so `lr` is shared) for the 2-D weights of the blocks and the time MLP, AdamW for
+    the in/out projections, biases and norms (as Moonlight). fp32 and ZeRO 0 only: DeepSpeed's bf16 and ZeRO
+    optimizers flatten the weights, which Muon cannot orthogonalize."""
+    muon_momentum: float = Field(0.95, ge=0, lt=1)
+    loss_weighting: Literal["none", "min_snr", "learned"] = "none"
+    """How each row's velocity loss is weighted by its noise level t. `none`: equally. `min_snr`: Min-SNR-gamma
+    (Hang et al. 2023): the clean-activation error weighted by min(SNR, gamma), SNR = (1-t)^2 / t^2, i.e. the velocity
+    error by min((1-t)^2, gamma t^2), normalized to mean 1 over the batch. `learned`: EDM2's learned uncertainty, a
+    scalar u(t) (a linear head on t's sinusoid, trained with the prior, not exported): loss = err / e^u + u. The
+    logged loss is always the unweighted velocity loss, so runs compare."""
+    min_snr_gamma: float = Field(5.0, gt=0)
+    lr_base_width_mult: float | None = Field(None, gt=0)
+    """µP-style learning-rate transfer across widths: each weight matrix's lr is multiplied by its fan-in in the
+    network at `width_mult` = this ÷ its fan-in now (matrices whose fan-in does not grow with the width keep `lr`),
+    so an lr tuned at this width holds at others (None: one lr for all)."""
+
     resident_max_bytes: int = Field(8 * 2**30, ge=0)
     """When the train store's rows (in their stored dtype) take at most this many bytes, they are loaded once onto
     the training device (each chunk verified once) and batches are gathered there; above it, batches stream from
     the store through the prefetching loader. Both give the same batches in the same order (0: always stream)."""
 
     HASH_OMIT: ClassVar[tuple[str, ...]] = ("resident_max_bytes",)  # how the batches arrive, not which
-    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("steps", "t_mean", "t_std", "ema_decay", "world_size")
+    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = (
+        "steps", "t_mean", "t_std", "ema_decay", "world_size", "optimizer", "muon_momentum", "loss_weighting",
+        "min_snr_gamma", "lr_base_width_mult")
+
+    @model_validator(mode="after")
+    def _muon_needs_unflattened_weights(self) -> TrainConfig:
+        if self.optimizer == "muon" and (self.zero_stage > 0 or self.precision == "bf16"):
+            raise ValueError(f"train.optimizer muon with zero_stage {self.zero_stage} / precision {self.precision}: "
+                             "DeepSpeed's ZeRO and bf16 optimizers flatten the weights into 1-D buffers, which Muon "
+                             "cannot orthogonalize; use zero_stage 0 and precision fp32 (or auto on a CPU), or adamw")
+        return self
 
     @model_validator(mode="after")
     def _batch_splits_over_ranks(self) -> TrainConfig:

@@ -180,8 +180,9 @@ def test_a_crafted_pickle_replacing_a_checkpoint_file_is_refused_and_never_run(s
 
 def test_a_crafted_pickle_with_a_forged_manifest_is_refused_by_the_weights_only_loader(store, ckpt, tmp_path):
     marker = tmp_path / "pwned"
+    recipe = json.loads((ckpt / "step16" / MANIFEST).read_text())["recipe"]
     _plant(ckpt / "step16" / MODEL_STATES, marker)
-    write_checkpoint_manifest(ckpt / "step16", 16)  # whoever can write the folder can write the manifest too
+    write_checkpoint_manifest(ckpt / "step16", 16, recipe)  # whoever can write the folder can write the manifest too
     with pytest.raises(UnsafeCheckpoint) as e:
         _train(store, ckpt)
     assert not marker.exists()
@@ -212,10 +213,10 @@ def _die_before_manifest(monkeypatch):
 
     real = glp.prior.train.write_checkpoint_manifest
 
-    def write(tag_dir, step):
+    def write(tag_dir, step, recipe=None):
         if step == 16:
             raise _Killed(tag_dir)
-        return real(tag_dir, step)
+        return real(tag_dir, step, recipe)
 
     monkeypatch.setattr(glp.prior.train, "write_checkpoint_manifest", write)
 

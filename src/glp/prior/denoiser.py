@@ -7,7 +7,8 @@ projection of a shared timestep embedding e(t):
 
     x <- x + W_down( SiLU(W_gate LN(x) * W_time e(t)) * W_up LN(x) )
 
-The post-SwiGLU hidden units (the input of W_down) of every block are the "meta-neurons".
+The post-SwiGLU hidden units (the input of W_down) of every block are the "meta-neurons". The network's output
+is the velocity, or (`prediction="x"`) an estimate of the clean activation turned into a velocity in `forward`.
 D = width_mult * d and H = hidden_mult * d (paper: 2d and 4d).
 
 By default W_gate, W_up and W_down have no bias, e(t) starts from a 128-wide sinusoid, and the init makes every
@@ -136,9 +137,15 @@ class GLPDenoiser(nn.Module):
         for block in self.blocks:
             h, meta = block(h, temb)
             metas.append(meta)
-        v = self.out_proj(self.ln_f(h))  # (B, d)
-        if self.cfg.skip == "affine":
-            v = v + affine_velocity(x, t, self.skip_lam, self.skip_vecs, self.skip_mean)
+        out = self.out_proj(self.ln_f(h))  # (B, d): a velocity, or (prediction "x") a clean-activation estimate
+        gauss = affine_velocity(x, t, self.skip_lam, self.skip_vecs, self.skip_mean) if self.cfg.skip == "affine" else None
+        if self.cfg.prediction == "x":
+            # v = (x_t - x0_hat) / t. With the skip, x0_hat = the Gaussian's x0 estimate (x_t - t v_gauss) + out, so
+            # v = v_gauss - out / t: the network corrects the Gaussian in x0 space. 1/t is clipped at x_t_min.
+            inv_t = 1.0 / t.to(out.dtype).clamp_min(self.cfg.x_t_min)[:, None]
+            v = gauss - out * inv_t if gauss is not None else (x - out) * inv_t
+        else:
+            v = out if gauss is None else out + gauss
         if return_meta:
             return v, torch.cat(metas, dim=-1)
         return v

@@ -45,7 +45,7 @@ from glp.data.store import (
     n_batches,
 )
 from glp.prior.denoiser import GLPDenoiser
-from glp.prior.flow import flow_matching_loss
+from glp.prior.recipe import FlowObjective, build_optimizer, denoiser_state, recipe_record
 from glp.progress import Progress, StageClock, stage
 
 
@@ -241,16 +241,21 @@ def train_prior(
     if tcfg.ema_decay is not None and tcfg.zero_stage == 3:
         raise ValueError("train.ema_decay needs the full weights on every rank: use zero_stage 0-2, or ema_decay None")
     n_params = sum(p.numel() for p in model.parameters())
+    objective = FlowObjective(model, tcfg)  # what the engine trains: the denoiser (+ a learned-weighting head)
     per_epoch = n_batches(store.n_rows, tcfg.batch_size)
     if per_epoch == 0:
         raise ValueError(f"store has {store.n_rows} rows, fewer than one batch of {tcfg.batch_size}: lower train.batch_size")
     total = tcfg.steps or per_epoch * tcfg.epochs  # `steps` cycles through as many (partial) epochs as it needs
     precision = resolve_precision(tcfg.precision)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=(0.9, 0.999))
+    if tcfg.optimizer == "muon" and precision == "bf16":
+        raise ValueError("train.optimizer muon trains in fp32 only (DeepSpeed's bf16 optimizer flattens the weights, "
+                         "which Muon cannot orthogonalize), and precision auto chose bf16 on this GPU: set "
+                         "train.precision fp32 (GLP_TRAIN__PRECISION=fp32), or train.optimizer adamw")
+    optimizer = build_optimizer(objective, dcfg, tcfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, tcfg))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config(tcfg, precision, world)
+        model=objective, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config(tcfg, precision, world)
     )
     in_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     norm = normalizer.to(engine.device)
@@ -260,10 +265,11 @@ def train_prior(
 
     losses: list[float] = []
     start = 0
-    ema = WeightAverage(engine.module, tcfg.ema_decay) if tcfg.ema_decay is not None else None
+    ema = WeightAverage(engine.module.denoiser, tcfg.ema_decay) if tcfg.ema_decay is not None else None
     keep_at = set(snapshot_steps(total, tcfg.snapshots))
     snap_dir = ckpt_dir / "snapshots"  # written atomically when reached; a resumed run rewrites identical ones
-    tag = resume_tag(ckpt_dir, say, engine.device)
+    recipe = recipe_record(dcfg, tcfg)
+    tag = resume_tag(ckpt_dir, say, engine.device, recipe)
     if tag is not None:
         _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
         start, losses = int(client["step"]), list(client["losses"])
@@ -317,17 +323,16 @@ def train_prior(
                 x0 = batch[sl] if resident is not None else torch.from_numpy(batch[sl])
                 x0 = norm.normalize(x0.to(engine.device))
             with stage(clock, "step"):
-                loss = flow_matching_loss(
-                    engine, x0.to(in_dtype), t=t[sl].to(engine.device, in_dtype), eps=eps[sl].to(engine.device, in_dtype)
-                )
+                loss, plain = engine(x0.to(in_dtype), t[sl].to(engine.device, in_dtype),
+                                     eps[sl].to(engine.device, in_dtype))
                 engine.backward(loss)
                 engine.step()
             if ema is not None:
-                ema.update(engine.module)
+                ema.update(engine.module.denoiser)
             if world == 1:  # kept on the device until needed: no host-device sync per step
-                pending.append(loss.detach())
+                pending.append(plain.detach())
             else:
-                losses.append(_global_mean(loss.detach(), world))  # the global batch's loss, on every rank
+                losses.append(_global_mean(plain.detach(), world))  # the global batch's loss, on every rank
             step += 1
             if world > 1:  # the loss is on the host already (the all-reduce synchronized)
                 flushed()
@@ -342,7 +347,8 @@ def train_prior(
             if step % tcfg.checkpoint_every == 0 or step == total:
                 with stage(clock, "checkpoint"):
                     client = {"step": step, "losses": flushed()}
-                    save_checkpoint(engine, ckpt_dir, step, client if ema is None else {**client, "ema": ema.state()})
+                    save_checkpoint(engine, ckpt_dir, step, client if ema is None else {**client, "ema": ema.state()},
+                                    recipe)
             if interrupt_after is not None and step >= interrupt_after:
                 batches.close()
                 raise TrainingInterrupted(f"stopped after step {step} as asked")
@@ -378,12 +384,13 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _full_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Tensor]:
-    """fp32 weights of the engine's module (gathered from the partitions under ZeRO-3)."""
+    """fp32 weights of the engine's denoiser (gathered from the partitions under ZeRO-3; the objective's
+    learned-weighting head is not part of the prior)."""
     if zero_stage == 3:
         state = engine._zero3_consolidated_16bit_state_dict()
     else:
         state = engine.module.state_dict()
-    return {k: v.detach().float().cpu() for k, v in state.items()}
+    return {k: v.detach().float().cpu() for k, v in denoiser_state(state).items()}
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -435,8 +442,9 @@ def _checkpoint_files(tag_dir: Path) -> list[str]:
     return sorted(str(p.relative_to(tag_dir)) for p in tag_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
-def write_checkpoint_manifest(tag_dir: Path, step: int) -> Path:
-    """Record size and sha256 of every file of a finished save, then the manifest itself (atomically, last)."""
+def write_checkpoint_manifest(tag_dir: Path, step: int, recipe: dict[str, Any] | None = None) -> Path:
+    """Record size and sha256 of every file of a finished save, and the recipe it was trained with (optimizer,
+    parameterization: `recipe.recipe_record`), then the manifest itself (atomically, last)."""
     files = {}
     for name in _checkpoint_files(tag_dir):
         fd = os.open(tag_dir / name, os.O_RDONLY)  # on disk before the manifest that vouches for it
@@ -445,7 +453,7 @@ def write_checkpoint_manifest(tag_dir: Path, step: int) -> Path:
         finally:
             os.close(fd)
         files[name] = {"bytes": (tag_dir / name).stat().st_size, "sha256": sha256_file(tag_dir / name)}
-    manifest = {"format": "glp-checkpoint/1", "step": step, "files": files}
+    manifest = {"format": "glp-checkpoint/1", "step": step, "files": files, "recipe": recipe}
     return write_atomic(tag_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
 
 
@@ -473,8 +481,29 @@ def verify_checkpoint(tag_dir: Path) -> str | None:
     return None
 
 
-def resume_tag(ckpt_dir: Path, say: Callable[[str], None], device: torch.device) -> str | None:
+class CheckpointRecipeMismatch(ValueError):
+    """A sound checkpoint trained with another optimizer or parameterization than the config asks for."""
+
+
+def _check_recipe(tag_dir: Path, recipe: dict[str, Any]) -> None:
+    found = json.loads((tag_dir / MANIFEST).read_text()).get("recipe")
+    if found == recipe:
+        return
+    if found is None:
+        what = "was written by an older glp that did not record its optimizer and parameterization"
+    else:
+        diff = {k: (found.get(k), v) for k, v in recipe.items() if found.get(k) != v}
+        what = "was trained with " + ", ".join(f"{k} {a!r} where the config now asks for {b!r}"
+                                              for k, (a, b) in diff.items())
+    raise CheckpointRecipeMismatch(
+        f"checkpoint {tag_dir} {what}: its optimizer state and weights cannot continue this run. Set the config back "
+        f"to resume it, or delete {tag_dir.parent} to train from step 0")
+
+
+def resume_tag(ckpt_dir: Path, say: Callable[[str], None], device: torch.device,
+               recipe: dict[str, Any] | None = None) -> str | None:
     """The newest checkpoint tag whose files all match their manifest (on every rank), or None to start afresh.
+    With `recipe`, a sound tag trained with another one raises CheckpointRecipeMismatch (never silently restarts).
 
     Nothing is unpickled here: a tag is only read by DeepSpeed once it passed. Every skipped tag is said.
     """
@@ -483,6 +512,8 @@ def resume_tag(ckpt_dir: Path, say: Callable[[str], None], device: torch.device)
     for s, tag in tags:
         why = verify_checkpoint(ckpt_dir / tag)
         if why is None:
+            if recipe is not None:
+                _check_recipe(ckpt_dir / tag, recipe)
             step = s
             break
         say(f"checkpoint {ckpt_dir / tag} refused: {why}; trying the one before it")
@@ -497,7 +528,8 @@ def resume_tag(ckpt_dir: Path, say: Callable[[str], None], device: torch.device)
     return f"step{agreed}"
 
 
-def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any]) -> None:
+def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any],
+                    recipe: dict[str, Any] | None = None) -> None:
     """Save tag `step<N>` through DeepSpeed, seal it with its manifest, keep the newest KEEP_CHECKPOINTS sealed tags.
     A write that fails (a full disk) removes the torn tag and raises CheckpointWriteError saying why and what to do."""
     tag = f"step{step}"
@@ -507,7 +539,7 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[s
     try:
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state)  # ends with a barrier of all ranks
         if _rank() == 0:
-            write_checkpoint_manifest(ckpt_dir / tag, step)
+            write_checkpoint_manifest(ckpt_dir / tag, step, recipe)
     except (OSError, RuntimeError) as e:
         if not is_write_failure(e):
             raise

@@ -1,0 +1,169 @@
+"""The prior's recipe levers (glp.prior.recipe): Muon, x-prediction, loss weighting by t, µP-style lr transfer.
+Each goes through the real DeepSpeed engine, resumes bit-exactly, and a checkpoint of one recipe is refused by another."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from glp.config import DenoiserConfig, TrainConfig
+from glp.prior import load_prior, save_prior
+from glp.prior.denoiser import GLPDenoiser
+from glp.prior.flow import affine_velocity, flow_matching_loss
+from glp.prior.recipe import FlowObjective, MuonWithAdamW, build_optimizer, width_lr_scale
+from glp.prior.train import CheckpointRecipeMismatch, TrainingInterrupted, train_prior
+from glp.data.stats import compute_stats
+from tests.glp.test_train import tiny_store
+
+D = 8
+
+
+@pytest.fixture()
+def store(tmp_path):
+    return tiny_store(tmp_path / "a.zarr")
+
+
+def _train(store, ckpt, dcfg=None, interrupt_after=None, **overrides):
+    cfg = TrainConfig(**{"batch_size": 64, "lr": 3e-3, "checkpoint_every": 8, "epochs": 2, **overrides})
+    dcfg = dcfg or DenoiserConfig(n_blocks=2, time_dim=16, skip="none")
+    norm = compute_stats(store, with_cov=False).normalizer()
+    return train_prior(store, norm, dcfg, cfg, ckpt, torch.device("cpu"), interrupt_after=interrupt_after)
+
+
+def _same(a, b):
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(va, vb, rtol=0, atol=0, msg=k)
+
+
+def test_muon_with_adamw_takes_the_steps_of_torchs_muon_and_adamw_and_resumes_from_its_state_dict():
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(6, 5), torch.nn.Linear(6, 5)
+    b.load_state_dict(a.state_dict())
+
+    def ours(m):
+        return MuonWithAdamW([{"params": [m.weight]}], [{"params": [m.bias]}], lr=0.02, weight_decay=0.01,
+                             momentum=0.9, betas=(0.9, 0.999))
+
+    opt = ours(a)
+    ref = [torch.optim.Muon([b.weight], lr=0.02, weight_decay=0.01, momentum=0.9, adjust_lr_fn="match_rms_adamw"),
+           torch.optim.AdamW([b.bias], lr=0.02, weight_decay=0.01)]
+    x = torch.randn(32, 6)
+
+    def step(m, opts):
+        m.zero_grad()
+        m(x).square().mean().backward()
+        for o in opts:
+            o.step()
+
+    for _ in range(3):
+        step(a, [opt])
+        step(b, ref)
+    _same(a, b)
+    c = torch.nn.Linear(6, 5)
+    c.load_state_dict(a.state_dict())
+    resumed = ours(c)
+    resumed.load_state_dict(copy.deepcopy(opt.state_dict()))  # the inner optimizers must see the loaded state and lr
+    for _ in range(2):
+        step(a, [opt])
+        step(c, [resumed])
+    _same(a, c)
+    assert not torch.equal(a.weight, b.weight)  # the two more steps moved it
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
+    dcfg = DenoiserConfig(n_blocks=2, time_dim=16)
+    obj = FlowObjective(GLPDenoiser(D, dcfg), TrainConfig(optimizer="muon"))
+    opt = build_optimizer(obj, dcfg, TrainConfig(optimizer="muon"))
+    names = {id(p): n for n, p in obj.named_parameters()}
+    muon = {names[id(p)] for g in opt._muon.param_groups for p in g["params"]}
+    adamw = {names[id(p)] for g in opt._adamw.param_groups for p in g["params"]}
+    assert muon.isdisjoint(adamw) and muon | adamw == set(names.values())
+    assert "denoiser.blocks.0.w_gate.weight" in muon and "denoiser.time_mlp.2.weight" in muon
+    assert {"denoiser.in_proj.weight", "denoiser.out_proj.weight", "denoiser.blocks.0.ln.weight"} <= adamw
+    assert all(obj.get_parameter(n).ndim == 2 for n in muon)
+
+
+def test_mup_style_lr_scales_each_matrix_by_its_fan_in_against_the_base_width():
+    dcfg = DenoiserConfig(width_mult=2.0, hidden_mult=4.0, n_blocks=1, time_dim=16)
+    obj = FlowObjective(GLPDenoiser(D, dcfg), TrainConfig())
+    scale = width_lr_scale(obj, dcfg, TrainConfig(lr_base_width_mult=1.0))
+    assert scale["denoiser.blocks.0.w_gate.weight"] == 0.5  # fan-in D = 2d against d
+    assert scale["denoiser.out_proj.weight"] == 0.5
+    assert scale["denoiser.blocks.0.w_down.weight"] == 1.0  # fan-in H = 4d at both widths
+    assert scale["denoiser.in_proj.weight"] == 1.0 and scale["denoiser.in_proj.bias"] == 1.0
+    opt = build_optimizer(obj, dcfg, TrainConfig(lr=1e-3, lr_base_width_mult=1.0))
+    assert sorted({g["lr"] for g in opt.param_groups}) == [5e-4, 1e-3]
+    assert set(width_lr_scale(obj, dcfg, TrainConfig()).values()) == {1.0}
+
+
+def test_x_prediction_turns_the_networks_clean_estimate_into_a_velocity():
+    torch.manual_seed(0)
+    v_net = GLPDenoiser(D, DenoiserConfig(n_blocks=1, time_dim=16, skip="none", init="torch"))
+    x_net = GLPDenoiser(D, DenoiserConfig(n_blocks=1, time_dim=16, skip="none", init="torch", prediction="x"))
+    x_net.load_state_dict(v_net.state_dict())
+    x, t = torch.randn(16, D), torch.rand(16)
+    t[0] = 0.01  # below x_t_min: 1/t clipped at 1/0.05
+    out = v_net(x, t)  # the same weights' raw output
+    torch.testing.assert_close(x_net(x, t), (x - out) / t.clamp_min(0.05)[:, None])
+
+
+def test_x_prediction_with_the_skip_path_starts_as_the_gaussian_prior():
+    net = GLPDenoiser(D, DenoiserConfig(n_blocks=1, time_dim=16, prediction="x"))
+    a = torch.randn(D, D)
+    net.set_gaussian(a @ a.T / D + torch.eye(D), torch.randn(D))
+    x, t = torch.randn(16, D), torch.rand(16)
+    torch.testing.assert_close(net(x, t), affine_velocity(x, t, net.skip_lam, net.skip_vecs, net.skip_mean))
+
+
+def test_min_snr_weights_the_velocity_error_by_min_of_one_minus_t_squared_and_gamma_t_squared():
+    torch.manual_seed(0)
+    net = GLPDenoiser(D, DenoiserConfig(n_blocks=1, time_dim=16, skip="none", init="torch"))
+    x0, eps, t = torch.randn(64, D), torch.randn(64, D), torch.rand(64)
+    loss, plain = FlowObjective(net, TrainConfig(loss_weighting="min_snr", min_snr_gamma=2.0))(x0, t, eps)
+    err = flow_matching_loss(net, x0, t=t, eps=eps, per_sample=True)
+    w = torch.minimum((1 - t) ** 2, 2.0 * t**2)
+    torch.testing.assert_close(plain, err.mean())
+    torch.testing.assert_close(loss, (w * err).sum() / w.sum())
+    assert abs(float((loss - plain).detach())) > 1e-3
+
+
+@pytest.mark.parametrize("lever", [
+    {"optimizer": "muon"}, {"loss_weighting": "min_snr"}, {"loss_weighting": "learned"}, {"prediction": "x"},
+    {"lr_base_width_mult": 0.5},
+], ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))
+def test_each_lever_trains_through_deepspeed_and_resumes_bit_exactly(store, tmp_path, lever):
+    dcfg = DenoiserConfig(n_blocks=2, time_dim=16, skip="none", **{k: v for k, v in lever.items() if k == "prediction"})
+    tover = {k: v for k, v in lever.items() if k != "prediction"}
+    full, res = _train(store, tmp_path / "full", dcfg, **tover)
+    assert np.mean(res.losses[-8:]) < 0.8 * np.mean(res.losses[:8])  # the logged (plain) loss falls
+    with pytest.raises(TrainingInterrupted):
+        _train(store, tmp_path / "res", dcfg, interrupt_after=20, **tover)
+    resumed, again = _train(store, tmp_path / "res", dcfg, **tover)
+    assert again.resumed_from == 16
+    _same(full, resumed)
+    assert again.losses == res.losses
+
+
+def test_the_learned_weighting_head_trains_but_is_not_part_of_the_prior(store, tmp_path):
+    model, _ = _train(store, tmp_path / "ckpt", loss_weighting="learned")
+    assert not any("log_var" in k for k in model.state_dict())
+    save_prior(tmp_path / "prior", model, compute_stats(store, with_cov=False).normalizer(), {"source": "test"})
+    _same(model, load_prior(tmp_path / "prior").denoiser)
+
+
+def test_a_checkpoint_of_one_recipe_is_refused_by_another_with_what_to_do(store, tmp_path):
+    with pytest.raises(TrainingInterrupted):
+        _train(store, tmp_path / "ckpt", interrupt_after=10)
+    with pytest.raises(CheckpointRecipeMismatch) as e:
+        _train(store, tmp_path / "ckpt", optimizer="muon")
+    msg = str(e.value)
+    assert "optimizer 'adamw' where the config now asks for 'muon'" in msg and "delete" in msg, msg
+
+
+def test_muon_is_refused_where_deepspeed_flattens_the_weights():
+    with pytest.raises(ValidationError, match="cannot orthogonalize"):
+        TrainConfig(optimizer="muon", precision="bf16")
+    with pytest.raises(ValidationError, match="zero_stage 2"):
+        TrainConfig(optimizer="muon", zero_stage=2)
