@@ -1,5 +1,6 @@
 """The prior's recipe levers (glp.prior.recipe): Muon, x-prediction, loss weighting by t, µP-style lr transfer.
-Each goes through the real DeepSpeed engine, resumes bit-exactly, and a checkpoint of one recipe is refused by another."""
+Each goes through the real DeepSpeed engine and resumes bit-exactly; a checkpoint of one recipe is refused by
+another."""
 
 import copy
 
@@ -167,3 +168,32 @@ def test_muon_is_refused_where_deepspeed_flattens_the_weights():
         TrainConfig(optimizer="muon", precision="bf16")
     with pytest.raises(ValidationError, match="zero_stage 2"):
         TrainConfig(optimizer="muon", zero_stage=2)
+
+
+def _run(minutes, seed, ratios, official_loss=None):
+    """A recipe-benchmark JSON of straight-line curves: recipe -> final ratio (Gaussian loss 1)."""
+    res = [{"recipe": n, "ratio": r, "loss": r, "tflop": 10.0,
+            "curve": [{"tflop": 0.0, "loss": 1.0, "ratio": 1.0}, {"tflop": 10.0, "loss": r, "ratio": r}]}
+           for n, r in ratios.items()]
+    if official_loss is not None:
+        res.append({"recipe": "official", "ratio": official_loss, "loss": official_loss, "tflop": 10.0,
+                    "curve": [{"tflop": 0.0, "loss": 2.0, "ratio": 2.0}, {"tflop": 10.0, "loss": official_loss,
+                                                                          "ratio": official_loss}]})
+    return {"minutes": minutes, "seed": seed, "gaussian_loss": 1.0, "budget_fp32_flops": 1e13, "results": res}
+
+
+def test_the_recipe_table_adopts_a_lever_only_when_it_beats_the_default_on_every_seed():
+    from benchmarks.prior_recipe import flops_to_reach, results_markdown, summary_rows
+
+    runs = [_run(9, 0, {"default": 0.85, "muon": 0.84, "xpred": 0.83}, official_loss=0.95),
+            _run(9, 1, {"default": 0.86, "muon": 0.87, "xpred": 0.85}, official_loss=0.96),
+            _run(1.5, 0, {"default": 0.93, "muon": 0.92, "xpred": 0.95})]
+    _, rows = summary_rows(runs, {"muon": 1.1})
+    row = {r["recipe"]: r for r in rows}
+    assert row["xpred"]["wins_all"] and not row["muon"]["wins_all"]  # muon loses on seed 1
+    assert row["muon"]["delta"] == pytest.approx([-0.01, 0.01])
+    # the default's line 1 -> 0.85 crosses official's 0.95 a third of the way: 1/3 of official's 10 TFLOP
+    assert row["default"]["reach_official"][0] == pytest.approx(1 / 3)
+    assert flops_to_reach([{"tflop": 0, "loss": 1.0}, {"tflop": 4, "loss": 0.9}], 0.5) is None
+    table = results_markdown(runs, {"muon": 1.1})
+    assert "| xpred |" in table and "yes" in table and "1.10" in table

@@ -138,7 +138,9 @@ class GLPDenoiser(nn.Module):
             h, meta = block(h, temb)
             metas.append(meta)
         out = self.out_proj(self.ln_f(h))  # (B, d): a velocity, or (prediction "x") a clean-activation estimate
-        gauss = affine_velocity(x, t, self.skip_lam, self.skip_vecs, self.skip_mean) if self.cfg.skip == "affine" else None
+        gauss = None
+        if self.cfg.skip == "affine":
+            gauss = affine_velocity(x, t, self.skip_lam, self.skip_vecs, self.skip_mean)
         if self.cfg.prediction == "x":
             # v = (x_t - x0_hat) / t. With the skip, x0_hat = the Gaussian's x0 estimate (x_t - t v_gauss) + out, so
             # v = v_gauss - out / t: the network corrects the Gaussian in x0 space. 1/t is clipped at x_t_min.
