@@ -196,4 +196,5 @@ def test_the_recipe_table_adopts_a_lever_only_when_it_beats_the_default_on_every
     assert row["default"]["reach_official"][0] == pytest.approx(1 / 3)
     assert flops_to_reach([{"tflop": 0, "loss": 1.0}, {"tflop": 4, "loss": 0.9}], 0.5) is None
     table = results_markdown(runs, {"muon": 1.1})
-    assert "| xpred |" in table and "yes" in table and "1.10" in table
+    assert "| xpred |" in table and "yes: below the default on every seed" in table and "1.10" in table
+    assert "no: not below the default on 1 of 2 seeds" in table
