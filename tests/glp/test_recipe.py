@@ -194,6 +194,7 @@ def test_the_recipe_table_adopts_a_lever_only_when_it_beats_the_default_on_every
     assert row["muon"]["delta"] == pytest.approx([-0.01, 0.01])
     # the default's line 1 -> 0.85 crosses official's 0.95 a third of the way: 1/3 of official's 10 TFLOP
     assert row["default"]["reach_official"][0] == pytest.approx(1 / 3)
+    assert row["xpred"]["reach_default"] == pytest.approx([0.15 / 0.17, 0.14 / 0.15])  # 0.85 at 0.15/0.17 of its line
     assert flops_to_reach([{"tflop": 0, "loss": 1.0}, {"tflop": 4, "loss": 0.9}], 0.5) is None
     table = results_markdown(runs, {"muon": 1.1})
     assert "| xpred |" in table and "yes: below the default on every seed" in table and "1.10" in table
