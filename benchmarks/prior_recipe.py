@@ -81,6 +81,7 @@ RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], int | str | None]] = {
     "w2+mup+lr4e-3": ({"width_mult": 2.0}, {"lr_base_width_mult": 1.0, "lr": 4e-3}, None),
     "muon+lr1e-3": ({}, {"optimizer": "muon", "lr": 1e-3}, None),
     "muon+lr4e-3": ({}, {"optimizer": "muon", "lr": 4e-3}, None),
+    "muon+minsnr": ({}, {"optimizer": "muon", "loss_weighting": "min_snr"}, None),  # the two winners together
     "100k": ({}, {}, 100_000),
     "more-data": ({}, {}, "big"),
 }
