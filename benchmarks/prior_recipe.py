@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -188,8 +189,10 @@ def load_runs(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, float]
         d = json.loads(Path(p).read_text())
         if "wall_per_flop" in d:
             speed.update(d["wall_per_flop"])
-        else:
+        elif "seed" in d:
             runs.append(d)
+        else:  # the first round's JSON (2026-11-27): other recipes, no seed
+            print(f"skipped {p}: not a run of this recipe list (no seed)", file=sys.stderr)
     return runs, speed
 
 
