@@ -52,7 +52,7 @@ from glp.prior.evaluate import AffineVelocity, gaussian_baseline_loss, heldout_l
 from glp.data.stats import NormStats
 from glp.data.store import ActivationStore, StoreWriter
 from glp.prior.recipe import FlowObjective, build_optimizer
-from glp.prior.train import draw_t, normalized_moments, train_prior
+from glp.prior.train import draw_t, initial_denoiser, train_prior
 
 # Every recipe is the current default (DenoiserConfig(), TrainConfig(): the Gaussian skip path, logit-normal t,
 # width_mult 1, 2 blocks, AdamW lr 2e-3, batch 512, fp32 on a CPU) with the overrides below, one lever at a time.
@@ -141,16 +141,6 @@ def capped_store(store: ActivationStore, rows: int, folder: Path) -> ActivationS
     return ActivationStore(writer.close())
 
 
-def initial_model(store: ActivationStore, stats: NormStats, dcfg: DenoiserConfig, seed: int) -> GLPDenoiser:
-    """The network as the trainer starts it (same seed, same Gaussian skip path): the curve's point at 0 FLOPs."""
-    torch.manual_seed(seed)
-    model = GLPDenoiser(store.d_model, dcfg)
-    if dcfg.skip == "affine":
-        mean, cov = normalized_moments(store, stats.normalizer())
-        model.set_gaussian(cov, mean)
-    return model.eval()
-
-
 def run_recipe(name: str, stores: dict[str, ActivationStore], stats: NormStats, x_heldout: torch.Tensor,
                base: float, budget_flops: float, n_t: int, seed: int, snapshots: int, work: Path) -> dict[str, Any]:
     dcfg, tcfg = configs(name)
@@ -161,7 +151,7 @@ def run_recipe(name: str, stores: dict[str, ActivationStore], stats: NormStats, 
     n_params = n_params_of(store.d_model, dcfg)
     steps = max(4, int(budget_flops / (6 * n_params * tcfg.batch_size)))
     tcfg = tcfg.model_copy(update={"steps": steps, "seed": seed, "snapshots": snapshots, "checkpoint_every": 10**9})
-    points = [(0, initial_model(store, stats, dcfg, seed))]
+    points = [(0, initial_denoiser(store, stats.normalizer(), dcfg, seed).eval())]  # the curve's point at 0 FLOPs
     model, res = train_prior(store, stats.normalizer(), dcfg, tcfg, work / name / "ckpt", torch.device("cpu"))
     for tag, state in sorted(res.snapshots.items(), key=lambda kv: int(kv[0][4:])):
         m = GLPDenoiser(store.d_model, dcfg)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from glp.config import DenoiserConfig, TrainConfig
 from glp.prior.denoiser import GLPDenoiser, timestep_embedding
-from glp.prior.flow import interpolate
+from glp.prior.flow import flow_matching_loss
 
 HEAD_DIM = 128  # sinusoid width of the learned-weighting head's input
 
@@ -41,11 +41,11 @@ class FlowObjective(nn.Module):
 
     def forward(self, x0: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         """x0, eps (B, d), t (B,) -> (the weighted loss to minimise, the plain velocity loss: the one logged)."""
-        x_t, v = interpolate(x0, eps, t)
-        err = (self.denoiser(x_t, t).float() - v.float()).square().mean(dim=-1)  # (B,) float32
+        if self.weighting == "none":  # the trainer's loss as it always was
+            loss = flow_matching_loss(self.denoiser, x0, t=t, eps=eps)
+            return loss, loss
+        err = flow_matching_loss(self.denoiser, x0, t=t, eps=eps, per_sample=True)  # (B,) float32
         plain = err.mean()
-        if self.weighting == "none":
-            return plain, plain
         tf = t.float()
         if self.weighting == "min_snr":  # min(SNR, γ)·|x0_hat - x0|² = min((1-t)², γt²)·|v_hat - v|²
             w = torch.minimum((1 - tf).square(), self.gamma * tf.square())
@@ -73,7 +73,8 @@ def width_lr_scale(objective: FlowObjective, dcfg: DenoiserConfig, tcfg: TrainCo
     if tcfg.lr_base_width_mult is None:
         return scale
     d = objective.denoiser.d_model
-    base = dict(GLPDenoiser(d, dcfg.model_copy(update={"width_mult": tcfg.lr_base_width_mult})).named_parameters())
+    with torch.device("meta"):  # shapes only: no memory, no init
+        base = dict(GLPDenoiser(d, dcfg.model_copy(update={"width_mult": tcfg.lr_base_width_mult})).named_parameters())
     for name, p in objective.named_parameters():
         key = name[len("denoiser."):]
         if p.ndim == 2 and key in base:

@@ -186,6 +186,17 @@ def normalized_moments(store: ActivationStore, normalizer: Normalizer) -> tuple[
     return mean, (outer - n * torch.outer(mean, mean)) / max(n - 1, 1)
 
 
+def initial_denoiser(store: ActivationStore, normalizer: Normalizer, dcfg: DenoiserConfig, seed: int) -> GLPDenoiser:
+    """The denoiser as training starts it: initialised under `seed`, its affine skip path (if any) filled with the
+    Gaussian of the store's normalized rows."""
+    torch.manual_seed(seed)
+    model = GLPDenoiser(store.d_model, dcfg)
+    if dcfg.skip == "affine":
+        mean, cov = normalized_moments(store, normalizer)
+        model.set_gaussian(cov, mean)
+    return model
+
+
 class WeightAverage:
     """Exponential moving average of a module's floating-point parameters (fp32 copies): p_ema <- d p_ema + (1-d) p."""
 
@@ -233,11 +244,7 @@ def train_prior(
     init_distributed_env()
     import deepspeed
 
-    torch.manual_seed(tcfg.seed)
-    model = GLPDenoiser(store.d_model, dcfg)
-    if dcfg.skip == "affine":
-        mean, cov = normalized_moments(store, normalizer)
-        model.set_gaussian(cov, mean)
+    model = initial_denoiser(store, normalizer, dcfg, tcfg.seed)
     if tcfg.ema_decay is not None and tcfg.zero_stage == 3:
         raise ValueError("train.ema_decay needs the full weights on every rank: use zero_stage 0-2, or ema_decay None")
     n_params = sum(p.numel() for p in model.parameters())
