@@ -5,20 +5,22 @@
                               held-out rows, noise levels and noise draws. Below 1 the prior has learned something
                               a Gaussian cannot; the goal of the issue "a prior worth its compute" is ≤ 0.80.
 
-Every recipe gets the same budget: the FLOPs (6·N·rows) that the default recipe trains in `--minutes` on an idle
-2-core CPU (its step time there, `--default-step-s`, measured by `make run`). A budget in FLOPs is fair when the
-machine is shared (wall time is not), and the losses do not depend on how many runs share the machine, so two runs
-on one thread each measure what one would alone. Where a recipe costs more wall time per FLOP than the default
-(Muon's Newton-Schulz iterations), `--speed` measures it on a quiet machine (interleaved step times), and the table
-shows it beside the loss. Each run keeps `--snapshots` mid-run weights: with its start (the Gaussian prior for the
+Every recipe gets the same budget: the FLOPs (6·N·rows) that the baseline recipe (`adamw`: the default before this
+benchmark) trains in `--minutes` on an idle 2-core CPU (its step time there, `--default-step-s`, measured by `make
+run`). A budget in FLOPs is fair when the machine is shared (wall time is not), and the losses do not depend on how
+many runs share the machine, so two runs on one thread each measure what one would alone. Where a recipe costs more
+wall time per FLOP than the baseline (Muon's Newton-Schulz iterations), `--speed` measures it on a quiet machine
+(interleaved step times), and `--equal-wall SPEED.json` gives each recipe the FLOPs it trains in the baseline's wall
+time instead (budget ÷ its wall time per FLOP): the comparison `make run`, which has minutes to spend, cares about. Each run keeps `--snapshots` mid-run weights: with its start (the Gaussian prior for the
 skip path) and its end they are its loss-vs-FLOPs curve, from which the table reads the FLOPs a recipe needs to reach
 the official recipe's final loss (a snapshot is the weights mid-way through a run sized for the whole budget: an
 upper bound on what a run sized for that budget would reach).
 
-Recipes (RECIPES): the current default (Gaussian skip path, logit-normal t, width_mult 1, 2 blocks, AdamW lr 2e-3,
-batch 512, fp32 on a CPU), `official` (the paper's network and init without the skip path, D = 2d, 3 blocks, AdamW
+Recipes (RECIPES): `adamw`, the baseline (the default before this benchmark: Gaussian skip path, logit-normal t,
+width_mult 1, 2 blocks, AdamW lr 2e-3, batch 512, fp32 on a CPU), `official` (the paper's network and init without the skip path, D = 2d, 3 blocks, AdamW
 lr 5e-5, weight decay 0.01, batch 4,096, uniform t), `official-net` (that network with this project's lr and batch),
-and one lever each: `muon` (train.optimizer), `xpred` (denoiser.prediction "x"), `minsnr` and `learned-w`
+and one lever each: `muon` (train.optimizer; `muon+b1024`, `muon+b2048`: Muon
+with larger batches, which pay its Newton-Schulz cost over more rows), `xpred` (denoiser.prediction "x"), `minsnr` and `learned-w`
 (train.loss_weighting), `uniform-t`, `ema`, shape at fixed FLOPs (`w2`, `d4`, `b256`, `b1024`), the learning rate at
 two widths with µP-style transfer (`lr1e-3`, `lr4e-3`, `w2+mup`, `w2+mup+lr1e-3`, `w2+mup+lr4e-3`; the transfer
 holds when the best lr is the same at both widths), and data vs epochs (`100k`: the first 100k rows repeated;
@@ -27,8 +29,9 @@ holds when the best lr is the same at both widths), and data vs epochs (`100k`: 
 Data: the default source's stores (`make run` first: `assets/store/smollm2-135m/L15`), or `--root`; every recipe
 is scored in the normalized space of that store's norm stats.
 
-    python benchmarks/prior_recipe.py --minutes 1.5 [--recipes default muon ...] [--seed 0] --json run.json
+    python benchmarks/prior_recipe.py --minutes 1.5 [--recipes adamw muon ...] [--seed 0] --json run.json
     python benchmarks/prior_recipe.py --speed --json speed.json          # wall time per FLOP, quiet machine
+    python benchmarks/prior_recipe.py --minutes 9 --equal-wall speed.json --recipes muon+b1024 --json wall.json
     python benchmarks/prior_recipe.py --table run*.json speed.json [--plot curves.png]
 """
 
@@ -54,20 +57,23 @@ from glp.data.store import ActivationStore, StoreWriter
 from glp.prior.recipe import FlowObjective, build_optimizer
 from glp.prior.train import draw_t, initial_denoiser, train_prior
 
-# Every recipe is the current default (DenoiserConfig(), TrainConfig(): the Gaussian skip path, logit-normal t,
-# width_mult 1, 2 blocks, AdamW lr 2e-3, batch 512, fp32 on a CPU) with the overrides below, one lever at a time.
+# Every recipe is the baseline (BASE_TRAIN over DenoiserConfig(), TrainConfig(): the default before this benchmark,
+# the Gaussian skip path, logit-normal t, width_mult 1, 2 blocks, AdamW lr 2e-3, batch 512, fp32 on a CPU) with the
+# overrides below, one lever at a time. The project's default since is `minsnr` (train.loss_weighting "min_snr").
 # name: (denoiser overrides, train overrides, data: None = the default store, an int = its first N rows repeated,
 #        "big" = the --big-root store of more distinct rows)
 OFFICIAL_D = {"preset": "official", "init": "torch", "skip": "none", "width_mult": 2.0, "n_blocks": 3}
 OFFICIAL_T = {"lr": 5e-5, "weight_decay": 0.01, "batch_size": 4096, "t_sampling": "uniform"}
+BASELINE = "adamw"
+BASE_TRAIN = {"optimizer": "adamw", "batch_size": 512, "loss_weighting": "none"}  # the default before this benchmark
 RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], int | str | None]] = {
-    "default": ({}, {}, None),
+    "adamw": ({}, {}, None),  # the baseline
     "official": (OFFICIAL_D, OFFICIAL_T, None),  # the paper's network, init and optimizer settings (1B shape)
     "official-net": (OFFICIAL_D, {"t_sampling": "uniform"}, None),  # ... with this project's lr 2e-3 and batch 512
     "muon": ({}, {"optimizer": "muon"}, None),
     "xpred": ({"prediction": "x"}, {}, None),
     "xpred+lr5e-4": ({"prediction": "x"}, {"lr": 5e-4}, None),  # x0 errors reach the velocity ×1/t: a lower lr
-    "minsnr": ({}, {"loss_weighting": "min_snr"}, None),
+    "minsnr": ({}, {"loss_weighting": "min_snr"}, None),  # the default since (the best at equal wall time)
     "learned-w": ({}, {"loss_weighting": "learned"}, None),
     "uniform-t": ({}, {"t_sampling": "uniform"}, None),
     "ema": ({}, {"ema_decay": 0.999}, None),
@@ -83,6 +89,9 @@ RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], int | str | None]] = {
     "muon+lr1e-3": ({}, {"optimizer": "muon", "lr": 1e-3}, None),
     "muon+lr4e-3": ({}, {"optimizer": "muon", "lr": 4e-3}, None),
     "muon+minsnr": ({}, {"optimizer": "muon", "loss_weighting": "min_snr"}, None),  # the two winners together
+    "muon+b1024": ({}, {"optimizer": "muon", "batch_size": 1024}, None),  # Newton-Schulz paid once per 1,024 rows
+    "muon+b2048": ({}, {"optimizer": "muon", "batch_size": 2048}, None),
+    "muon+b1024+minsnr": ({}, {"optimizer": "muon", "batch_size": 1024, "loss_weighting": "min_snr"}, None),
     "100k": ({}, {}, 100_000),
     "more-data": ({}, {}, "big"),
 }
@@ -90,7 +99,7 @@ RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], int | str | None]] = {
 
 def configs(name: str) -> tuple[DenoiserConfig, TrainConfig]:
     d_over, t_over, _ = RECIPES[name]
-    return DenoiserConfig(**d_over), TrainConfig(**t_over)
+    return DenoiserConfig(**d_over), TrainConfig(**{**BASE_TRAIN, **t_over})
 
 
 def n_params_of(d: int, dcfg: DenoiserConfig) -> int:
@@ -121,11 +130,11 @@ def step_seconds(d: int, dcfg: DenoiserConfig, tcfg: TrainConfig, steps: int = 5
 
 
 def wall_per_flop(d: int, name: str, rounds: int = 3) -> float:
-    """(step time of `name` ÷ the default's) ÷ (its 6·N·batch ÷ the default's): above 1, the recipe costs more wall
-    time per FLOP than the default (Muon's Newton-Schulz iterations). Median of `rounds` interleaved pairs (default,
-    recipe, default, ...), so a change in machine load hits both. Needs a quiet machine."""
+    """(step time of `name` ÷ the baseline's) ÷ (its 6·N·batch ÷ the baseline's): above 1, the recipe costs more wall
+    time per FLOP than the baseline (Muon's Newton-Schulz iterations). Median of `rounds` interleaved pairs (baseline,
+    recipe, baseline, ...), so a change in machine load hits both. Needs a quiet machine."""
     dcfg, tcfg = configs(name)
-    d0, t0 = configs("default")
+    d0, t0 = configs(BASELINE)
     flops = (n_params_of(d, dcfg) * tcfg.batch_size) / (n_params_of(d, d0) * t0.batch_size)
     return float(np.median([step_seconds(d, dcfg, tcfg) / step_seconds(d, d0, t0) for _ in range(rounds)]) / flops)
 
@@ -177,10 +186,10 @@ def load_runs(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, float]
     runs, speed = [], {}
     for p in paths:
         d = json.loads(Path(p).read_text())
-        if "wall_per_flop" in d:
-            speed.update(d["wall_per_flop"])
-        elif "seed" in d:
+        if "seed" in d and "results" in d:  # a training run (an equal-wall one carries the speeds it used, too)
             runs.append(d)
+        elif "wall_per_flop" in d:
+            speed.update(d["wall_per_flop"])
         else:  # the first round's JSON (2026-11-27): other recipes, no seed
             print(f"skipped {p}: not a run of this recipe list (no seed)", file=sys.stderr)
     return runs, speed
@@ -196,31 +205,44 @@ def flops_to_reach(curve: list[dict[str, Any]], loss: float) -> float | None:
     return None
 
 
-def summary_rows(runs: list[dict[str, Any]], speed: dict[str, float]) -> tuple[list[float], list[dict[str, Any]]]:
-    """Per recipe: its ratio to the Gaussian at each budget and seed, the mean difference to the default at the
-    largest budget (paired by seed), the FLOPs it needs to reach the official recipe's final loss ÷ the official
-    run's FLOPs (per seed at the largest budget), whether it beats the default on every seed there."""
-    budgets = sorted({r["minutes"] for r in runs})
-    top = budgets[-1]
-    by: dict[tuple[str, float, int], dict[str, Any]] = {}
+Budget = tuple[float, bool]  # (minutes of the baseline, equal wall time: each recipe's FLOPs ÷ its wall per FLOP)
+
+
+def budget_of(run: dict[str, Any]) -> Budget:
+    return (run["minutes"], bool(run.get("equal_wall")))
+
+
+def summary_rows(runs: list[dict[str, Any]], speed: dict[str, float]) -> tuple[list[Budget], list[dict[str, Any]]]:
+    """Per recipe: its ratio to the Gaussian at each budget and seed, the difference to the baseline at the largest
+    FLOP budget (paired by seed) and at the same wall time where it ran at equal wall time, the FLOPs it needs to
+    reach the official recipe's and the baseline's final loss ÷ that run's FLOPs (per seed at the largest budget),
+    whether it beats the baseline on every seed there."""
+    budgets = sorted({budget_of(r) for r in runs})
+    top = max(b for b in budgets if not b[1])
+    by: dict[tuple[str, Budget, int], dict[str, Any]] = {}
     for run in runs:
         for res in run["results"]:
-            by[(res["recipe"], run["minutes"], run["seed"])] = res
+            by[(res["recipe"], budget_of(run), run["seed"])] = res
+    for (n, b, s_), res in list(by.items()):  # the baseline's wall time is its own: its FLOP run is its wall run
+        if n == BASELINE and (b[0], True) in budgets:
+            by.setdefault((n, (b[0], True), s_), res)
     names = [n for n in RECIPES if any(k[0] == n for k in by)]
     rows = []
     for n in names:
         row: dict[str, Any] = {"recipe": n, "wall_per_flop": speed.get(n)}
         for b in budgets:
             row[b] = {s: by[(n, b, s)]["ratio"] for (m, bb, s) in by if m == n and bb == b}
-        seeds = sorted(s for s in row[top] if ("default", top, s) in by)
-        row["delta"] = [row[top][s] - by[("default", top, s)]["ratio"] for s in seeds]
-        row["wins_all"] = bool(row["delta"]) and len(seeds) >= 2 and all(x < 0 for x in row["delta"])
-        for anchor in ("official", "default"):  # FLOPs to reach the anchor's final loss ÷ the anchor run's FLOPs
+        for key, b in (("delta", top), ("delta_wall", (top[0], True))):
+            seeds = sorted(s for s in row.get(b, {}) if (BASELINE, (b[0], False), s) in by)
+            row[key] = [row[b][s] - by[(BASELINE, (b[0], False), s)]["ratio"] for s in seeds]
+        row["wins_all"] = len(row["delta"]) >= 2 and all(x < 0 for x in row["delta"])
+        row["wins_wall"] = len(row["delta_wall"]) >= 2 and all(x < 0 for x in row["delta_wall"])
+        for anchor in ("official", BASELINE):  # FLOPs to reach the anchor's final loss ÷ the anchor run's FLOPs
             reach = []
             for s in sorted(row[top]):
                 ref = by.get((anchor, top, s))
                 if ref is None and anchor == "official":  # the anchor run at its largest budget (seed s, else any)
-                    refs = sorted((k for k in by if k[0] == anchor), key=lambda k: (k[1], k[2] == s))
+                    refs = sorted((k for k in by if k[0] == anchor and not k[1][1]), key=lambda k: (k[1], k[2] == s))
                     ref = by[refs[-1]] if refs else None
                 if ref is not None:
                     f = flops_to_reach(by[(n, top, s)]["curve"], ref["loss"])
@@ -230,36 +252,49 @@ def summary_rows(runs: list[dict[str, Any]], speed: dict[str, float]) -> tuple[l
     return budgets, rows
 
 
-def verdict(row: dict[str, Any], budgets: list[float]) -> str:
-    """Adopted or not, and why, by the issue's rule: a lever is adopted only if it beats the default at the largest
-    budget on every seed (at least 2), and costs no more wall time per FLOP than it gains."""
-    top, name = budgets[-1], row["recipe"]
-    if name == "default":
-        return "the default"
+def verdict(row: dict[str, Any], budgets: list[Budget]) -> str:
+    """Adopted or not, and why, by the issue's rule: a lever is adopted only if it beats the baseline at the largest
+    budget on every seed (at least 2), and, where it costs more wall time per FLOP, at equal wall time too."""
+    top = max(b for b in budgets if not b[1])
+    name, m = row["recipe"], f"{top[0]:g} min"
+    if name == BASELINE:
+        return "the baseline (the default before)"
     if name.startswith("official"):
         return "anchor"
+    if row["wins_wall"]:
+        return f"yes: below the baseline on every seed at equal wall time ({m})"
+    if row["delta_wall"]:
+        losing = sum(x >= 0 for x in row["delta_wall"])
+        return (f"not decided: one seed at equal wall time ({m})" if len(row["delta_wall"]) < 2 else
+                f"no: not below the baseline on {losing} of {len(row['delta_wall'])} seeds at equal wall time")
     if not row[top]:
-        small = [row[b] for b in budgets[:-1] if row[b]]
-        return f"no: behind the default at {budgets[0]:g} min, not run at {top:g}" if small else "–"
+        small = [row[b] for b in budgets if b != top and row[b]]
+        return f"no: behind the baseline at {budgets[0][0]:g} min, not run at {m}" if small else "–"
     if len(row["delta"]) < 2:
-        return f"not decided: one seed at {top:g} min"
+        return f"not decided: one seed at {m}"
     if not row["wins_all"]:
         losing = sum(x >= 0 for x in row["delta"])
-        return f"no: not below the default on {losing} of {len(row['delta'])} seeds at {top:g} min"
+        return f"no: not below the baseline on {losing} of {len(row['delta'])} seeds at {m}"
     if row["wall_per_flop"] and row["wall_per_flop"] > 1.05:  # below: within the measurement's noise
-        return f"yes at equal FLOPs; costs {row['wall_per_flop']:.2f}× the wall time per FLOP"
-    return "yes: below the default on every seed"
+        return f"at equal FLOPs only: costs {row['wall_per_flop']:.2f}× the wall time per FLOP"
+    return "yes: below the baseline on every seed"
 
 
 def results_markdown(runs: list[dict[str, Any]], speed: dict[str, float]) -> str:
     """The recipe table: each lever's held-out loss ÷ the Gaussian prior's at each budget (per seed), its
-    difference to the default, the FLOPs it needs to reach the official recipe's final loss, adopted or not."""
+    difference to the baseline, the FLOPs it needs to reach the official recipe's final loss, adopted or not."""
     budgets, rows = summary_rows(runs, speed)
-    top = budgets[-1]
-    tflop = {r["minutes"]: r["budget_fp32_flops"] / 1e12 for r in runs}
-    head = ["recipe"] + [f"÷ Gaussian, {b:g} min ({tflop[b]:.1f} TFLOP)" for b in budgets] + [
-        f"− default at {top:g} min", "FLOPs to reach default's loss", "FLOPs to reach official's loss", "wall ÷ FLOP",
-        f"adopt? (below the default on every seed at {top:g} min)"]
+    top = max(b for b in budgets if not b[1])
+    tflop = {budget_of(r): r["budget_fp32_flops"] / 1e12 for r in runs if not r.get("equal_wall")}
+    threads = {r.get("wall_threads") for r in runs if r.get("equal_wall")}
+
+    def label(b: Budget) -> str:
+        return (f"÷ Gaussian, {b[0]:g} min of wall time" if b[1] else
+                f"÷ Gaussian, {b[0]:g} min ({tflop[b]:.1f} TFLOP)")
+
+    head = ["recipe"] + [label(b) for b in budgets] + [
+        f"− {BASELINE} at {top[0]:g} min (equal FLOPs · equal wall)", f"FLOPs to reach {BASELINE}'s loss",
+        "FLOPs to reach official's loss", "wall ÷ FLOP", f"adopt? (below {BASELINE} on every seed at {top[0]:g} min)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def cell(d: dict[int, float]) -> str:
@@ -269,21 +304,31 @@ def results_markdown(runs: list[dict[str, Any]], speed: dict[str, float]) -> str
         seeds = " · ".join(f"{v:.3f}" for v in vals)
         return f"**{np.mean(vals):.3f}**" + (f" ({seeds})" if len(vals) > 1 else "")
 
-    for r in sorted(rows, key=lambda r: np.mean(list(r[top].values())) if r[top] else 9.0):
-        delta = (" · ".join(f"{x:+.3f}" for x in r["delta"]) if r["delta"] and r["recipe"] != "default" else "–")
-        reach, reach_default = (" · ".join("not reached" if x is None else "0 (its start)" if x == 0 else f"{x:.2f}×"
-                                           for x in r[f"reach_{a}"]) or "–" for a in ("official", "default"))
+    def deltas(xs: list[float]) -> str:
+        return " · ".join(f"{x:+.3f}" for x in xs) or "–"
+
+    wall_top = (top[0], True)
+    for r in sorted(rows, key=lambda r: min([np.mean(list(r[b].values())) for b in (top, wall_top)
+                                            if r.get(b)] or [9.0])):
+        delta = "–" if r["recipe"] == BASELINE else f"{deltas(r['delta'])} · {deltas(r['delta_wall'])}" \
+            if r["delta_wall"] else deltas(r["delta"])
+        reach, reach_base = (" · ".join("not reached" if x is None else "0 (its start)" if x == 0 else f"{x:.2f}×"
+                                        for x in r[f"reach_{a}"]) or "–" for a in ("official", BASELINE))
         wpf = f"{r['wall_per_flop']:.2f}" if r["wall_per_flop"] else "–"
-        wins = verdict(r, budgets)
         lines.append("| " + " | ".join([r["recipe"]] + [cell(r[b]) for b in budgets]
-                                       + [delta, reach_default, reach, wpf, wins]) + " |")
-    gauss = {r["minutes"]: r["gaussian_loss"] for r in runs}
+                                       + [delta, reach_base, reach, wpf, verdict(r, budgets)]) + " |")
+    gauss = {budget_of(r): r["gaussian_loss"] for r in runs}
     lines += ["", "Ratios: held-out flow-matching loss ÷ the full-covariance Gaussian prior's on the same rows, t and "
               "noise (" + ", ".join(f"{g:.4f}" for g in sorted(set(gauss.values()))) + "); several values: one per "
-              "seed, bold their mean. FLOPs to reach official's loss: the FLOPs at which the recipe's curve first "
+              f"seed, bold their mean. {BASELINE}: the baseline every lever is measured against (the default before "
+              "this benchmark). FLOPs to reach official's loss: the FLOPs at which the recipe's curve first "
               "reaches the official recipe's final loss at the largest budget, ÷ the official run's FLOPs (per "
-              "seed); the same for the default's final loss at that budget and seed. wall ÷ FLOP: step time per 6·N·batch "
-              "relative to the default's, on a quiet machine."]
+              f"seed); the same for {BASELINE}'s final loss at that budget and seed. wall ÷ FLOP: step time per "
+              f"6·N·batch relative to {BASELINE}'s, on a quiet machine."
+              + (" Wall-time columns: each recipe trained the FLOPs it runs in that many minutes of the baseline's "
+                 "wall time (the budget ÷ its wall ÷ FLOP measured with "
+                 + "/".join(f"{t} thread(s)" for t in sorted(threads, key=str)) + "; the baseline's is its FLOP run)."
+                 if threads else "")]
     return "\n".join(lines)
 
 
@@ -293,23 +338,26 @@ def plot(runs: list[dict[str, Any]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    budgets = sorted({r["minutes"] for r in runs})
+    budgets = sorted({r["minutes"] for r in runs})  # the wall-time runs join the curves of their minutes
     fig, axes = plt.subplots(1, len(budgets), figsize=(8.5 * len(budgets), 5), dpi=110, squeeze=False)
     for ax, b in zip(axes[0], budgets):
         seed = min(r["seed"] for r in runs if r["minutes"] == b)  # one seed's curves (files of one sweep merged)
-        results = [res for r in runs if r["minutes"] == b and r["seed"] == seed for res in r["results"]]
+        results = [{**res, "recipe": res["recipe"] + (" (equal wall)" if r.get("equal_wall") else "")}
+                   for r in runs if r["minutes"] == b and r["seed"] == seed for res in r["results"]]
         colors = plt.get_cmap("tab20")
-        for i, res in enumerate(sorted(results, key=lambda res: list(RECIPES).index(res["recipe"]))):
+        for i, res in enumerate(sorted(results, key=lambda res: (list(RECIPES).index(res["recipe"].split(" ")[0]),
+                                                                  res["recipe"]))):
             c = res["curve"]
             ax.plot([p["tflop"] for p in c], [p["ratio"] for p in c], "o-", ms=3, label=res["recipe"],
-                    color="k" if res["recipe"] == "default" else colors(i % 20),
-                    lw=2.2 if res["recipe"] == "default" else 1.0)
+                    color="k" if res["recipe"] == BASELINE else colors(i % 20),
+                    lw=2.2 if res["recipe"] == BASELINE else 1.0, ls="--" if "equal wall" in res["recipe"] else "-")
         ax.axhline(1.0, color="k", lw=0.8, ls="--", label="full-covariance Gaussian")
         ax.axhline(0.8, color="g", lw=0.8, ls=":", label="goal 0.80")
         ax.set_ylim(min(0.75, ax.get_ylim()[0]), 1.1)
         ax.set_xlabel("training FLOPs (TFLOP, 6·N·rows)")
         ax.set_ylabel("held-out loss ÷ Gaussian prior's")
-        ax.set_title(f"budget {b:g} min of the default (seed {seed}); points: snapshots", fontsize=10)
+        ax.set_title(f"budget {b:g} min of {BASELINE} (seed {seed}); points: snapshots; dashed: equal wall time",
+                     fontsize=10)
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7)  # curves above 1.1 are cut off
     fig.tight_layout()
     fig.savefig(out)
@@ -323,10 +371,13 @@ def main() -> None:
                     help="the same source extracted with more train rows (GLP_STORE__MAX_TOKENS=1200000 "
                          "GLP_STORE__ROOT=assets/store-1m2): the `more-data` recipe")
     ap.add_argument("--minutes", type=float, default=1.5,
-                    help="budget per recipe: the FLOPs (6·N·rows) the default recipe trains in this many minutes "
+                    help="budget per recipe: the FLOPs (6·N·rows) the baseline recipe trains in this many minutes "
                          "on an idle 2-core CPU (--default-step-s)")
     ap.add_argument("--default-step-s", type=float, default=0.23,
-                    help="seconds per step of the default recipe on an idle 2-core CPU (make run: 2,343 steps in 9 min)")
+                    help="seconds per step of the baseline recipe on an idle 2-core CPU (make run: 2,343 steps in 9 min)")
+    ap.add_argument("--equal-wall", type=Path, metavar="SPEED_JSON",
+                    help="a --speed run's JSON: each recipe trains the budget ÷ its wall time per FLOP there, i.e. "
+                         "as many FLOPs as it runs in the baseline's --minutes (recipes it lacks: the full budget)")
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     ap.add_argument("--seed", type=int, default=0, help="train.seed: init, data order, t and noise")
     ap.add_argument("--snapshots", type=int, default=4, help="mid-run points of each curve")
@@ -334,7 +385,7 @@ def main() -> None:
     ap.add_argument("--n-t", type=int, default=8, help="noise levels of the held-out loss")
     ap.add_argument("--json", type=Path, help="write the results here (after every recipe)")
     ap.add_argument("--speed", action="store_true",
-                    help="measure each recipe's wall time per FLOP against the default's (a quiet machine; no training)")
+                    help="measure each recipe's wall time per FLOP against the baseline's (a quiet machine; no training)")
     ap.add_argument("--table", type=Path, nargs="+", metavar="JSON",
                     help="print the recipe table of earlier --json runs (budgets x seeds, and a --speed run) and exit")
     ap.add_argument("--plot", type=Path, help="with --table: write the loss-vs-FLOPs curves (PNG) here")
@@ -354,7 +405,7 @@ def main() -> None:
         speed = {}
         for name in args.recipes:
             speed[name] = wall_per_flop(store.d_model, name)
-            print(f"{name:16s} wall time per FLOP ÷ the default's = {speed[name]:.3f}", flush=True)
+            print(f"{name:16s} wall time per FLOP ÷ the baseline's = {speed[name]:.3f}", flush=True)
         if args.json:
             args.json.write_text(json.dumps({"wall_per_flop": speed, "threads": torch.get_num_threads()}, indent=1))
         return
@@ -367,17 +418,24 @@ def main() -> None:
     stats = NormStats.load(args.root / "norm_stats.safetensors")  # one normalized space for every recipe
     held = ActivationStore(args.root / "activations" / "heldout.zarr")
     x = stats.normalizer().normalize(torch.from_numpy(held.rows(0, args.heldout)))
-    d0, t0 = configs("default")
+    d0, t0 = configs(BASELINE)
     budget = 6 * n_params_of(store.d_model, d0) * t0.batch_size * args.minutes * 60 / args.default_step_s
     base = heldout_loss(AffineVelocity(stats.cov_normalized), x, args.n_t, seed=0)["mean"]  # same rows, t, noise
     exact = gaussian_baseline_loss(stats.cov_normalized, heldout_ts(args.n_t)).mean()
     print(f"store {store.n_rows:,} rows × d={store.d_model}; held-out {len(x):,} rows; Gaussian-prior loss {base:.4f} "
           f"on them ({exact:.4f} expected); budget {budget / 1e12:.1f} TFLOP per recipe ({args.minutes:g} min of the "
-          f"default at {args.default_step_s} s/step), seed {args.seed}, torch threads {torch.get_num_threads()}")
+          f"baseline at {args.default_step_s} s/step), seed {args.seed}, torch threads {torch.get_num_threads()}")
+    wall: dict[str, Any] = {}
+    if args.equal_wall:
+        measured = json.loads(args.equal_wall.read_text())
+        wall = {"equal_wall": True, "wall_per_flop": measured["wall_per_flop"], "wall_threads": measured["threads"]}
+        print(f"equal wall time: each recipe's budget ÷ its wall time per FLOP in {args.equal_wall} "
+              f"({measured['threads']} thread(s))")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.recipes:
-            r = run_recipe(name, stores, stats, x, base, budget, args.n_t, args.seed, args.snapshots, Path(tmp))
+            own = budget / wall.get("wall_per_flop", {}).get(name, 1.0)
+            r = run_recipe(name, stores, stats, x, base, own, args.n_t, args.seed, args.snapshots, Path(tmp))
             results.append(r)
             print(f"{name:16s} loss / Gaussian = {r['ratio']:.4f}   (loss {r['loss']:.4f}, {r['steps']:,} steps of "
                   f"{r['batch_size']}, {r['epochs']:.1f} epochs of {r['rows_distinct']:,} rows, {r['n_params'] / 1e6:.1f} M "
@@ -385,7 +443,8 @@ def main() -> None:
             if args.json:  # after every recipe: a long sweep that is stopped keeps what it measured
                 args.json.write_text(json.dumps({
                     "minutes": args.minutes, "seed": args.seed, "gaussian_loss": base, "budget_fp32_flops": budget,
-                    "heldout": len(x), "n_t": args.n_t, "threads": torch.get_num_threads(), "results": results},
+                    "heldout": len(x), "n_t": args.n_t, "threads": torch.get_num_threads(), **wall,
+                    "results": results},
                     indent=1))
     best = min(results, key=lambda r: r["ratio"])
     print(f"best at {args.minutes:g} min: {best['recipe']} ({(1 - best['ratio']) * 100:.1f} % below the Gaussian prior)")

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from functools import cache
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -92,14 +92,17 @@ def config_hash(model: BaseModel, length: int = 12) -> str:
     """Stable short hash of a config model's values (used for caching and Dagster code versions).
 
     Fields a class lists in `HASH_OMIT_AT_DEFAULT` (options added after artifacts were built with the hash) are
-    left out while at their defaults, so adding an option does not invalidate what was built without it. Fields in
-    `HASH_OMIT` (where or how an artifact is computed, never what it holds) are always left out.
+    left out while at their defaults, so adding an option does not invalidate what was built without it; where the
+    default changed later, `HASH_OMIT_AT` maps the field to the value it had before it existed (the one it is left
+    out at), so the new default gets a hash of its own. Fields in `HASH_OMIT` (where or how an artifact is computed,
+    never what it holds) are always left out.
     """
     values = model.model_dump(mode="json")
     for name in getattr(type(model), "HASH_OMIT", ()):
         values.pop(name, None)
+    legacy = getattr(type(model), "HASH_OMIT_AT", {})
     for name in getattr(type(model), "HASH_OMIT_AT_DEFAULT", ()):
-        if values.get(name) == type(model).model_fields[name].default:
+        if values.get(name) == legacy.get(name, type(model).model_fields[name].default):
             values.pop(name)
     blob = json.dumps(values, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
@@ -313,7 +316,7 @@ class TrainConfig(_Strict):
     ema_decay: float | None = Field(None, ge=0, lt=1)
     """Decay of an exponential moving average of the weights, which becomes the trained prior (None: the last
     weights). Checkpointed with the run, so a resumed run ends with the same average."""
-    snapshots: int = Field(3, ge=0)
+    snapshots: int = Field(2, ge=0)
     """Weights kept at this many evenly spaced points of training (besides the end), for the fluency-cost vs
     held-out-loss trend of the steering asset (0: none)."""
 
@@ -321,14 +324,17 @@ class TrainConfig(_Strict):
     """`adamw`: AdamW for every parameter. `muon`: Muon (torch.optim.Muon: momentum orthogonalized by Newton-Schulz,
     its step scaled to AdamW's RMS, so `lr` is shared) for the 2-D weights of the blocks and the time MLP, AdamW for
     the in/out projections, biases and norms (as Moonlight). fp32 and ZeRO 0 only: DeepSpeed's bf16 and ZeRO
-    optimizers flatten the weights, which Muon cannot orthogonalize."""
+    optimizers flatten the weights, which Muon cannot orthogonalize. Muon reaches AdamW's loss in about half the
+    FLOPs on the CPU default, but its Newton-Schulz iterations cost 1.8x AdamW's wall time per FLOP there (2 threads,
+    batch 512), so at equal wall time it does not beat AdamW with Min-SNR (benchmarks/prior_recipe.py)."""
     muon_momentum: float = Field(0.95, ge=0, lt=1)
-    loss_weighting: Literal["none", "min_snr", "learned"] = "none"
+    loss_weighting: Literal["none", "min_snr", "learned"] = "min_snr"
     """How each row's velocity loss is weighted by its noise level t. `none`: equally. `min_snr`: Min-SNR-gamma
     (Hang et al. 2023): the clean-activation error weighted by min(SNR, gamma), SNR = (1-t)^2 / t^2, i.e. the velocity
-    error by min((1-t)^2, gamma t^2), normalized to mean 1 over the batch. `learned`: EDM2's learned uncertainty, a
-    scalar u(t) (a linear head on t's sinusoid, trained with the prior, not exported): loss = err / e^u + u. The
-    logged loss is always the unweighted velocity loss, so runs compare."""
+    error by min((1-t)^2, gamma t^2), normalized to mean 1 over the batch (the default: below `none` on both seeds
+    at the 9-minute budget, at the same wall time, and the best lever at equal wall time; benchmarks/prior_recipe.py). `learned`: EDM2's learned
+    uncertainty, a scalar u(t) (a linear head on t's sinusoid, trained with the prior, not exported): loss = err /
+    e^u + u. The logged loss is always the unweighted velocity loss, so runs compare."""
     min_snr_gamma: float = Field(5.0, gt=0)
     lr_base_width_mult: float | None = Field(None, gt=0)
     """µP-style learning-rate transfer across widths: each weight matrix's lr is multiplied by its fan-in in the
@@ -344,6 +350,7 @@ class TrainConfig(_Strict):
     HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = (
         "steps", "t_mean", "t_std", "ema_decay", "world_size", "optimizer", "muon_momentum", "loss_weighting",
         "min_snr_gamma", "lr_base_width_mult")
+    HASH_OMIT_AT: ClassVar[dict[str, Any]] = {"loss_weighting": "none"}  # unweighted before the field existed
 
     @model_validator(mode="after")
     def _muon_needs_unflattened_weights(self) -> TrainConfig:
@@ -370,9 +377,9 @@ class EvalConfig(_Strict):
     """GLP samples (and held-out rows) used for the Frechet distance."""
     sample_steps: int = Field(100, ge=1)
     """Euler steps for sampling (paper: 20 default, 100 for quality; the official FD script uses 1000)."""
-    sweep_steps: list[int] = Field(default_factory=lambda: [20, 50])
+    sweep_steps: list[int] = Field(default_factory=lambda: [20])
     """Fewer step counts re-sampled from the same noise, to show whether FD and the C2ST have stopped changing
-    with the sampler's steps (empty = no sweep)."""
+    with the sampler's steps (empty = no sweep; 20 only by default: each count costs ~25 s of `make run`)."""
     c2st_hidden: int = Field(256, ge=1)
     """Width of the two hidden layers of the two-sample-test classifier."""
     c2st_steps: int = Field(500, ge=1)

@@ -3,13 +3,15 @@ Each goes through the real DeepSpeed engine and resumes bit-exactly; a checkpoin
 another."""
 
 import copy
+import hashlib
+import json
 
 import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
 
-from glp.config import DenoiserConfig, TrainConfig
+from glp.config import DenoiserConfig, TrainConfig, config_hash
 from glp.prior import load_prior, save_prior
 from glp.prior.denoiser import GLPDenoiser
 from glp.prior.flow import affine_velocity, flow_matching_loss
@@ -27,7 +29,8 @@ def store(tmp_path):
 
 
 def _train(store, ckpt, dcfg=None, interrupt_after=None, **overrides):
-    cfg = TrainConfig(**{"batch_size": 64, "lr": 3e-3, "checkpoint_every": 8, "epochs": 2, **overrides})
+    cfg = TrainConfig(**{"batch_size": 64, "lr": 3e-3, "checkpoint_every": 8, "epochs": 2, "loss_weighting": "none",
+                         **overrides})  # each lever against the unweighted AdamW baseline
     dcfg = dcfg or DenoiserConfig(n_blocks=2, time_dim=16, skip="none")
     norm = compute_stats(store, with_cov=False).normalizer()
     return train_prior(store, norm, dcfg, cfg, ckpt, torch.device("cpu"), interrupt_after=interrupt_after)
@@ -163,6 +166,16 @@ def test_a_checkpoint_of_one_recipe_is_refused_by_another_with_what_to_do(store,
     assert "optimizer 'adamw' where the config now asks for 'muon'" in msg and "delete" in msg, msg
 
 
+def test_the_new_default_weighting_gets_a_hash_of_its_own_and_the_old_recipe_keeps_its_hash():
+    # artifacts built before `loss_weighting` existed trained unweighted: that value is left out of the hash (not the
+    # new default), so they stay current for a config that asks for it, and the new default is a new version
+    legacy = {k: v for k, v in TrainConfig().model_dump(mode="json").items()
+              if k not in TrainConfig.HASH_OMIT + TrainConfig.HASH_OMIT_AT_DEFAULT}
+    old = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:12]
+    assert config_hash(TrainConfig(loss_weighting="none")) == old
+    assert config_hash(TrainConfig()) != old
+
+
 def test_muon_is_refused_where_deepspeed_flattens_the_weights():
     with pytest.raises(ValidationError, match="cannot orthogonalize"):
         TrainConfig(optimizer="muon", precision="bf16")
@@ -170,7 +183,7 @@ def test_muon_is_refused_where_deepspeed_flattens_the_weights():
         TrainConfig(optimizer="muon", zero_stage=2)
 
 
-def _run(minutes, seed, ratios, official_loss=None):
+def _run(minutes, seed, ratios, official_loss=None, equal_wall=False):
     """A recipe-benchmark JSON of straight-line curves: recipe -> final ratio (Gaussian loss 1)."""
     res = [{"recipe": n, "ratio": r, "loss": r, "tflop": 10.0,
             "curve": [{"tflop": 0.0, "loss": 1.0, "ratio": 1.0}, {"tflop": 10.0, "loss": r, "ratio": r}]}
@@ -179,23 +192,43 @@ def _run(minutes, seed, ratios, official_loss=None):
         res.append({"recipe": "official", "ratio": official_loss, "loss": official_loss, "tflop": 10.0,
                     "curve": [{"tflop": 0.0, "loss": 2.0, "ratio": 2.0}, {"tflop": 10.0, "loss": official_loss,
                                                                           "ratio": official_loss}]})
-    return {"minutes": minutes, "seed": seed, "gaussian_loss": 1.0, "budget_fp32_flops": 1e13, "results": res}
+    run = {"minutes": minutes, "seed": seed, "gaussian_loss": 1.0, "budget_fp32_flops": 1e13, "results": res}
+    return {**run, "equal_wall": True, "wall_threads": 2} if equal_wall else run
 
 
-def test_the_recipe_table_adopts_a_lever_only_when_it_beats_the_default_on_every_seed():
+def test_the_recipe_table_adopts_a_lever_only_when_it_beats_the_baseline_on_every_seed():
     from benchmarks.prior_recipe import flops_to_reach, results_markdown, summary_rows
 
-    runs = [_run(9, 0, {"default": 0.85, "muon": 0.84, "xpred": 0.83}, official_loss=0.95),
-            _run(9, 1, {"default": 0.86, "muon": 0.87, "xpred": 0.85}, official_loss=0.96),
-            _run(1.5, 0, {"default": 0.93, "muon": 0.92, "xpred": 0.95})]
+    runs = [_run(9, 0, {"adamw": 0.85, "muon": 0.84, "xpred": 0.83}, official_loss=0.95),
+            _run(9, 1, {"adamw": 0.86, "muon": 0.87, "xpred": 0.85}, official_loss=0.96),
+            _run(1.5, 0, {"adamw": 0.93, "muon": 0.92, "xpred": 0.95})]
     _, rows = summary_rows(runs, {"muon": 1.1})
     row = {r["recipe"]: r for r in rows}
     assert row["xpred"]["wins_all"] and not row["muon"]["wins_all"]  # muon loses on seed 1
     assert row["muon"]["delta"] == pytest.approx([-0.01, 0.01])
-    # the default's line 1 -> 0.85 crosses official's 0.95 a third of the way: 1/3 of official's 10 TFLOP
-    assert row["default"]["reach_official"][0] == pytest.approx(1 / 3)
-    assert row["xpred"]["reach_default"] == pytest.approx([0.15 / 0.17, 0.14 / 0.15])  # 0.85 at 0.15/0.17 of its line
+    # the baseline's line 1 -> 0.85 crosses official's 0.95 a third of the way: 1/3 of official's 10 TFLOP
+    assert row["adamw"]["reach_official"][0] == pytest.approx(1 / 3)
+    assert row["xpred"]["reach_adamw"] == pytest.approx([0.15 / 0.17, 0.14 / 0.15])  # 0.85 at 0.15/0.17 of its line
     assert flops_to_reach([{"tflop": 0, "loss": 1.0}, {"tflop": 4, "loss": 0.9}], 0.5) is None
     table = results_markdown(runs, {"muon": 1.1})
-    assert "| xpred |" in table and "yes: below the default on every seed" in table and "1.10" in table
-    assert "no: not below the default on 1 of 2 seeds" in table
+    assert "| xpred |" in table and "yes: below the baseline on every seed" in table and "1.10" in table
+    assert "no: not below the baseline on 1 of 2 seeds" in table
+
+
+def test_a_lever_that_costs_wall_time_is_adopted_only_if_it_wins_at_equal_wall_time_too():
+    from benchmarks.prior_recipe import results_markdown, summary_rows
+
+    flops = [_run(9, s, {"adamw": 0.85, "muon": 0.80, "muon+b1024": 0.81}) for s in (0, 1)]
+    slow = {"muon": 1.8, "muon+b1024": 1.3}
+    assert "at equal FLOPs only: costs 1.80×" in results_markdown(flops, slow)  # never run at equal wall time
+    wall = [_run(9, 0, {"muon": 0.86, "muon+b1024": 0.83}, equal_wall=True),
+            _run(9, 1, {"muon": 0.84, "muon+b1024": 0.84}, equal_wall=True)]
+    _, rows = summary_rows(flops + wall, slow)
+    row = {r["recipe"]: r for r in rows}
+    assert row["muon+b1024"]["delta_wall"] == pytest.approx([-0.02, -0.01])  # against adamw's own 9-min runs
+    assert row["muon+b1024"]["wins_wall"] and not row["muon"]["wins_wall"]  # muon loses on seed 0 at equal wall
+    assert row["adamw"][(9, True)] == row["adamw"][(9, False)]  # its wall time is its own
+    table = results_markdown(flops + wall, slow)
+    assert "÷ Gaussian, 9 min of wall time" in table
+    assert "yes: below the baseline on every seed at equal wall time" in table
+    assert "no: not below the baseline on 1 of 2 seeds at equal wall time" in table

@@ -4,6 +4,7 @@ import dagster as dg
 import numpy as np
 
 from glp import pipeline
+from glp.config import TrainConfig
 from glp_dagster.definitions import build_definitions
 from tests.glp_dagster.conftest import TINY, tiny_settings
 
@@ -37,9 +38,10 @@ def test_steering_and_delta_lm_materialize_after_the_chain_with_passing_checks(t
     cal = rep["gate_calibration"]
     assert cal["n_calibration"] == cal["n_check"] > 0 and rep["gate"]["threshold"] < rep["gate"]["full"]
     assert meta["gated"].value.startswith("Gated SDEdit edits") and meta["gated"].value in meta["report"].value
-    # the fluency trend: the Gaussian prior, the 3 mid-training snapshots and the final prior, weakest first
-    trend = rep["fluency_trend"]
-    assert [p["label"] for p in trend["points"]][::4] == ["Gaussian", "final"] and len(trend["points"]) == 5
+    # the fluency trend: the Gaussian prior, the mid-training snapshots (train.snapshots) and the final prior
+    trend, n_snap = rep["fluency_trend"], TrainConfig().snapshots
+    labels = [p["label"] for p in trend["points"]]
+    assert labels[0] == "Gaussian" and labels[-1] == "final" and len(labels) == n_snap + 2
     assert all(np.isfinite(p["cost"]) for p in trend["points"]) and "slope" in trend["fit"]
     assert meta["fluency_trend"].value.startswith("Fluency cost of SDEdit")
     assert "data:image/png;base64" in meta["fluency_trend_full"].value

@@ -24,7 +24,6 @@ def build_prior(settings: Settings, source: SourceConfig, log: Log = nolog) -> d
 
     from glp.data.lm import resolve_device
     from glp.prior import save_prior
-    from glp.prior.recipe import recipe_record
     from glp.prior.train import NonFiniteLoss, train_prior
 
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
@@ -49,7 +48,7 @@ def build_prior(settings: Settings, source: SourceConfig, log: Log = nolog) -> d
         return {"steps": res.steps, "losses": res.losses, "rank": rank}
     meta = {**prior_meta(settings, source), "activations_version": store.attrs.get("version"),
             "norm_stats_version": art.norm_stats_version(), "steps": res.steps,
-            "recipe": recipe_record(settings.denoiser, settings.train),  # optimizer, parameterization, weighting
+            "recipe": res.recipe,  # the optimizer the run used ("auto" resolved), parameterization, weighting
             "final_loss": float(sum(res.losses[-50:]) / len(res.losses[-50:])), "precision": res.precision,
             "losses": res.losses}
     bad = [name for name, t in model.state_dict().items() if not bool(torch.isfinite(t).all())]

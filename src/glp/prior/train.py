@@ -105,6 +105,7 @@ class TrainResult:
     precision: str
     n_params: int
     flops: float  # 6 · N · rows seen, for the whole run
+    recipe: dict[str, Any] = field(default_factory=dict)  # recipe.recipe_record of the run
     snapshots: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # "step<N>" -> state_dict (fp32)
 
 
@@ -368,7 +369,7 @@ def train_prior(
     trained.load_state_dict({**final, **ema.state()} if ema is not None else final)
     result = TrainResult(
         steps=step, losses=losses, seconds=seconds, rows_per_s=rows / max(seconds, 1e-9), resumed_from=start,
-        precision=precision, n_params=n_params, flops=6.0 * n_params * total * tcfg.batch_size,
+        precision=precision, n_params=n_params, flops=6.0 * n_params * total * tcfg.batch_size, recipe=recipe,
         snapshots={f"step{k}": _load_weights(snap_dir / f"step{k}.safetensors") for k in sorted(keep_at)
                    if (snap_dir / f"step{k}.safetensors").is_file()},
     )
