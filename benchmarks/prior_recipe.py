@@ -317,6 +317,10 @@ def results_markdown(runs: list[dict[str, Any]], speed: dict[str, float]) -> str
         wpf = f"{r['wall_per_flop']:.2f}" if r["wall_per_flop"] else "–"
         lines.append("| " + " | ".join([r["recipe"]] + [cell(r[b]) for b in budgets]
                                        + [delta, reach_base, reach, wpf, verdict(r, budgets)]) + " |")
+    mixed = {m for m in {r["minutes"] for r in runs} if len({(r["heldout"], r["n_t"]) for r in runs if r["minutes"] == m}) > 1}
+    if mixed:  # a ratio is paired with the baseline only on the same held-out rows and noise levels
+        lines += ["", "**Not comparable:** the runs at " + ", ".join(f"{m:g} min" for m in sorted(mixed)) + " were "
+                  "scored on different held-out rows or noise levels (--heldout, --n-t): rerun them alike."]
     gauss = {budget_of(r): r["gaussian_loss"] for r in runs}
     lines += ["", "Ratios: held-out flow-matching loss ÷ the full-covariance Gaussian prior's on the same rows, t and "
               "noise (" + ", ".join(f"{g:.4f}" for g in sorted(set(gauss.values()))) + "); several values: one per "

@@ -15,6 +15,11 @@ def _summary(args: argparse.Namespace) -> int:
     settings = load_settings()
     source = settings.source(args.partition) if args.partition else settings.sources[0]
     paths = pipeline.source_paths(settings, source)
+    if args.headline:
+        from glp.summary import headline_markdown
+
+        print(headline_markdown(settings, source))
+        return 0
     if args.markdown:
         from glp.summary import results_markdown
 
@@ -207,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "Frechet distance, probing); with --markdown, the README's results tables.")
     p.add_argument("--partition", default=None, help="source key, e.g. smollm2-135m/L15 (default: the first source)")
     p.add_argument("--markdown", action="store_true", help="print the results tables (README format) from the artifacts")
+    p.add_argument("--headline", action="store_true",
+                   help="print the README's headline table (use, measured here, paper, holds here?) from the artifacts")
     p.set_defaults(func=_summary)
     p = command("seeds", "train + evaluate extra priors with other seeds on the same activations; "
                          "report every claim's mean and spread over seeds (after make run)",

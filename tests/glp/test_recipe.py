@@ -192,7 +192,8 @@ def _run(minutes, seed, ratios, official_loss=None, equal_wall=False):
         res.append({"recipe": "official", "ratio": official_loss, "loss": official_loss, "tflop": 10.0,
                     "curve": [{"tflop": 0.0, "loss": 2.0, "ratio": 2.0}, {"tflop": 10.0, "loss": official_loss,
                                                                           "ratio": official_loss}]})
-    run = {"minutes": minutes, "seed": seed, "gaussian_loss": 1.0, "budget_fp32_flops": 1e13, "results": res}
+    run = {"minutes": minutes, "seed": seed, "gaussian_loss": 1.0, "budget_fp32_flops": 1e13, "heldout": 4096, "n_t": 8,
+           "results": res}
     return {**run, "equal_wall": True, "wall_threads": 2} if equal_wall else run
 
 
@@ -232,3 +233,6 @@ def test_a_lever_that_costs_wall_time_is_adopted_only_if_it_wins_at_equal_wall_t
     assert "÷ Gaussian, 9 min of wall time" in table
     assert "yes: below the baseline on every seed at equal wall time" in table
     assert "no: not below the baseline on 1 of 2 seeds at equal wall time" in table
+    assert "Not comparable" not in table
+    wall[1]["heldout"] = 8192  # scored on other rows than the baseline: the table says so
+    assert "**Not comparable:** the runs at 9 min" in results_markdown(flops + wall, slow)

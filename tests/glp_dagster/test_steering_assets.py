@@ -50,6 +50,20 @@ def test_steering_and_delta_lm_materialize_after_the_chain_with_passing_checks(t
     assert rep["prompts"] == ["The cat", "The cat", "Rain fell on", "Rain fell on"]  # two samples each
     assert (root / "steering_pareto.png").read_bytes()[:4] == b"\x89PNG"
 
+    # the README's headline table, its verdicts read from the reports' CIs
+    from glp.summary import headline_markdown
+
+    head = {line.split(" | ")[0].removeprefix("| "): line for line in
+            headline_markdown(settings, settings.sources[0]).splitlines()[2:]}
+    steer = head["steering (post-processing the steered activation)"]
+    lowers = any(p["d_nll_ci"][1] < 0 for ps in [rep["paired"], rep["paired_gated"], *rep["paired_t_start"].values()]
+                 for p in ps)
+    assert ("| yes: lowers NLL somewhere |" in steer) == lowers and "SDEdit t = 0.2:" in steer
+    dl = json.loads((root / "delta_lm.json").read_text())
+    sae_ci = dl["paired"]["glp_minus_sae"]["ci"]
+    assert head["ΔLM (CE increase when the layer is replaced, nats)"].split(" | ")[-1].startswith(
+        "yes" if sae_ci[1] < 0 else "no")
+
     # the checks can fail: corrupt the report, run the steering checks alone
     raw0 = next(x for x in rep["settings"] if x["mode"] == "raw" and x["r"] == 0.0)
     raw0["tokens"][0][0] += 1
