@@ -45,7 +45,7 @@ def user_errors() -> Iterator[None]:
     from glp.data.lm import SourceModelError
     from glp.data.source_model import PackagedModelError
     from glp.data.store import StoreError
-    from glp.prior.train import CheckpointWriteError
+    from glp.prior.checkpoints import CheckpointWriteError
 
     try:
         yield

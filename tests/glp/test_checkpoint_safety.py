@@ -15,12 +15,12 @@ import torch
 from glp.prior.denoiser import GLPDenoiser
 from glp.prior import PriorCorrupt, load_prior, save_prior
 from glp.data.stats import Normalizer
-from glp.prior.train import (
+from glp.prior.train import TrainingInterrupted
+from glp.prior.checkpoints import (
     MANIFEST,
     CheckpointWriteError,
     SAFE_CHECKPOINT_GLOBALS,
     UnsafeCheckpoint,
-    TrainingInterrupted,
     checkpoint_tags,
     is_write_failure,
     resume_tag,
@@ -209,22 +209,22 @@ def _die_mid_file(monkeypatch):
 
 
 def _die_before_manifest(monkeypatch):
-    import glp.prior.train
+    import glp.prior.checkpoints
 
-    real = glp.prior.train.write_checkpoint_manifest
+    real = glp.prior.checkpoints.write_checkpoint_manifest
 
     def write(tag_dir, step, recipe=None):
         if step == 16:
             raise _Killed(tag_dir)
         return real(tag_dir, step, recipe)
 
-    monkeypatch.setattr(glp.prior.train, "write_checkpoint_manifest", write)
+    monkeypatch.setattr(glp.prior.checkpoints, "write_checkpoint_manifest", write)
 
 
 def _die_mid_manifest(monkeypatch):
-    import glp.prior.train
+    import glp.prior.checkpoints
 
-    real = glp.prior.train.write_atomic
+    real = glp.prior.checkpoints.write_atomic
 
     def write(path, data):
         if "step16" in str(path):
@@ -232,7 +232,7 @@ def _die_mid_manifest(monkeypatch):
             raise _Killed(path)
         return real(path, data)
 
-    monkeypatch.setattr(glp.prior.train, "write_atomic", write)
+    monkeypatch.setattr(glp.prior.checkpoints, "write_atomic", write)
 
 
 KILLS = {"mid-way through a DeepSpeed file": _die_mid_file, "after DeepSpeed, before the manifest": _die_before_manifest,

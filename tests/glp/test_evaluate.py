@@ -278,8 +278,8 @@ def test_a_gaussian_prior_fails_the_check_and_the_exact_prior_passes_it():
     means, sigma = torch.tensor([[1.5, 0.0, 0.0], [-1.5, 0.0, 0.0]]), 0.5
     heldout = _mixture(3000, 0, means, sigma)
     cov = np.cov(_mixture(20_000, 1, means, sigma), rowvar=False)  # the "train" covariance
-    cfg = EvalConfig(n_t=8, n_samples=1200, sample_steps=100, sweep_steps=[], c2st_steps=500, c2st_hidden=64,
-                     n_bootstrap=200)
+    cfg = EvalConfig(n_t=8, n_samples=800, sample_steps=50, sweep_steps=[], c2st_steps=250, c2st_hidden=64,
+                     n_bootstrap=100)
     gaussian = evaluate_prior(AffineVelocity(cov), heldout, cov, cfg, "cpu")
     ok, reasons = beats_gaussian(gaussian)
     assert not ok and any("C2ST" in r for r in reasons)

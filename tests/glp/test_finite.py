@@ -12,7 +12,8 @@ from glp.config import DenoiserConfig, TrainConfig
 from glp.data.stats import Normalizer, compute_stats
 from glp.data.store import ActivationStore, StoreCorrupt, StoreWriter, _chunk_checksums, _open_group
 from glp.pipeline.data import finished_store
-from glp.prior.train import NonFiniteLoss, checkpoint_tags, train_prior
+from glp.prior.checkpoints import checkpoint_tags
+from glp.prior.train import NonFiniteLoss, train_prior
 
 
 def _store(path, n: int = 256, d: int = 8) -> ActivationStore:

@@ -16,7 +16,8 @@ from glp.prior import load_prior, save_prior
 from glp.prior.denoiser import GLPDenoiser
 from glp.prior.flow import affine_velocity, flow_matching_loss
 from glp.prior.recipe import FlowObjective, MuonWithAdamW, build_optimizer, width_lr_scale
-from glp.prior.train import CheckpointRecipeMismatch, TrainingInterrupted, train_prior
+from glp.prior.checkpoints import CheckpointRecipeMismatch
+from glp.prior.train import TrainingInterrupted, train_prior
 from glp.data.stats import compute_stats
 from tests.glp.test_train import tiny_store
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.glp_dagster.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +43,7 @@ def _materialization_counts(home: Path) -> dict[str, int]:
         return {n: instance.fetch_materializations(dg.AssetKey(n), limit=100).records.__len__() for n in names}
 
 
+@pytest.mark.slow  # ~22 s: two CLI runs; CI keeps the CLI run of test_console and the in-process chain of test_assets
 def test_cli_materializes_the_whole_chain_then_reruns_one_layer_up(tmp_path):
     env = _env(tmp_path)
     # fresh instance: '+key:prior_eval' (new syntax) = prior_eval and all its ancestors
