@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from glp.data.store import PROVENANCE, ActivationStore, StoreWriter, iter_shuffled_batches
+from glp.data.loader import iter_shuffled_batches
+from glp.data.store import PROVENANCE, ActivationStore, StoreWriter
 
 
 def make_store(path: Path, n: int, d: int, chunk_rows: int) -> Path:

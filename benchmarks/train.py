@@ -5,7 +5,7 @@
         CPU). How much of the machine's plain-matmul speed the training loop (DeepSpeed engine, flow-matching
         loss, backward, AdamW, loader) turns into model FLOPs; 6·N counts only the dense layers' forward and
         backward, so elementwise work and the optimizer step show up as a lower ratio.
-    (b) loader rows/s / trainer rows/s     `glp.data.store.iter_shuffled_batches` alone over one epoch of the same
+    (b) loader rows/s / trainer rows/s     `glp.data.loader.iter_shuffled_batches` alone over one epoch of the same
         store vs the trainer's rows/s. Above 1, the loader keeps up with the trainer (it is not the bottleneck).
 
 The store holds `steps · batch` random N(0, 1) rows of width d, written with `glp.data.store.StoreWriter`, so one
@@ -48,12 +48,8 @@ import torch
 from glp.config import DenoiserConfig, StoreConfig, TrainConfig
 from glp.data.lm import resolve_device
 from glp.data.stats import Normalizer
-from glp.data.store import (
-    ActivationStore,
-    ResidentRows,
-    StoreWriter,
-    iter_shuffled_batches,
-)
+from glp.data.loader import ResidentRows, iter_shuffled_batches
+from glp.data.store import ActivationStore, StoreWriter
 from glp.prior.train import init_distributed_env, resolve_precision, train_prior
 from glp.progress import StageClock
 

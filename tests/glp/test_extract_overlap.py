@@ -11,7 +11,8 @@ from glp.config import StoreConfig
 from glp.data import activations
 from glp.data.activations import extract_activations, forward_batch, iter_windows
 from glp.data.lm import load_source_lm
-from glp.data.store import ActivationStore, StoreWriter, _open_group, prefetched
+from glp.data.loader import prefetched
+from glp.data.store import ActivationStore, StoreWriter, _open_group
 from tests.conftest import TEXTS
 
 

@@ -3,13 +3,8 @@ import pytest
 
 from glp.config import StoreConfig
 from glp.data.activations import extract_activations
-from glp.data.store import (
-    ActivationStore,
-    StoreError,
-    StoreWriter,
-    iter_shuffled_batches,
-    n_batches,
-)
+from glp.data.loader import iter_shuffled_batches, n_batches
+from glp.data.store import ActivationStore, StoreError, StoreWriter
 from tests.conftest import TEXTS
 
 
@@ -156,7 +151,7 @@ def test_extraction_streams_documents_from_a_generator(tiny_lm, tmp_path):
 def test_device_resident_batches_are_the_loaders_batches_in_the_same_order(tmp_path, row_dtype):
     import torch
 
-    from glp.data.store import ResidentRows, epoch_row_order
+    from glp.data.loader import ResidentRows, epoch_row_order
 
     rows = np.random.default_rng(1).standard_normal((203, 6), dtype=np.float32)  # 12 full chunks and a ragged one
     if row_dtype == "bfloat16":

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from benchmarks.store_integrity import flip_silently, inject
-from glp.data.store import PROVENANCE, ActivationStore, StoreCorrupt, StoreWriter, chunk_checksum, iter_shuffled_batches
+from glp.data.loader import iter_shuffled_batches
+from glp.data.store import PROVENANCE, ActivationStore, StoreCorrupt, StoreWriter, chunk_checksum
 
 CHUNK = 32
 

@@ -21,7 +21,8 @@ import torch
 
 from glp.config import StoreConfig
 from glp.data.lm import SourceLM, capture_residual, pad_tokens, run_until_captured
-from glp.data.store import StoreError, StoreWriter, prefetched
+from glp.data.loader import prefetched
+from glp.data.store import StoreError, StoreWriter
 from glp.progress import Progress, StageClock, stage
 
 

@@ -29,12 +29,8 @@ import torch
 
 from glp.config import DenoiserConfig, TrainConfig
 from glp.data.stats import Normalizer
-from glp.data.store import (
-    ActivationStore,
-    ResidentRows,
-    iter_shuffled_batches,
-    n_batches,
-)
+from glp.data.loader import ResidentRows, iter_shuffled_batches, n_batches
+from glp.data.store import ActivationStore
 from glp.prior.checkpoints import process_rank, resume_tag, save_checkpoint, weights_only_checkpoint_engine
 from glp.prior.denoiser import GLPDenoiser
 from glp.prior.recipe import FlowObjective, build_optimizer, denoiser_state, recipe_record

@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from glp.artifacts import publish_dir, staging_dir
 from glp.config import SAEConfig
 from glp.data.stats import ArtifactCorrupt, Normalizer, tensors_sha256
-from glp.data.store import ActivationStore, iter_shuffled_batches, n_batches
+from glp.data.loader import iter_shuffled_batches, n_batches
+from glp.data.store import ActivationStore
 from glp.progress import Progress
 
 WEIGHTS, CONFIG = "sae.safetensors", "config.json"
