@@ -34,7 +34,9 @@ def require_upstream(path: Path, upstream: str, asset: str, partition: str | Non
     if not as_location(path).exists():  # a local path, or an activation store's fsspec URL
         raise dg.Failure(
             description=f"`{asset}` needs `{upstream}`, which is not materialized (missing {path}). "
-            f"Materialize it together with its upstream assets: {materialize_hint(asset, partition)}"
+            f"Materialize it together with all its upstream assets: {materialize_hint(asset, partition)} "
+            f"(`+key:{asset}` selects every ancestor; the legacy `--select '+{asset}'` adds only one layer up, "
+            "so it works once the assets above that layer are stored)"
         )
 
 

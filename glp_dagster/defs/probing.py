@@ -16,20 +16,9 @@ from glp import fmt, pipeline
 from glp.config import Settings, config_hash
 from glp_dagster.metadata import inline, png, readable
 from glp_dagster.resources import GLPSettings
-from glp_dagster.step import GROUP, materialize_hint, reports_errors, user_errors, writing
+from glp_dagster.step import GROUP, reports_errors, require_upstream, user_errors, writing
 
 CODE_VERSION = "1"  # bump when a step's code changes what it produces
-
-
-def require(path: Path, upstream: str, asset: str, partition: str | None) -> None:
-    """Fail naming both selections when an upstream artifact is missing: `+key:X` (all ancestors), legacy `+X`."""
-    if not Path(path).exists():
-        raise dg.Failure(
-            description=f"`{asset}` needs `{upstream}`, which is not materialized (missing {path}). "
-            f"Materialize it together with all its upstream assets: {materialize_hint(asset, partition)} "
-            f"(`+key:{asset}` selects every ancestor; the legacy `--select '+{asset}'` adds only one layer up, "
-            "so it works once the assets above that layer are stored)"
-        )
 
 
 def _sae_dir(s: Settings, src) -> Path:  # noqa: ANN001 (SourceConfig)
@@ -77,8 +66,8 @@ def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition
 
         s, src = glp.settings, glp.source(context)
         paths = pipeline.source_paths(s, src)
-        require(paths.store("train"), "activations", "sae", context.partition_key)
-        require(paths.norm_stats, "norm_stats", "sae", context.partition_key)
+        require_upstream(paths.store("train"), "activations", "sae", context.partition_key)
+        require_upstream(paths.norm_stats, "norm_stats", "sae", context.partition_key)
         with user_errors(), writing(context, _sae_dir(s, src), reads=[paths.activations_dir, paths.norm_stats]):
             from glp.pipeline.probing import build_sae
 
@@ -106,13 +95,13 @@ def build_probing_assets(settings: Settings, partitions: dg.PartitionsDefinition
 
         s, src = glp.settings, glp.source(context)
         paths, part = pipeline.source_paths(s, src), context.partition_key
-        require(Path(s.probe_tasks.path) / "tasks.json", "probe_tasks", "probes", part)
+        require_upstream(Path(s.probe_tasks.path) / "tasks.json", "probe_tasks", "probes", part)
         if src.model == "builtin":
-            require(pipeline.builtin_lm_dir(s), "source_lm", "probes", part)
+            require_upstream(pipeline.builtin_lm_dir(s), "source_lm", "probes", part)
         if "glp" in s.probe.families:
-            require(paths.prior, "glp_prior", "probes", part)
+            require_upstream(paths.prior, "glp_prior", "probes", part)
         if "sae" in s.probe.families:
-            require(_sae_dir(s, src), "sae", "probes", part)
+            require_upstream(_sae_dir(s, src), "sae", "probes", part)
         with user_errors(), writing(context, _probes_dir(s, src), reads=[paths.activations_dir, paths.prior,
                                                                         _sae_dir(s, src), pipeline.model_dir(s, src)]):
             from glp.pipeline.probing import build_probes
