@@ -220,7 +220,7 @@ def test_the_recipe_table_adopts_a_lever_only_when_it_beats_the_baseline_on_ever
 def test_a_lever_that_costs_wall_time_is_adopted_only_if_it_wins_at_equal_wall_time_too():
     from benchmarks.prior_recipe import results_markdown, summary_rows
 
-    flops = [_run(9, s, {"adamw": 0.85, "muon": 0.80, "muon+b1024": 0.81}) for s in (0, 1)]
+    flops = [_run(9, s, {"adamw": 0.85, "muon": 0.80, "muon+b1024": 0.81, "minsnr": 0.825}) for s in (0, 1)]
     slow = {"muon": 1.8, "muon+b1024": 1.3}
     assert "at equal FLOPs only: costs 1.80×" in results_markdown(flops, slow)  # never run at equal wall time
     wall = [_run(9, 0, {"muon": 0.86, "muon+b1024": 0.83}, equal_wall=True),
@@ -235,5 +235,8 @@ def test_a_lever_that_costs_wall_time_is_adopted_only_if_it_wins_at_equal_wall_t
     assert "yes: below the baseline on every seed at equal wall time" in table
     assert "no: not below the baseline on 1 of 2 seeds at equal wall time" in table
     assert "Not comparable" not in table
+    # of the levers that qualify, the default is the best at equal wall time: muon+b1024 qualifies but is behind it
+    assert "| minsnr |" in table and "**adopted: the default**" in table
+    assert "behind minsnr at equal wall time (0.835 vs 0.825)" in table
     wall[1]["heldout"] = 8192  # scored on other rows than the baseline: the table says so
     assert "**Not comparable:** the runs at 9 min" in results_markdown(flops + wall, slow)
