@@ -313,7 +313,7 @@ def adoption(row: dict[str, Any], rows: list[dict[str, Any]], budgets: list[Budg
     return said
 
 
-def results_markdown(runs: list[dict[str, Any]], speed: dict[str, float]) -> str:
+def results_markdown(runs: list[dict[str, Any]], speed: dict[str, float], decided_only: bool = False) -> str:
     """The recipe table: each lever's held-out loss ÷ the Gaussian prior's at each budget (per seed), its
     difference to the baseline, the FLOPs it needs to reach the official recipe's final loss, adopted or not."""
     budgets, rows = summary_rows(runs, speed)
@@ -342,7 +342,8 @@ def results_markdown(runs: list[dict[str, Any]], speed: dict[str, float]) -> str
 
     wall_top = (top[0], True)
     base = next((r for r in rows if r["recipe"] == BASELINE), {})
-    for r in sorted(rows, key=lambda r: min([np.mean(list(r[b].values())) for b in (top, wall_top)
+    shown = [r for r in rows if not decided_only or r[top] or r.get(wall_top)]  # decided: run at the largest budget
+    for r in sorted(shown, key=lambda r: min([np.mean(list(r[b].values())) for b in (top, wall_top)
                                             if r.get(b)] or [9.0])):
         delta = "–" if r["recipe"] == BASELINE else f"{deltas(r['delta'])} · {deltas(r['delta_wall'])}" \
             if r["delta_wall"] else deltas(r["delta"])
@@ -351,6 +352,9 @@ def results_markdown(runs: list[dict[str, Any]], speed: dict[str, float]) -> str
         wpf = f"{r['wall_per_flop']:.2f}" if r["wall_per_flop"] else "–"
         lines.append("| " + " | ".join([r["recipe"]] + [cell(r[b]) for b in budgets]
                                        + [delta, reach_base, reach, wpf, adoption(r, rows, budgets, base)]) + " |")
+    if len(shown) < len(rows):
+        lines.append(f"| {len(rows) - len(shown)} more levers, run at {budgets[0][0]:g} min only | "
+                     + " | ".join("" for _ in range(len(head) - 1)) + " |")
     mixed = {m for m in {r["minutes"] for r in runs} if len({(r["heldout"], r["n_t"]) for r in runs if r["minutes"] == m}) > 1}
     if mixed:  # a ratio is paired with the baseline only on the same held-out rows and noise levels
         lines += ["", "**Not comparable:** the runs at " + ", ".join(f"{m:g} min" for m in sorted(mixed)) + " were "
@@ -427,10 +431,12 @@ def main() -> None:
     ap.add_argument("--table", type=Path, nargs="+", metavar="JSON",
                     help="print the recipe table of earlier --json runs (budgets x seeds, and a --speed run) and exit")
     ap.add_argument("--plot", type=Path, help="with --table: write the loss-vs-FLOPs curves (PNG) here")
+    ap.add_argument("--decided", action="store_true",
+                    help="with --table: only the recipes run at the largest budget (the README's table)")
     args = ap.parse_args()
     if args.table:
         runs, speed = load_runs(args.table)
-        print(results_markdown(runs, speed))
+        print(results_markdown(runs, speed, decided_only=args.decided))
         if args.plot:
             plot(runs, args.plot)
         return

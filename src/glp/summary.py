@@ -94,12 +94,15 @@ def headline_markdown(settings, source) -> str:  # noqa: ANN001 (Settings, Sourc
         f = sc["fit"]
         c = [p["C"] for p in sc["points"]]
         corr = sc.get("downstream", {}).get("correlations", {})
-        holds = [v["label"] for v in corr.values() if v["verdict"] == "holds"]
+        short = {"probe_auc": "probe AUC", "steer_concept": "steering concept", "steer_nll_cost": "steering fluency cost",
+                 "delta_lm": "ΔLM"}
+        holds = [f"{short.get(k, v['label'])} (ρ {v['spearman']:+.2f})" for k, v in corr.items() if v["verdict"] == "holds"]
         rows.append(["scaling, L(C) = E + A·C^(−α)",
                      f"α {f['alpha']:.3f} [{f['alpha_ci'][0]:.3f}, {f['alpha_ci'][1]:.3f}] over "
                      f"{np.log10(max(c) / min(c)):.1f} decades; lower loss goes with better: "
                      + (", ".join(holds) if holds else "none of the downstream metrics"),
-                     f"α {PAPER_FIT['alpha']}", "downstream: " + (", ".join(holds) if holds else "no")])
+                     f"α {PAPER_FIT['alpha']}", ("α lower; " if f["alpha_ci"][1] < PAPER_FIT["alpha"] else "")
+                     + f"{len(holds)} of {len(corr)} downstream metrics follow the loss"])
     return markdown_table(["use", f"measured here ({source.key})", "paper", "holds here?"], rows) + "\n"
 
 
