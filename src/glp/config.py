@@ -332,9 +332,10 @@ class TrainConfig(_Strict):
     """How each row's velocity loss is weighted by its noise level t. `none`: equally. `min_snr`: Min-SNR-gamma
     (Hang et al. 2023): the clean-activation error weighted by min(SNR, gamma), SNR = (1-t)^2 / t^2, i.e. the velocity
     error by min((1-t)^2, gamma t^2), normalized to mean 1 over the batch (the default: below `none` on both seeds
-    at the 9-minute budget, at the same wall time, and the best lever at equal wall time; benchmarks/prior_recipe.py). `learned`: EDM2's learned
-    uncertainty, a scalar u(t) (a linear head on t's sinusoid, trained with the prior, not exported): loss = err /
-    e^u + u. The logged loss is always the unweighted velocity loss, so runs compare."""
+    at the 9-minute budget, at the same wall time, and the best lever at equal wall time;
+    benchmarks/prior_recipe.py). `learned`: EDM2's learned uncertainty, a scalar u(t) (a linear head on t's
+    sinusoid, trained with the prior, not exported): loss = err / e^u + u. The logged loss is always the unweighted
+    velocity loss, so runs compare."""
     min_snr_gamma: float = Field(5.0, gt=0)
     lr_base_width_mult: float | None = Field(None, gt=0)
     """µP-style learning-rate transfer across widths: each weight matrix's lr is multiplied by its fan-in in the

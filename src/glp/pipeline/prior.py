@@ -48,7 +48,7 @@ def build_prior(settings: Settings, source: SourceConfig, log: Log = nolog) -> d
         return {"steps": res.steps, "losses": res.losses, "rank": rank}
     meta = {**prior_meta(settings, source), "activations_version": store.attrs.get("version"),
             "norm_stats_version": art.norm_stats_version(), "steps": res.steps,
-            "recipe": res.recipe,  # the optimizer the run used ("auto" resolved), parameterization, weighting
+            "recipe": res.recipe,  # the run's optimizer, parameterization, weighting (its checkpoints' record)
             "final_loss": float(sum(res.losses[-50:]) / len(res.losses[-50:])), "precision": res.precision,
             "losses": res.losses}
     bad = [name for name, t in model.state_dict().items() if not bool(torch.isfinite(t).all())]

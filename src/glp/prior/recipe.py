@@ -49,23 +49,23 @@ class FlowObjective(nn.Module):
         tf = t.float()
         if self.weighting == "min_snr":  # min(SNR, γ)·|x0_hat - x0|² = min((1-t)², γt²)·|v_hat - v|²
             w = torch.minimum((1 - tf).square(), self.gamma * tf.square())
-            return (w * err).sum() / global_mean_sum(w).clamp_min(1e-12), plain
+            # normalized by the whole global batch's weight (mean over ranks of their sums), so W ranks' averaged
+            # gradients are one rank's on the whole batch, as for the unweighted loss
+            total, world = sum_over_ranks(w.sum())
+            return (w * err).sum() / (total / world).clamp_min(1e-12), plain
         u = self.log_var(timestep_embedding(tf, HEAD_DIM)).squeeze(-1).float()  # (B,) log-variance of the loss at t
         return (err * torch.exp(-u) + u).mean(), plain
 
 
-def global_mean_sum(w: Tensor) -> Tensor:
-    """`w.sum()`, or with data-parallel ranks the mean over ranks of their sums (no gradient flows through it): each
-    rank's slice of the global batch is then normalized by the whole batch's weight, so the ranks' averaged gradients
-    are those of one rank training the whole batch (as for the unweighted loss)."""
-    total = w.sum()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        world = torch.distributed.get_world_size()
-        if world > 1:
-            total = total.detach().clone()
-            torch.distributed.all_reduce(total)
-            total = total / world
-    return total
+def sum_over_ranks(value: Tensor) -> tuple[Tensor, int]:
+    """(the sum of a per-rank scalar over the data-parallel ranks, detached; the number of ranks), or (value, 1) in
+    one process: ÷ the count, the global batch's mean (the ranks take equal slices)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value, 1
+    total = value.detach().float().reshape(1).clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.reshape(value.shape), dist.get_world_size()
 
 
 def denoiser_state(state: dict[str, Tensor]) -> dict[str, Tensor]:

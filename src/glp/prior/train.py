@@ -33,7 +33,7 @@ from glp.data.loader import ResidentRows, iter_shuffled_batches, n_batches
 from glp.data.store import ActivationStore
 from glp.prior.checkpoints import process_rank, resume_tag, save_checkpoint, weights_only_checkpoint_engine
 from glp.prior.denoiser import GLPDenoiser
-from glp.prior.recipe import FlowObjective, build_optimizer, denoiser_state, recipe_record
+from glp.prior.recipe import FlowObjective, build_optimizer, denoiser_state, recipe_record, sum_over_ranks
 from glp.progress import Progress, StageClock, stage
 
 
@@ -311,7 +311,8 @@ def train_prior(
             if world == 1:  # kept on the device until needed: no host-device sync per step
                 pending.append(plain.detach())
             else:
-                losses.append(_global_mean(plain.detach(), world))  # the global batch's loss, on every rank
+                summed, ranks = sum_over_ranks(plain.detach())
+                losses.append(float(summed) / ranks)  # the global batch's loss, on every rank
             step += 1
             if world > 1:  # the loss is on the host already (the all-reduce synchronized)
                 flushed()
@@ -370,14 +371,3 @@ def _full_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Tensor]:
     else:
         state = engine.module.state_dict()
     return {k: v.detach().float().cpu() for k, v in denoiser_state(state).items()}
-
-
-def _global_mean(value: torch.Tensor, world: int) -> float:
-    """The mean of a per-rank scalar over all ranks (equal slices: the global batch's mean); itself when alone."""
-    if world == 1:
-        return float(value)
-    import torch.distributed as dist
-
-    t = value.float().reshape(1).clone()
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t) / world
