@@ -313,9 +313,11 @@ def adoption(row: dict[str, Any], rows: list[dict[str, Any]], budgets: list[Budg
     return said
 
 
-def results_markdown(runs: list[dict[str, Any]], speed: dict[str, float], decided_only: bool = False) -> str:
+def results_markdown(runs: list[dict[str, Any]], speed: dict[str, float], decided_only: bool = False,
+                     compact: bool = False) -> str:
     """The recipe table: each lever's held-out loss ÷ the Gaussian prior's at each budget (per seed), its
-    difference to the baseline, the FLOPs it needs to reach the official recipe's final loss, adopted or not."""
+    difference to the baseline, the FLOPs it needs to reach the official recipe's final loss, adopted or not.
+    `compact` (the README's): without the deltas to the baseline and the FLOPs to reach its loss, a short legend."""
     budgets, rows = summary_rows(runs, speed)
     top = max(b for b in budgets if not b[1])
     tflop = {budget_of(r): r["budget_fp32_flops"] / 1e12 for r in runs if not r.get("equal_wall")}
@@ -328,7 +330,8 @@ def results_markdown(runs: list[dict[str, Any]], speed: dict[str, float], decide
     head = ["recipe"] + [label(b) for b in budgets] + [
         f"− {BASELINE} at {top[0]:g} min (equal FLOPs · equal wall)", f"FLOPs to reach {BASELINE}'s loss",
         "FLOPs to reach official's loss", "wall ÷ FLOP", f"adopt? (below {BASELINE} on every seed at {top[0]:g} min)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    keep = [i for i, h in enumerate(head) if not compact or not h.startswith((f"− {BASELINE}", f"FLOPs to reach {BASELINE}"))]
+    lines = ["| " + " | ".join(head[i] for i in keep) + " |", "|" + "---|" * len(keep)]
 
     def cell(d: dict[int, float]) -> str:
         if not d:
@@ -350,16 +353,21 @@ def results_markdown(runs: list[dict[str, Any]], speed: dict[str, float], decide
         reach, reach_base = (" · ".join("not reached" if x is None else "0 (its start)" if x == 0 else f"{x:.2f}×"
                                         for x in r[f"reach_{a}"]) or "–" for a in ("official", BASELINE))
         wpf = f"{r['wall_per_flop']:.2f}" if r["wall_per_flop"] else "–"
-        lines.append("| " + " | ".join([r["recipe"]] + [cell(r[b]) for b in budgets]
-                                       + [delta, reach_base, reach, wpf, adoption(r, rows, budgets, base)]) + " |")
+        row = [r["recipe"]] + [cell(r[b]) for b in budgets] + [delta, reach_base, reach, wpf,
+                                                                adoption(r, rows, budgets, base)]
+        lines.append("| " + " | ".join(row[i] for i in keep) + " |")
     if len(shown) < len(rows):
         lines.append(f"| {len(rows) - len(shown)} more levers, run at {budgets[0][0]:g} min only | "
-                     + " | ".join("" for _ in range(len(head) - 1)) + " |")
+                     + " | ".join("" for _ in range(len(keep) - 1)) + " |")
     mixed = {m for m in {r["minutes"] for r in runs} if len({(r["heldout"], r["n_t"]) for r in runs if r["minutes"] == m}) > 1}
     if mixed:  # a ratio is paired with the baseline only on the same held-out rows and noise levels
         lines += ["", "**Not comparable:** the runs at " + ", ".join(f"{m:g} min" for m in sorted(mixed)) + " were "
                   "scored on different held-out rows or noise levels (--heldout, --n-t): rerun them alike."]
     gauss = {budget_of(r): r["gaussian_loss"] for r in runs}
+    if compact:
+        return "\n".join(lines + ["", "Held-out loss ÷ the full-covariance Gaussian prior's on the same rows, t and noise; "
+                                  "bold: the mean over seeds (each seed in brackets). wall ÷ FLOP: relative to "
+                                  f"{BASELINE}'s, on a quiet machine."])
     lines += ["", "Ratios: held-out flow-matching loss ÷ the full-covariance Gaussian prior's on the same rows, t and "
               "noise (" + ", ".join(f"{g:.4f}" for g in sorted(set(gauss.values()))) + "); several values: one per "
               f"seed, bold their mean. {BASELINE}: the baseline every lever is measured against (the default before "
@@ -433,10 +441,12 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, help="with --table: write the loss-vs-FLOPs curves (PNG) here")
     ap.add_argument("--decided", action="store_true",
                     help="with --table: only the recipes run at the largest budget (the README's table)")
+    ap.add_argument("--compact", action="store_true",
+                    help="with --table: the README's columns (no deltas to the baseline, a short legend)")
     args = ap.parse_args()
     if args.table:
         runs, speed = load_runs(args.table)
-        print(results_markdown(runs, speed, decided_only=args.decided))
+        print(results_markdown(runs, speed, decided_only=args.decided, compact=args.compact))
         if args.plot:
             plot(runs, args.plot)
         return

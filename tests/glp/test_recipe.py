@@ -215,6 +215,10 @@ def test_the_recipe_table_adopts_a_lever_only_when_it_beats_the_baseline_on_ever
     table = results_markdown(runs, {"muon": 1.1})
     assert "| xpred |" in table and "yes: below the baseline on every seed" in table and "1.10" in table
     assert "no: not below the baseline on 1 of 2 seeds" in table
+    compact = results_markdown(runs, {"muon": 1.1}, compact=True)  # the README's: the verdicts, not the deltas
+    assert "| xpred |" in compact and "no: not below the baseline on 1 of 2 seeds" in compact
+    assert "FLOPs to reach official's loss" in compact and "FLOPs to reach adamw's loss" not in compact
+    assert compact.splitlines()[0].count("|") == table.splitlines()[0].count("|") - 2
 
 
 def test_a_lever_that_costs_wall_time_is_adopted_only_if_it_wins_at_equal_wall_time_too():
