@@ -266,8 +266,10 @@ def verdict(row: dict[str, Any], budgets: list[Budget], base: dict[Budget, dict[
         return f"yes: below the baseline on every seed at equal wall time ({m})"
     if row["delta_wall"]:
         losing = sum(x >= 0 for x in row["delta_wall"])
-        return (f"not decided: one seed at equal wall time ({m})" if len(row["delta_wall"]) < 2 else
-                f"no: not below the baseline on {losing} of {len(row['delta_wall'])} seeds at equal wall time")
+        if len(row["delta_wall"]) < 2:  # behind on the one seed run: no second seed can make it win on every seed
+            return (f"no: behind the baseline at equal wall time ({m}, one seed: {row['delta_wall'][0]:+.3f})"
+                    if losing else f"not decided: one seed at equal wall time ({m})")
+        return f"no: not below the baseline on {losing} of {len(row['delta_wall'])} seeds at equal wall time"
     if not row[top]:
         small = next((b for b in budgets if b != top and not b[1] and row[b]), None)
         if small is None:
@@ -278,7 +280,8 @@ def verdict(row: dict[str, Any], budgets: list[Budget], base: dict[Budget, dict[
         return (f"not decided: below the baseline at {small[0]:g} min, not run at {m}" if ahead else
                 f"no: behind the baseline at {small[0]:g} min, not run at {m}")
     if len(row["delta"]) < 2:
-        return f"not decided: one seed at {m}"
+        return (f"no: behind the baseline at {m} (one seed: {row['delta'][0]:+.3f})" if row["delta"][0] >= 0 else
+                f"not decided: one seed at {m}")
     if not row["wins_all"]:
         losing = sum(x >= 0 for x in row["delta"])
         return f"no: not below the baseline on {losing} of {len(row['delta'])} seeds at {m}"

@@ -215,6 +215,9 @@ def test_the_recipe_table_adopts_a_lever_only_when_it_beats_the_baseline_on_ever
     table = results_markdown(runs, {"muon": 1.1})
     assert "| xpred |" in table and "yes: below the baseline on every seed" in table and "1.10" in table
     assert "no: not below the baseline on 1 of 2 seeds" in table
+    one = [_run(9, 0, {"adamw": 0.85, "w2": 0.87, "d4": 0.84})]  # one seed: behind is decided, ahead is not
+    assert "no: behind the baseline at 9 min (one seed: +0.020)" in results_markdown(one, {})
+    assert "not decided: one seed at 9 min" in results_markdown(one, {})
     compact = results_markdown(runs, {"muon": 1.1}, compact=True)  # the README's: the verdicts, not the deltas
     assert "| xpred |" in compact and "no: not below the baseline on 1 of 2 seeds" in compact
     assert "FLOPs to reach official's loss" in compact and "FLOPs to reach adamw's loss" not in compact
