@@ -370,7 +370,7 @@ def results_markdown(runs: list[dict[str, Any]], speed: dict[str, float], decide
     if compact:
         return "\n".join(lines + ["", "Held-out loss ÷ the full-covariance Gaussian prior's on the same rows, t and noise; "
                                   "bold: the mean over seeds (each seed in brackets). wall ÷ FLOP: relative to "
-                                  f"{BASELINE}'s, on a quiet machine."])
+                                  f"{BASELINE}'s, on a quiet machine (–: not measured)."])
     lines += ["", "Ratios: held-out flow-matching loss ÷ the full-covariance Gaussian prior's on the same rows, t and "
               "noise (" + ", ".join(f"{g:.4f}" for g in sorted(set(gauss.values()))) + "); several values: one per "
               f"seed, bold their mean. {BASELINE}: the baseline every lever is measured against (the default before "
