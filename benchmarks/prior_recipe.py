@@ -83,6 +83,7 @@ RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], int | str | None]] = {
     "d4": ({"n_blocks": 4}, {}, None),
     "b256": ({}, {"batch_size": 256}, None),
     "b1024": ({}, {"batch_size": 1024}, None),
+    "minsnr+b1024": ({}, {"loss_weighting": "min_snr", "batch_size": 1024}, None),  # the two that cost no wall time
     "lr1e-3": ({}, {"lr": 1e-3}, None),
     "lr4e-3": ({}, {"lr": 4e-3}, None),
     "w2+mup+lr1e-3": ({"width_mult": 2.0}, {"lr_base_width_mult": 1.0, "lr": 1e-3}, None),
